@@ -1,0 +1,1 @@
+"""Option tables: mode and netnum codes, dataset option modules, class tables."""

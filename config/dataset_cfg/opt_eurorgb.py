@@ -1,0 +1,20 @@
+"""EuroSAT RGB release (Helber et al., 2019): 27,000 RGB jpg, 64x64, 10 classes."""
+from config import category
+
+TITLE = "EuroSAT RGB (Helber et al., 2019)"
+DIRNAMES = ("EuroSAT", "EuroSAT_RGB", "2750", "eurosat_rgb")
+URL = "https://github.com/phelber/EuroSAT"
+CLASSES = category.EUROSAT
+EXTENSIONS = (".jpg", ".jpeg")
+BAND_NAMES = ("R", "G", "B")
+DTYPES = {"RGB": ("R", "G", "B")}
+DEFAULT_DTYPE = "RGB"
+RGB_BANDS = ("R", "G", "B")
+# No local copy to measure: ImageNet statistics in 0-255 units (recompute with
+# scripts/band_stats.py on your copy).
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+INPUT_SIZE = 64
+BATCH_SIZE = 64
+LR = 4e-4
+TRAIN_FRACTION = 0.8

@@ -1,0 +1,1 @@
+"""Data layer: index (files, split, few-shot draw) -> reader (GDAL) -> transforms -> views."""

@@ -1,0 +1,99 @@
+"""Command-line flags shared by both entry scripts, defined once.
+
+Each flag does something or fails with a message; names follow the seed code users
+already type (``--mepoch``, ``--bs``, ``--lr_policy`` ...), with ``-``/``_`` aliases where
+the seed used both spellings.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from config import codes
+
+
+class ListCodes(argparse.Action):
+    """``--list-codes``: print the mode and netnum tables and exit."""
+
+    def __init__(self, option_strings, dest, script: str = "any", **kw):
+        self.script = script
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(codes.format_tables(self.script))
+        parser.exit(0)
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return v
+
+
+def _milestones(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated epochs, e.g. 100,150") from None
+
+
+def base_parser(description: str, script: str) -> argparse.ArgumentParser:
+    """Flags common to pretraining and classification."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--list-codes", action=ListCodes, script=script, help="print the --mode and --netnum tables and exit")
+    g = p.add_argument_group("data")
+    g.add_argument("--ds", default="demo", help="dataset option module (aid nr ucm eurorgb euroms euromsrgb demo), a+b to pool, or a folder of your own imagery")
+    g.add_argument("--data-root", "--data_root", dest="data_root", help="folder that holds the datasets (default $RSSSL_DATA or ./data)")
+    g.add_argument("--cache-dir", dest="cache_dir", help="split records and measured band statistics (default $RSSSL_CACHE or ~/.cache/rs-ssl)")
+    g.add_argument("--dtype", help="band group: RGB (3) NIR (1) SAR (1) TEN (10) ALL (12) MS (13); default: the dataset's")
+    g.add_argument("--rgb-bands", dest="rgb_bands", help="your own multispectral imagery: 1-based R,G,B band numbers, e.g. 4,3,2")
+    g.add_argument("--ts", type=float, default=1.0, help="train scale: <=1 fraction of each class's training split, >1 images per class")
+    g.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw and of training")
+    g.add_argument("--input_size", "--input-size", dest="input_size", type=int, help="side of the network input (default: the dataset's)")
+    g.add_argument("--pin-memory", "--pin_memory", dest="pin_memory", action="store_true",
+                   help="decode every image once into an in-memory cache (native dtype), and pin host memory on GPU")
+    g.add_argument("--workers", "-j", type=int, default=2, help="DataLoader worker processes per training process")
+    m = p.add_argument_group("model")
+    m.add_argument("--mode", required=False, help="job code; see --list-codes")
+    m.add_argument("--netnum", default="000000", help="6-digit network code; see --list-codes")
+    m.add_argument("--ptcp", type=int, default=0, choices=(0, 1), help="1: start from ImageNet weights")
+    m.add_argument("--ckpt", default="ckpt", help="checkpoint folder")
+    m.add_argument("--expnum", help="experiment name <timestamp>_<mode name>; default: a new one")
+    m.add_argument("--resume", help="full training-state file (<ckpt>/<netnum>_<expnum>_state.pth) to continue from")
+    m.add_argument("--sepoch", type=int, default=0, help="epochs already done (the schedule starts there)")
+    m.add_argument("--cepoch", help="checkpoint epoch (or 'best') of --expnum to start from")
+    m.add_argument("--mepoch", type=_positive_int, default=100, help="epochs in total")
+    m.add_argument("--vis", action="store_true", help="write PNG figures (views / confusion matrix) next to the results")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--optimizer", default="adam", help="sgd | adam | adamw | lars")
+    o.add_argument("--lr", type=float, help="learning rate (default: the dataset's)")
+    o.add_argument("--lr_decay", "--lr-decay", dest="lr_decay", type=float, default=0.1, help="decay factor of the step and polyline policies")
+    o.add_argument("--lr_policy", "--lr-policy", dest="lr_policy", default="cosine", help="cosine | step | linear | polyline | const")
+    o.add_argument("--milestones", type=_milestones, default=[], help="epochs where step/polyline decay, e.g. 100,150")
+    o.add_argument("--warmup", type=float, default=0.0, help="epochs of linear warm-up")
+    o.add_argument("--momentum", type=float, default=0.9)
+    o.add_argument("--wd", "--weight-decay", "--weight_decay", dest="wd", type=float, default=1e-6, help="weight decay")
+    o.add_argument("--bs", type=int, help="TOTAL batch size over all processes (default: the dataset's)")
+    d = p.add_argument_group("devices and processes")
+    d.add_argument("--gpu", type=int, help="GPU id for a single-process run")
+    d.add_argument("--mp-distributed", "--multiprocessing-distributed", dest="mp_distributed", action="store_true",
+                   help="one process per GPU (or --nproc gloo processes on CPU) with DistributedDataParallel")
+    d.add_argument("--nproc", type=int, help="processes per node for --mp-distributed (default: GPUs, or 1 on CPU)")
+    d.add_argument("--world-size", "--world_size", dest="world_size", type=int, default=1, help="number of nodes")
+    d.add_argument("--rank", type=int, default=0, help="rank of this node")
+    d.add_argument("--dist-url", "--dist_url", dest="dist_url", default="tcp://localhost:10010", help="rendezvous of the process group")
+    d.add_argument("--dist-backend", "--dist_backend", dest="dist_backend", default="nccl", help="nccl on GPUs; gloo is used on CPU")
+    d.add_argument("--sync-bn", dest="sync_bn", action="store_true", help="SyncBatchNorm across processes")
+    d.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only; ignored with a notice on CPU)")
+    d.add_argument("--channels-last", dest="channels_last", action="store_true", help="channels_last memory format (GPU only)")
+    d.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars even on a terminal")
+    return p
+
+
+def setup_logging(is_main: bool = True) -> None:
+    """INFO on rank 0, WARNING elsewhere, one format for every module."""
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
+                        format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stdout, force=True)

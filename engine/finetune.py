@@ -1,0 +1,407 @@
+"""Supervised work of main_cls.py: train (1x), val (2x), test (3x), finetune (4x), and the
+frozen-feature probes (``--probe logreg|knn``).
+
+Protocols (``--hos``): 0 all layers at ``--lr``; 1 backbone at lr/5; 9 linear probe
+(backbone frozen AND in eval mode; after the first epoch every backbone tensor is
+compared with its starting value and the run fails if one changed).
+Every evaluation prints OA, AA, kappa, macro-F1, per-class accuracy and the confusion
+matrix, and appends one row to ``results/<ds>.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+
+from config.codes import Mode, decode_mode, decode_netnum
+from config.dataset_cfg import DatasetOpt, get_opt
+from config.errors import UserError
+from datasets.folder import make_dataset, prepare_dataset
+from datasets.index import Index, Sample, few_shot
+from datasets.transforms import build_plan, plain, tta_views
+from engine import checkpoint as ckpt
+from engine.cli import setup_logging
+from engine.knn import extract_features, knn_predict
+from engine.metrics import classification_metrics, format_confusion, save_confusion_png
+from engine.optim import build_optimizer
+from engine.results import append_result, code_version
+from engine.runtime import Runtime, init_runtime, move_to, reseed, seed_worker, use_tqdm
+from engine.schedules import LRSchedule
+from models import build_model
+
+log = logging.getLogger(__name__)
+PROTOCOLS = {0: "all layers", 1: "backbone at lr/5", 9: "linear probe (frozen backbone)"}
+TRAIN_PLAN = "D"   # fine-tuning augmentation: random resized crop + 90-degree rotations/flips
+
+
+def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    g = p.add_argument_group("classification")
+    g.add_argument("--hos", type=int, default=0, help="0 all layers; 1 backbone at lr/5; 9 linear probe")
+    g.add_argument("--encoder_cp", "--encoder-cp", dest="encoder_cp", help="a backbone checkpoint file to start from (instead of --expnum/--cepoch)")
+    g.add_argument("--loss", default="CrossEntropyLoss", help="classification loss (CrossEntropyLoss)")
+    g.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips/rotations")
+    g.add_argument("--probe", choices=("logreg", "knn"), help="frozen-feature protocol instead of training: logistic regression (C by cross-validation on the training shots) or weighted kNN")
+    g.add_argument("--nseeds", type=int, default=1, help="repeat the few-shot draw for seeds --seed .. --seed+N-1 (one row each, then mean +- std)")
+    g.add_argument("--results", help="CSV results table (default results/<ds>.csv)")
+    return p
+
+
+@dataclass
+class Job:
+    mode: Mode
+    opt: DatasetOpt
+    index: Index
+    init: Path | None          # backbone (1x/4x) or classifier (2x/3x) checkpoint
+    init_expnum: str
+    init_epoch: str
+    expnum: str
+    results: Path
+
+
+def prepare(args: argparse.Namespace) -> Job:
+    """Decode codes, find the data and the checkpoint, check every user input once."""
+    if args.mode is None:
+        raise UserError("--mode is required: 1x train, 2x val, 3x test, 4x finetune (see --list-codes)")
+    mode = decode_mode(args.mode, script="cls")
+    decode_netnum(args.netnum)
+    if args.hos not in PROTOCOLS:
+        raise UserError(f"--hos {args.hos} is not a protocol; use 0 (all layers), 1 (backbone at lr/5) or 9 (linear probe)")
+    if args.loss not in ("CrossEntropyLoss", "ce"):
+        raise UserError(f"--loss {args.loss} is not a classification loss here; use CrossEntropyLoss")
+    if args.nseeds < 1:
+        raise UserError(f"--nseeds {args.nseeds} must be >= 1")
+    opt, index = prepare_dataset(get_opt(args.ds, args))
+    if not opt.labelled:
+        raise UserError(f"--ds {args.ds} has no class folders; main_cls.py needs labelled data (class-per-folder)")
+    if opt.parts:
+        raise UserError(f"--ds {args.ds}: pooled datasets are for pretraining only; evaluate on one dataset")
+    few_shot(index.train, args.ts, args.seed)     # validates --ts
+    init, init_exp, init_ep = None, "", ""
+    if mode.job in ("finetune", "val", "test"):
+        if args.encoder_cp and mode.job == "finetune":
+            init = Path(args.encoder_cp)
+            init_exp, init_ep = init.stem, ""
+        else:
+            if not args.expnum or args.cepoch is None:
+                raise UserError(f"--mode {mode.code} ({mode.job}) needs --expnum and --cepoch "
+                                "(the checkpoint <netnum>_<expnum>_<cepoch>.pth)" + (" or --encoder_cp FILE" if mode.job == "finetune" else ""))
+            init = ckpt.ckpt_path(Path(args.ckpt), args.netnum, args.expnum, args.cepoch)
+            init_exp, init_ep = args.expnum, str(args.cepoch)
+        if not init.is_file():
+            near = sorted(p.name for p in init.parent.glob(f"{args.netnum}_*.pth"))[:8] if init.parent.is_dir() else []
+            raise UserError(f"checkpoint {init} does not exist" + (f"; found: {', '.join(near)}" if near else "")
+                            + "; check --ckpt, --netnum, --expnum and --cepoch")
+    elif args.expnum and args.cepoch is not None:
+        raise UserError(f"--mode {mode.code} trains from {'ImageNet' if args.ptcp else 'random'} initialisation, so "
+                        "--expnum/--cepoch would go unused: drop them, or use --mode 41 to fine-tune that checkpoint")
+    if args.probe and mode.job in ("val", "test"):
+        raise UserError(f"--probe works with --mode 1x (random/ImageNet features) or 4x (pretrained features), not {mode.code}")
+    expnum = args.expnum if mode.job in ("val", "test") else ckpt.make_expnum(mode.name)
+    results = Path(args.results) if args.results else Path("results") / f"{opt.name}.csv"
+    return Job(mode, opt, index, init, init_exp, init_ep, expnum, results)
+
+
+def main(args: argparse.Namespace) -> None:
+    setup_logging()
+    job = prepare(args)
+    if args.probe:
+        run_probe(args, job)
+        return
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        main_worker(int(os.environ.get("LOCAL_RANK", 0)), None, args, job)
+    elif args.mp_distributed:
+        nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
+        try:
+            mp.spawn(main_worker, nprocs=nproc, args=(nproc, args, job), join=True)
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
+            log.error("a worker process failed: %s", str(err).strip().splitlines()[-1])
+            sys.exit(1)
+    else:
+        main_worker(None, None, args, job)
+
+
+def build_classifier(args: argparse.Namespace, job: Job) -> nn.Module:
+    opt = job.opt
+    model = build_model(args.netnum, opt.n_bands, opt.num_classes, bool(args.ptcp) and job.mode.job == "train",
+                        opt.rgb_index)
+    if job.mode.job == "finetune":
+        meta = ckpt.load_backbone(job.init, model.backbone)
+        log.info("backbone from %s (pretext %s, epoch %s, dataset %s)", job.init, meta.get("pretext"),
+                 meta.get("epoch"), meta.get("dataset"))
+    elif job.mode.job in ("val", "test"):
+        state = torch.load(job.init, map_location="cpu", weights_only=False)
+        if "model" not in state:
+            raise UserError(f"{job.init} holds a backbone, not a trained classifier; --mode {job.mode.code} "
+                            "evaluates checkpoints written by --mode 1x/4x")
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise UserError(f"{job.init} does not fit --netnum {args.netnum} with {opt.n_bands} bands and "
+                            f"{opt.num_classes} classes ({str(err).splitlines()[0]})") from None
+    return model
+
+
+def param_groups(model: nn.Module, hos: int) -> list[dict]:
+    """Trainable parameter groups of a protocol; ``lr_scale`` is applied by the schedule."""
+    head = list(model.head.parameters())
+    if hos == 9:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        return [{"params": head, "lr_scale": 1.0}]
+    back = [p for p in model.backbone.parameters()]
+    return [{"params": back, "lr_scale": 0.2 if hos == 1 else 1.0}, {"params": head, "lr_scale": 1.0}]
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank::world`` without padding: in distributed evaluation every image counts once."""
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.idx = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.idx)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namespace, job: Job) -> None:
+    rt = init_runtime(local_rank, nproc, args)
+    setup_logging(rt.is_main)
+    try:
+        for seed in range(args.seed, args.seed + args.nseeds):
+            run_one(args, job, rt, seed)
+    finally:
+        rt.close()
+
+
+def run_one(args: argparse.Namespace, job: Job, rt: Runtime, seed: int) -> dict:
+    """Train (unless val/test) and evaluate one few-shot draw; returns the metrics."""
+    t0 = time.time()
+    opt = job.opt
+    reseed(seed, 0, rt.rank)
+    train = few_shot(job.index.train, args.ts, seed, opt.classes)
+    model = build_classifier(args, job).to(rt.device)
+    epochs = 0
+    if job.mode.job in ("train", "finetune"):
+        epochs = args.mepoch
+        fit(model, train, args, job, rt, seed)
+    if job.mode.job == "val":
+        chosen = {s.path for s in train}
+        eval_set = [s for s in job.index.train if s.path not in chosen]
+        if not eval_set:
+            raise UserError(f"--mode {job.mode.code} (val) evaluates the training-split images outside the "
+                            f"--ts {args.ts} draw, and there are none; lower --ts")
+    else:
+        eval_set = job.index.test
+    y_true, y_pred = evaluate(model, eval_set, args, opt, rt)
+    if not rt.is_main:
+        return {}
+    metrics = report(y_true, y_pred, args, job, seed, len(train), len(eval_set), epochs,
+                     args.lr or opt.lr, time.time() - t0, hos=str(args.hos), probe="")
+    if job.mode.job in ("train", "finetune"):
+        path = ckpt.ckpt_path(Path(args.ckpt), args.netnum, job.expnum + f"_ts{args.ts:g}_s{seed}", epochs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_save({"model": model.state_dict(), "meta": {"netnum": args.netnum, "dataset": opt.name,
+                          "ts": args.ts, "seed": seed, "metrics": {k: metrics[k] for k in ("OA", "AA", "kappa", "macro_F1")}}}, path)
+        log.info("classifier saved to %s", path)
+    return metrics
+
+
+def fit(model: nn.Module, train: list[Sample], args: argparse.Namespace, job: Job, rt: Runtime, seed: int) -> None:
+    """Train ``model`` on the few-shot set under protocol ``--hos``."""
+    opt = job.opt
+    groups = param_groups(model, args.hos)
+    net = model
+    if rt.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None)
+    tf = lambda o: build_plan(TRAIN_PLAN, o.input_size, o.mean, o.std, o.rgb_index)  # noqa: E731
+    ds = make_dataset(opt, train, tf, cache=args.pin_memory)
+    per_bs = max(1, min((args.bs or opt.batch_size) // rt.world, len(train) // rt.world or 1))
+    gen = torch.Generator().manual_seed(seed)
+    sampler = (DistributedSampler(ds, rt.world, rt.rank, shuffle=True, seed=seed) if rt.distributed
+               else RandomSampler(ds, generator=gen))
+    loader = DataLoader(ds, batch_size=per_bs, sampler=sampler, num_workers=args.workers,
+                        worker_init_fn=seed_worker, generator=gen, pin_memory=rt.device.type == "cuda")
+    lr = args.lr or opt.lr
+    optimizer = build_optimizer(args.optimizer, groups, lr, args.momentum, args.wd)
+    schedule = LRSchedule(args.lr_policy, lr, args.mepoch, len(loader), args.warmup, args.milestones, args.lr_decay)
+    criterion = nn.CrossEntropyLoss()
+    frozen = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()} if args.hos == 9 else None
+    bar = use_tqdm(rt, args)
+    epochs = range(args.mepoch)
+    if bar:
+        from tqdm import tqdm
+        epochs = tqdm(epochs, desc=f"fine-tune seed {seed}", leave=False)
+    for epoch in epochs:
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        gen.manual_seed(seed * 1_000_003 + epoch)
+        net.train()
+        if args.hos == 9:
+            model.backbone.eval()                # BatchNorm statistics stay frozen too
+        total, n = 0.0, 0
+        for i, (x, y, _) in enumerate(loader):
+            schedule.step(optimizer, epoch * len(loader) + i)
+            x, y = move_to(x, rt.device, rt.channels_last), y.to(rt.device)
+            with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+                loss = criterion(net(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(y)
+            n += len(y)
+        if frozen is not None and epoch == 0:
+            check_frozen(model.backbone, frozen)
+        if rt.is_main and ((epoch + 1) % max(1, args.mepoch // 5) == 0 or epoch + 1 == args.mepoch):
+            log.info("seed %d epoch %d/%d  loss %.4f", seed, epoch + 1, args.mepoch, total / max(n, 1))
+
+
+def check_frozen(backbone: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """Linear probe guard: every backbone parameter AND buffer must be unchanged."""
+    changed = [k for k, v in backbone.state_dict().items() if not torch.equal(v.detach().cpu(), before[k].cpu())]
+    if changed:
+        raise RuntimeError(f"linear probe (--hos 9) changed {len(changed)} backbone tensor(s), e.g. "
+                           f"{', '.join(changed[:3])}: the backbone is not frozen")
+    log.info("linear probe check passed: no backbone tensor changed in epoch 1")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, samples: list[Sample], args: argparse.Namespace, opt: DatasetOpt,
+             rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions for ``samples`` (each exactly once, also when distributed); ``--tta`` averages 8 views."""
+    ds = make_dataset(opt, samples, lambda o: plain(o.input_size, o.mean, o.std))
+    sampler = ShardSampler(len(ds), rt.rank, rt.world)
+    loader = DataLoader(ds, batch_size=128, sampler=sampler, num_workers=args.workers)
+    model.eval()
+    idx_all, pred_all = [], []
+    for x, _, idx in loader:
+        x = move_to(x, rt.device, rt.channels_last)
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+            if args.tta:
+                prob = torch.stack([model(v).float().softmax(1) for v in tta_views(x)]).mean(0)
+            else:
+                prob = model(x).float().softmax(1)
+        idx_all.append(idx)
+        pred_all.append(prob.argmax(1).cpu())
+    idx = torch.cat(idx_all) if idx_all else torch.zeros(0, dtype=torch.long)
+    pred = torch.cat(pred_all) if pred_all else torch.zeros(0, dtype=torch.long)
+    if rt.distributed:
+        gathered: list = [None] * rt.world
+        dist.all_gather_object(gathered, (idx.tolist(), pred.tolist()))
+        pairs = {i: p for ids, ps in gathered for i, p in zip(ids, ps)}
+        idx = torch.tensor(sorted(pairs))
+        pred = torch.tensor([pairs[i] for i in sorted(pairs)])
+    if len(idx) != len(samples) or len(set(idx.tolist())) != len(samples):
+        raise RuntimeError(f"evaluation covered {len(set(idx.tolist()))} of {len(samples)} images")
+    order = torch.argsort(idx)
+    y_true = np.array([samples[i].label for i in idx[order].tolist()])
+    return y_true, pred[order].numpy()
+
+
+def report(y_true: np.ndarray, y_pred: np.ndarray, args: argparse.Namespace, job: Job, seed: int,
+           n_train: int, n_test: int, epochs: int, lr: float, seconds: float, hos: str, probe: str) -> dict:
+    """Print the metrics and append one row to the results table."""
+    opt = job.opt
+    m = classification_metrics(y_true, y_pred, opt.num_classes, opt.classes)
+    log.info("%s ts=%g seed=%d %s: OA %.2f  AA %.2f  kappa %.4f  macro-F1 %.2f  (%d train / %d test)",
+             opt.name, args.ts, seed, probe or f"hos {hos}", m["OA"], m["AA"], m["kappa"], m["macro_F1"], n_train, n_test)
+    log.info("per-class accuracy: %s", ", ".join(f"{c} {a:.1f}" for c, a in zip(opt.classes, m["per_class_acc"])))
+    log.info("confusion matrix (rows true, columns predicted):\n%s", format_confusion(m["confusion"], opt.classes))
+    row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "code_version": code_version(), "ds": opt.name,
+           "ts": args.ts, "seed": seed, "mode": job.mode.code, "netnum": args.netnum,
+           "pretrain_expnum": job.init_expnum if job.mode.job != "train" else ("imagenet" if args.ptcp else "random"),
+           "pretrain_epoch": job.init_epoch, "hos": hos, "probe": probe, "epochs": epochs, "lr": lr,
+           "OA": round(m["OA"], 4), "AA": round(m["AA"], 4), "kappa": round(m["kappa"], 5),
+           "macro_F1": round(m["macro_F1"], 4), "n_train": n_train, "n_test": n_test,
+           "seconds": round(seconds, 1), "per_class": json.dumps([round(a, 2) for a in m["per_class_acc"]])}
+    append_result(job.results, row)
+    if args.vis:
+        png = job.results.parent / "figures" / f"confusion_{opt.name}_{job.mode.code}_{probe or 'hos' + hos}_ts{args.ts:g}_s{seed}.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        save_confusion_png(m["confusion"], opt.classes, png)
+    return m
+
+
+def probe_features(args: argparse.Namespace, job: Job, rt: Runtime) -> tuple[np.ndarray, ...]:
+    """Frozen features of the whole training and test splits, cached on disk by checkpoint."""
+    opt = job.opt
+    src = job.init
+    tag = f"{args.netnum}|{opt.name}|{opt.dtype}|{opt.input_size}|ptcp{args.ptcp}|"
+    tag += f"{src.resolve()}|{src.stat().st_mtime_ns}|{src.stat().st_size}" if src else f"random-seed{args.seed}"
+    key = hashlib.sha1(tag.encode()).hexdigest()[:16]
+    path = opt.cache_dir / opt.cache_key / "features" / f"{key}.npz"
+    if path.exists():
+        z = np.load(path)
+        log.info("frozen features from cache %s", path)
+        return z["ftr"], z["ytr"], z["fte"], z["yte"]
+    reseed(args.seed, 0, 0)
+    model = build_classifier(args, job).to(rt.device)
+    tf = lambda o: plain(o.input_size, o.mean, o.std)  # noqa: E731
+    kw = dict(batch_size=128, num_workers=args.workers, shuffle=False)
+    ftr, ytr = extract_features(model.backbone, DataLoader(make_dataset(opt, job.index.train, tf), **kw), rt.device, rt.amp)
+    fte, yte = extract_features(model.backbone, DataLoader(make_dataset(opt, job.index.test, tf), **kw), rt.device, rt.amp)
+    out = (ftr.numpy(), ytr.numpy(), fte.numpy(), yte.numpy())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, ftr=out[0], ytr=out[1], fte=out[2], yte=out[3])
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("could not cache features in %s (%s)", path, err)
+    return out
+
+
+def logreg_predict(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
+    """Standardised features, multinomial logistic regression, C by stratified CV on the shots only."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    folds = min(5, int(np.bincount(y_train).min()))
+    if folds >= 2:
+        grid = GridSearchCV(pipe, {"logisticregression__C": np.logspace(-3, 3, 7)},
+                            cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1)
+        grid.fit(f_train, y_train)
+        best_c = float(grid.best_params_["logisticregression__C"])
+        model = grid.best_estimator_
+    else:                                  # one shot per class: no fold to validate on
+        best_c = 1.0
+        model = pipe.fit(f_train, y_train)
+    return model.predict(f_test), best_c
+
+
+def run_probe(args: argparse.Namespace, job: Job) -> None:
+    """``--probe``: features once, then one classifier per seed."""
+    rt = init_runtime(None, None, args)
+    ftr, ytr, fte, yte = probe_features(args, job, rt)
+    pos = {s.path: i for i, s in enumerate(job.index.train)}
+    for seed in range(args.seed, args.seed + args.nseeds):
+        t0 = time.time()
+        chosen = np.array([pos[s.path] for s in few_shot(job.index.train, args.ts, seed, job.opt.classes)])
+        if args.probe == "logreg":
+            pred, c = logreg_predict(ftr[chosen], ytr[chosen], fte, seed)
+            log.info("logistic regression: C = %g chosen by cross-validation on the %d training shots", c, len(chosen))
+        else:
+            pred = knn_predict(torch.from_numpy(ftr[chosen]), torch.from_numpy(ytr[chosen]), torch.from_numpy(fte),
+                               job.opt.num_classes, k=min(20, len(chosen))).numpy()
+        report(yte, pred, args, job, seed, len(chosen), len(yte), 0, 0.0, time.time() - t0, hos="", probe=args.probe)
+
+
+def run(argv: list[str] | None, parser: argparse.ArgumentParser) -> None:
+    main(parser.parse_args(argv))

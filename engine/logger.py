@@ -1,0 +1,49 @@
+"""Per-epoch training log: a CSV next to the checkpoints and TensorBoard event files."""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class EpochLog:
+    """Rows of per-epoch numbers; the CSV is rewritten atomically after every epoch."""
+
+    def __init__(self, csv_path: Path, tb_dir: Path | None = None, resume: bool = False):
+        self.path = Path(csv_path)
+        self.rows: list[dict] = []
+        if resume and self.path.exists():
+            with open(self.path, newline="") as f:
+                self.rows = list(csv.DictReader(f))
+        self.tb = None
+        if tb_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(tb_dir))
+            except ImportError:  # tensorboard is in requirements.txt; tolerate a trimmed install
+                log.warning("tensorboard is not installed: no event files, the CSV log still works")
+
+    def add(self, epoch: int, values: dict[str, float]) -> None:
+        self.rows = [r for r in self.rows if int(r["epoch"]) < epoch]   # a resumed run replaces
+        self.rows.append({"epoch": epoch, **values})
+        cols = list(dict.fromkeys(k for r in self.rows for k in r))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".log-")
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(self.rows)
+        os.replace(tmp, self.path)
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, epoch)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

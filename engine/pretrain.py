@@ -1,0 +1,324 @@
+"""Self-supervised pretraining: ``main`` (how many processes), ``main_worker`` (one process),
+``train_one_epoch`` (one epoch).
+
+Everything a user can get wrong (codes, data, batch size) is checked in ``prepare`` in the
+launching process, before any worker is spawned, so it ends as one sentence and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+import models.pretext as pretexts
+from config.codes import Mode, decode_mode, decode_netnum
+from config.dataset_cfg import DatasetOpt, get_opt
+from config.errors import UserError
+from datasets.folder import make_dataset, prepare_dataset
+from datasets.index import Index, Sample, few_shot
+from datasets.transforms import plain
+from engine import checkpoint as ckpt
+from engine.cli import setup_logging
+from engine.knn import balanced_subsample, extract_features, knn_accuracy
+from engine.logger import EpochLog
+from engine.optim import build_optimizer
+from engine.runtime import (Runtime, TrainingDiverged, init_runtime, move_to, reseed, seed_worker,
+                            use_tqdm)
+from engine.schedules import LRSchedule
+from models import build_backbone
+
+log = logging.getLogger(__name__)
+
+
+def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of main_cls_ss_train.py on top of engine.cli.base_parser."""
+    g = p.add_argument_group("pretraining")
+    g.add_argument("--aug", type=int, default=5, help="how the two views are made (1-5, see README)")
+    g.add_argument("--aug_p", "--aug-p", dest="aug_p", default="S5", help="augmentation plan of an augmented view (A-E, S1-S6)")
+    g.add_argument("--loss", default="NTXentLoss", help="loss of the pretext (910: NTXentLoss)")
+    g.add_argument("--feature_dim", "--feature-dim", dest="feature_dim", type=int, default=128, help="projection output size")
+    g.add_argument("--tau", type=float, default=0.5, help="NT-Xent temperature")
+    g.add_argument("--ckpt_freq", "--ckpt-freq", dest="ckpt_freq", type=int, default=0,
+                   help="every N epochs save the backbone <netnum>_<expnum>_<epoch>.pth and the full state for --resume (0: only the final backbone)")
+    g.add_argument("--knn-freq", dest="knn_freq", type=int, default=1, help="kNN monitor every N epochs (0: off)")
+    g.add_argument("--knn-per-class", dest="knn_per_class", type=int, default=200,
+                   help="kNN monitor: at most this many training images per class in the memory bank (test: half)")
+    return p
+
+
+@dataclass
+class Plan:
+    """What the launching process decided; handed to every worker."""
+
+    mode: Mode
+    opt: DatasetOpt
+    index: Index
+    train: list[Sample]
+    expnum: str
+    ckpt_dir: Path
+    global_bs: int
+    start_epoch: int
+    init_from: Path | None
+
+
+def prepare(args: argparse.Namespace) -> Plan:
+    """Decode codes, load the dataset index, and check every user input once."""
+    mode = decode_mode(args.mode if args.mode is not None else 910, script="pretrain")
+    decode_netnum(args.netnum)
+    module = pretexts.load(mode)
+    if args.loss not in module.LOSSES:
+        raise UserError(f"--loss {args.loss} does not fit --mode {mode.code} ({mode.pretext}); use {module.LOSSES[0]}")
+    if not 0.005 <= args.tau <= 10:
+        raise UserError(f"--tau {args.tau} is outside 0.005..10; SimCLR uses 0.1-0.5")
+    opt, index = prepare_dataset(get_opt(args.ds, args))
+    module.make_transform(args, opt.parts[0] if opt.parts else opt)   # validates --aug / --aug_p
+    train = index.train if args.ts == 1 else few_shot(index.train, args.ts, args.seed, index.classes)
+    bs = args.bs or opt.batch_size
+    ckpt_dir = Path(args.ckpt)
+    start, init_from, expnum = args.sepoch, None, args.expnum
+    if args.resume:
+        if not Path(args.resume).is_file():
+            raise UserError(f"--resume {args.resume}: no such file; give a <netnum>_<expnum>_state.pth written with --ckpt_freq")
+    elif args.cepoch is not None:
+        if not args.expnum:
+            raise UserError("--cepoch needs --expnum: the run whose checkpoint to start from")
+        init_from = ckpt.ckpt_path(ckpt_dir, args.netnum, args.expnum, args.cepoch)
+        if not init_from.is_file():
+            raise UserError(f"--cepoch {args.cepoch}: {init_from} does not exist; check --ckpt, --netnum and --expnum")
+        if args.cepoch != "best" and not args.sepoch:
+            start = int(args.cepoch)
+    if start >= args.mepoch and not args.resume:
+        raise UserError(f"--sepoch/--cepoch {start} is not below --mepoch {args.mepoch}; raise --mepoch")
+    expnum = expnum or ckpt.make_expnum(mode.name)
+    return Plan(mode, opt, index, train, expnum, ckpt_dir, bs, start, init_from)
+
+
+def main(args: argparse.Namespace) -> None:
+    """Validate, then run one process, spawn one per GPU (or ``--nproc`` on CPU), or join torchrun."""
+    setup_logging()
+    plan = prepare(args)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:          # launched by torchrun
+        main_worker(int(os.environ.get("LOCAL_RANK", 0)), None, args, plan)
+        return
+    if args.mp_distributed:
+        nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
+        if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+            raise UserError(f"--nproc {nproc} exceeds the {torch.cuda.device_count()} GPU(s) here")
+        world = nproc * args.world_size
+        if plan.global_bs % world:
+            raise UserError(f"--bs {plan.global_bs} is not divisible by the {world} processes; use a multiple of {world}")
+        try:
+            mp.spawn(main_worker, nprocs=nproc, args=(nproc, args, plan), join=True)
+        except mp.ProcessRaisedException as err:
+            first = str(err).strip().splitlines()[-1]
+            log.error("a worker process failed: %s", first)
+            sys.exit(1)
+        except mp.ProcessExitedException as err:
+            log.error("a worker process died: %s", err)
+            sys.exit(1)
+        return
+    main_worker(None, None, args, plan)
+
+
+def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namespace, plan: Plan) -> None:
+    """One training process (rank 0 alone logs and writes)."""
+    rt = init_runtime(local_rank, nproc, args)
+    setup_logging(rt.is_main)
+    opt, mode = plan.opt, plan.mode
+    module = pretexts.load(mode)
+    per_proc_bs = plan.global_bs // rt.world
+    if per_proc_bs > len(plan.train):
+        raise UserError(f"--bs {plan.global_bs} needs {per_proc_bs} images per process but the training set "
+                        f"has {len(plan.train)}; lower --bs")
+    reseed(args.seed, 0, rt.rank)
+
+    backbone, _ = build_backbone(args.netnum, opt.n_bands, bool(args.ptcp), opt.rgb_index)
+    if plan.init_from is not None:
+        meta = ckpt.load_backbone(plan.init_from, backbone)
+        log.info("backbone initialised from %s (epoch %s)", plan.init_from, meta.get("epoch"))
+    model = module.build(args, opt, backbone)
+    if rt.distributed and args.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(rt.device)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = (nn.parallel.DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None)
+           if rt.distributed else model)
+
+    dataset = make_dataset(opt, plan.train, lambda o: module.make_transform(args, o),
+                           cache=args.pin_memory, threads=max(1, args.workers) * 2)
+    gen = torch.Generator()
+    sampler = (DistributedSampler(dataset, num_replicas=rt.world, rank=rt.rank, shuffle=True,
+                                  seed=args.seed, drop_last=True)
+               if rt.distributed else RandomSampler(dataset, generator=gen))
+    loader = DataLoader(dataset, batch_size=per_proc_bs, sampler=sampler, num_workers=args.workers,
+                        pin_memory=rt.device.type == "cuda", drop_last=True, worker_init_fn=seed_worker,
+                        generator=gen, persistent_workers=False)
+    iters = len(loader)
+    optimizer = build_optimizer(args.optimizer, model, args.lr or opt.lr, args.momentum, args.wd)
+    schedule = LRSchedule(args.lr_policy, args.lr or opt.lr, args.mepoch, iters, args.warmup,
+                          args.milestones, args.lr_decay)
+
+    expnum, start_epoch, best_knn = plan.expnum, plan.start_epoch, -1.0
+    if args.resume:
+        state = ckpt.load_training_state(args.resume, model, optimizer, None)
+        expnum, start_epoch = state["extra"]["expnum"], int(state["epoch"])
+        best_knn = float(state["extra"].get("best_knn", -1.0))
+        log.info("resumed %s from %s at epoch %d", expnum, args.resume, start_epoch)
+    stem = f"{args.netnum}_{expnum}"
+    epoch_log = (EpochLog(plan.ckpt_dir / f"{stem}_log.csv", plan.ckpt_dir / "tb" / stem, resume=bool(args.resume))
+                 if rt.is_main else None)
+    monitor = KnnMonitor(args, opt, plan.index, rt) if rt.is_main and args.knn_freq > 0 and plan.index.classes else None
+    if rt.is_main:
+        log.info("%s | mode %d (%s) | netnum %s | %s: %d training images, %d bands %dx%d | "
+                 "batch %d (%d x %d processes) | %d iterations/epoch | device %s",
+                 expnum, mode.code, mode.pretext, args.netnum, opt.name, len(plan.train), opt.n_bands,
+                 opt.input_size, opt.input_size, plan.global_bs, per_proc_bs, rt.world, iters, rt.device)
+    meta = {"netnum": args.netnum, "in_channels": opt.n_bands, "bands": list(opt.bands), "mode": mode.code,
+            "pretext": mode.pretext, "expnum": expnum, "dataset": opt.name, "input_size": opt.input_size,
+            "mean": [float(v) for v in opt.mean] if opt.mean is not None else None,
+            "std": [float(v) for v in opt.std] if opt.std is not None else None,
+            "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}}
+    last_good = None
+    try:
+        for epoch in range(start_epoch, args.mepoch):
+            reseed(args.seed, epoch + 1, rt.rank)
+            gen.manual_seed(args.seed * 1_000_003 + epoch)
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
+            if args.vis and rt.is_main and epoch == start_epoch:
+                save_views_png(dataset, opt, plan.ckpt_dir / f"{stem}_views.png", args.seed)
+            stats = train_one_epoch(net, loader, optimizer, schedule, epoch, rt, args, last_good)
+            done = epoch + 1
+            if monitor is not None and (done % args.knn_freq == 0 or done == args.mepoch):
+                stats["knn_top1"] = monitor(backbone)
+            if rt.is_main:
+                log.info("epoch %d/%d  loss %.4f  lr %.3g  emb_std %.4f (1/sqrt(d)=%.4f)%s  %.0f img/s  %.1fs",
+                         done, args.mepoch, stats["loss"], stats["lr"], stats["emb_std"],
+                         1 / math.sqrt(args.feature_dim),
+                         f"  kNN {stats['knn_top1']:.2f}%" if "knn_top1" in stats else "",
+                         stats["img_per_s"], stats["seconds"])
+                epoch_log.add(done, stats)
+                meta_e = {**meta, "epoch": done, "stats": stats}
+                periodic = args.ckpt_freq > 0 and (done % args.ckpt_freq == 0 or done == args.mepoch)
+                if periodic or done == args.mepoch:
+                    last_good = ckpt.ckpt_path(plan.ckpt_dir, args.netnum, expnum, done)
+                    ckpt.save_backbone(last_good, backbone.state_dict(), meta_e)
+                if periodic:
+                    ckpt.save_training_state(plan.ckpt_dir / f"{stem}_state.pth", model, optimizer, done,
+                                             done * iters, None, {"expnum": expnum, "best_knn": best_knn})
+                if stats.get("knn_top1", -1.0) > best_knn:
+                    best_knn = stats["knn_top1"]
+                    ckpt.save_backbone(ckpt.ckpt_path(plan.ckpt_dir, args.netnum, expnum, "best"),
+                                       backbone.state_dict(), meta_e)
+            if rt.distributed:
+                dist.barrier()
+    finally:
+        if epoch_log is not None:
+            epoch_log.close()
+        rt.close()
+    if rt.is_main:
+        log.info("done: backbone %s%s", last_good,
+                 f" (best kNN {best_knn:.2f}%)" if best_knn >= 0 else "")
+
+
+def train_one_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    schedule: LRSchedule, epoch: int, rt: Runtime, args: argparse.Namespace,
+                    last_good: Path | None) -> dict[str, float]:
+    """One pass over the loader; averages over all processes; stops on a non-finite loss."""
+    net.train()
+    iters = len(loader)
+    sums = torch.zeros(3, dtype=torch.float64)      # loss, emb_std, batches
+    n_images = 0
+    t0 = time.perf_counter()
+    bar = use_tqdm(rt, args)
+    it_loader = loader
+    if bar:
+        from tqdm import tqdm
+        it_loader = tqdm(loader, total=iters, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)
+    for i, (views, _, _) in enumerate(it_loader):
+        lr = schedule.step(optimizer, epoch * iters + i)
+        views = move_to(views, rt.device, rt.channels_last)
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+            loss, stats = net(views)
+        bad = (~torch.isfinite(loss.detach())).float()
+        if rt.distributed:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item() > 0:
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at epoch {epoch + 1}, iteration {i + 1}; nothing from this "
+                f"epoch was saved (last good checkpoint: {last_good or 'none yet'}); lower --lr, raise --tau or add --warmup")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sums += torch.tensor([loss.item(), stats.get("emb_std", 0.0), 1.0], dtype=torch.float64)
+        n_images += len(views[0]) if isinstance(views, (tuple, list)) else len(views)
+        if bar:
+            it_loader.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
+    seconds = time.perf_counter() - t0
+    if rt.distributed:
+        dist.all_reduce(sums)
+        total = torch.tensor([float(n_images)], dtype=torch.float64)
+        dist.all_reduce(total)
+        n_images = int(total.item())
+    return {"loss": sums[0].item() / max(sums[2].item(), 1), "lr": optimizer.param_groups[0]["lr"],
+            "emb_std": sums[1].item() / max(sums[2].item(), 1), "img_per_s": n_images / seconds,
+            "seconds": seconds}
+
+
+class KnnMonitor:
+    """Weighted kNN (k=20, cosine) of backbone features: training split -> test split."""
+
+    def __init__(self, args: argparse.Namespace, opt: DatasetOpt, index: Index, rt: Runtime):
+        tr_y = np.array([s.label for s in index.train])
+        te_y = np.array([s.label for s in index.test])
+        tr = [index.train[i] for i in balanced_subsample(tr_y, args.knn_per_class, args.seed)]
+        te = [index.test[i] for i in balanced_subsample(te_y, max(1, args.knn_per_class // 2), args.seed)]
+        tf = lambda o: plain(o.input_size, o.mean, o.std)  # noqa: E731
+        kw = dict(batch_size=256, num_workers=args.workers, shuffle=False)
+        self.train_loader = DataLoader(make_dataset(opt, tr, tf, cache=True), **kw)
+        self.test_loader = DataLoader(make_dataset(opt, te, tf, cache=True), **kw)
+        self.num_classes, self.rt = opt.num_classes, rt
+        log.info("kNN monitor: %d training images as memory, %d test images", len(tr), len(te))
+
+    def __call__(self, backbone: nn.Module) -> float:
+        f_tr, y_tr = extract_features(backbone, self.train_loader, self.rt.device, self.rt.amp, self.rt.channels_last)
+        f_te, y_te = extract_features(backbone, self.test_loader, self.rt.device, self.rt.amp, self.rt.channels_last)
+        return knn_accuracy(f_tr, y_tr, f_te, y_te, self.num_classes, k=20)
+
+
+def save_views_png(dataset, opt: DatasetOpt, path: Path, seed: int, n: int = 8) -> None:
+    """``--vis``: a grid of view pairs (true colour, or band 1 for single-band data)."""
+    from engine.vis import save_grid
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(dataset), generator=g)[:n].tolist()
+    rows = []
+    for i in idx:
+        views, _, _ = dataset[i]
+        rows.append(list(views) if isinstance(views, (tuple, list)) else [views])
+    save_grid(rows, path, opt)
+    log.info("views written to %s", path)
+
+
+def run(argv: list[str] | None, parser: argparse.ArgumentParser) -> None:
+    """Entry point of main_cls_ss_train.py (after parsing)."""
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except TrainingDiverged as err:
+        logging.getLogger(__name__).error("%s", err)
+        sys.exit(1)

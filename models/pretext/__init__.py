@@ -1,0 +1,35 @@
+"""Pretext tasks: one module per pretraining mode, named in config.codes.PRETEXTS.
+
+A pretext module provides
+  ``build(args, opt, backbone) -> nn.Module`` whose ``forward(views)`` returns
+      ``(loss, stats)`` (stats: floats to log) and which keeps the shared ``.backbone``;
+  ``make_transform(args, opt) -> callable`` turning a raw C x H x W tensor into the
+      views that forward expects;
+  ``LOSSES``: the ``--loss`` names it accepts.
+Adding a pretext = one module here + one row in config/codes.py.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from config.codes import PRETEXTS, Mode
+from config.errors import UserError
+
+
+def implemented() -> list[int]:
+    """Pretraining mode codes that have a module in this package."""
+    out = []
+    for code, (name, _) in PRETEXTS.items():
+        if importlib.util.find_spec(f"models.pretext.{name}") is not None:
+            out.append(code)
+    return out
+
+
+def load(mode: Mode) -> ModuleType:
+    """The module implementing pretraining ``mode``; a clear error if it is not there yet."""
+    name = mode.pretext
+    if importlib.util.find_spec(f"models.pretext.{name}") is None:
+        raise UserError(f"--mode {mode.code} ({name}) is not implemented in this version yet; "
+                        f"implemented pretraining modes: {', '.join(map(str, implemented()))}")
+    return importlib.import_module(f"models.pretext.{name}")

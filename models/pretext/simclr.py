@@ -1,0 +1,48 @@
+"""SimCLR (Chen et al., 2020), mode 910: two augmented views, projection head, NT-Xent.
+
+Both views go through the backbone in ONE batch (BatchNorm sees 2N images, as in the
+paper's global BN), the 2-layer MLP head maps pooled features to ``--feature_dim`` and
+NT-Xent with temperature ``--tau`` contrasts them, with negatives from every process.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from datasets.transforms import build_views
+from losses.ntxent import NTXentLoss
+from models.heads import ProjectionHead
+
+LOSSES = ("NTXentLoss", "ntxent")
+
+
+def embedding_std(z: Tensor) -> float:
+    """Mean over dimensions of the batch std of L2-normalised embeddings.
+
+    About 1/sqrt(d) for well-spread embeddings; ~0 when the representation collapses.
+    """
+    zn = nn.functional.normalize(z.detach().float(), dim=1)
+    return zn.std(dim=0).mean().item()
+
+
+class SimCLR(nn.Module):
+    def __init__(self, backbone: nn.Module, feature_dim: int = 128, tau: float = 0.5):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = ProjectionHead(backbone.out_dim, backbone.out_dim, feature_dim)
+        self.criterion = NTXentLoss(temperature=tau)
+
+    def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        xa, xb = views
+        z = self.projector(self.backbone(torch.cat([xa, xb], dim=0)))
+        za, zb = z.chunk(2, dim=0)
+        loss = self.criterion(za, zb)
+        return loss, {"emb_std": embedding_std(z)}
+
+
+def build(args, opt, backbone: nn.Module) -> SimCLR:
+    return SimCLR(backbone, feature_dim=args.feature_dim, tau=args.tau)
+
+
+def make_transform(args, opt):
+    return build_views(args.aug, args.aug_p, opt.input_size, opt.mean, opt.std, opt.rgb_index)
