@@ -60,12 +60,17 @@ class RasterCache:
 
 
 class RasterDataset(Dataset):
-    """Samples -> ``(transform(x), label, index)`` with x a float32 C x H x W tensor in raw units."""
+    """Samples -> ``(transform(x), label, index)`` with x a float32 C x H x W tensor in raw units.
+
+    ``as_float=False`` (no transform) hands out the decoded arrays in their native dtype,
+    zero-copy from the cache: what bench/data_loading.py times as a cached epoch.
+    """
 
     def __init__(self, samples: Sequence[Sample], opt: DatasetOpt,
                  transform: Callable[[torch.Tensor], object] | None = None, cache: bool = False,
-                 threads: int = 4):
+                 threads: int = 4, as_float: bool = True):
         self.samples = list(samples)
+        self.as_float = as_float or transform is not None
         self.opt = opt
         self.transform = transform
         self.band_index = opt.band_index
@@ -83,7 +88,9 @@ class RasterDataset(Dataset):
         return read_raw(self.samples[i].path, self.band_index, self.expect)
 
     def __getitem__(self, i: int):
-        x = torch.from_numpy(np.asarray(self.raw(i), dtype=np.float32))
+        raw = self.raw(i)
+        # numpy converts uint16 -> float32 ~50x faster than torch's uint16 path
+        x = torch.from_numpy(raw.astype(np.float32) if self.as_float else raw)
         if self.transform is not None:
             x = self.transform(x)
         return x, self.samples[i].label, i

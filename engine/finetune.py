@@ -31,7 +31,8 @@ from config.dataset_cfg import DatasetOpt, get_opt
 from config.errors import UserError
 from datasets.folder import make_dataset, prepare_dataset
 from datasets.index import Index, Sample, few_shot
-from datasets.transforms import build_plan, plain, tta_views
+from datasets.transforms import build_plan, plain
+from datasets.views import tta_views
 from engine import checkpoint as ckpt
 from engine.cli import setup_logging
 from engine.knn import extract_features, knn_predict
@@ -67,6 +68,7 @@ class Job:
     init: Path | None          # backbone (1x/4x) or classifier (2x/3x) checkpoint
     init_expnum: str
     init_epoch: str
+    pretext: str               # what the backbone learnt from: simclr, ..., random, imagenet
     expnum: str
     results: Path
 
@@ -109,9 +111,17 @@ def prepare(args: argparse.Namespace) -> Job:
                         "--expnum/--cepoch would go unused: drop them, or use --mode 41 to fine-tune that checkpoint")
     if args.probe and mode.job in ("val", "test"):
         raise UserError(f"--probe works with --mode 1x (random/ImageNet features) or 4x (pretrained features), not {mode.code}")
+    if mode.job == "train":
+        pretext = "imagenet" if args.ptcp else "random"
+    else:
+        try:
+            meta = torch.load(init, map_location="cpu", weights_only=False).get("meta", {})
+        except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to replace
+            raise UserError(f"{init} is not a readable checkpoint ({type(err).__name__}); re-run the job that wrote it") from None
+        pretext = str(meta.get("pretext", meta.get("pretrain", "")))
     expnum = args.expnum if mode.job in ("val", "test") else ckpt.make_expnum(mode.name)
     results = Path(args.results) if args.results else Path("results") / f"{opt.name}.csv"
-    return Job(mode, opt, index, init, init_exp, init_ep, expnum, results)
+    return Job(mode, opt, index, init, init_exp, init_ep, pretext, expnum, results)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -180,7 +190,6 @@ class ShardSampler(Sampler[int]):
 
 def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namespace, job: Job) -> None:
     rt = init_runtime(local_rank, nproc, args)
-    setup_logging(rt.is_main)
     try:
         for seed in range(args.seed, args.seed + args.nseeds):
             run_one(args, job, rt, seed)
@@ -216,7 +225,7 @@ def run_one(args: argparse.Namespace, job: Job, rt: Runtime, seed: int) -> dict:
         path = ckpt.ckpt_path(Path(args.ckpt), args.netnum, job.expnum + f"_ts{args.ts:g}_s{seed}", epochs)
         path.parent.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_save({"model": model.state_dict(), "meta": {"netnum": args.netnum, "dataset": opt.name,
-                          "ts": args.ts, "seed": seed, "metrics": {k: metrics[k] for k in ("OA", "AA", "kappa", "macro_F1")}}}, path)
+                          "ts": args.ts, "seed": seed, "pretrain": job.pretext, "metrics": {k: metrics[k] for k in ("OA", "AA", "kappa", "macro_F1")}}}, path)
         log.info("classifier saved to %s", path)
     return metrics
 
@@ -316,7 +325,9 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, args: argparse.Namespace, job
            n_train: int, n_test: int, epochs: int, lr: float, seconds: float, hos: str, probe: str) -> dict:
     """Print the metrics and append one row to the results table."""
     opt = job.opt
-    m = classification_metrics(y_true, y_pred, opt.num_classes, opt.classes)
+    raw = classification_metrics(y_true, y_pred, opt.num_classes, opt.classes)
+    m = {"OA": 100 * raw["OA"], "AA": 100 * raw["AA"], "kappa": raw["kappa"], "macro_F1": 100 * raw["macro_f1"],
+         "per_class_acc": [100 * a for a in raw["per_class_acc"]], "confusion": raw["confusion"]}
     log.info("%s ts=%g seed=%d %s: OA %.2f  AA %.2f  kappa %.4f  macro-F1 %.2f  (%d train / %d test)",
              opt.name, args.ts, seed, probe or f"hos {hos}", m["OA"], m["AA"], m["kappa"], m["macro_F1"], n_train, n_test)
     log.info("per-class accuracy: %s", ", ".join(f"{c} {a:.1f}" for c, a in zip(opt.classes, m["per_class_acc"])))
@@ -324,7 +335,7 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, args: argparse.Namespace, job
     row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "code_version": code_version(), "ds": opt.name,
            "ts": args.ts, "seed": seed, "mode": job.mode.code, "netnum": args.netnum,
            "pretrain_expnum": job.init_expnum if job.mode.job != "train" else ("imagenet" if args.ptcp else "random"),
-           "pretrain_epoch": job.init_epoch, "hos": hos, "probe": probe, "epochs": epochs, "lr": lr,
+           "pretrain_epoch": job.init_epoch, "pretext": job.pretext, "hos": hos, "probe": probe, "epochs": epochs, "lr": lr,
            "OA": round(m["OA"], 4), "AA": round(m["AA"], 4), "kappa": round(m["kappa"], 5),
            "macro_F1": round(m["macro_F1"], 4), "n_train": n_train, "n_test": n_test,
            "seconds": round(seconds, 1), "per_class": json.dumps([round(a, 2) for a in m["per_class_acc"]])}

@@ -13,9 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +86,18 @@ def prepare(args: argparse.Namespace) -> Plan:
     module.make_transform(args, opt.parts[0] if opt.parts else opt)   # validates --aug / --aug_p
     train = index.train if args.ts == 1 else few_shot(index.train, args.ts, args.seed, index.classes)
     bs = args.bs or opt.batch_size
+    world = planned_world_size(args)
+    if bs % world:
+        raise UserError(f"--bs {bs} is not divisible by the {world} processes; use a multiple of {world}")
+    if bs // world > len(train):
+        raise UserError(f"--bs {bs} needs {bs // world} images per process but the training set has "
+                        f"{len(train)}; lower --bs")
+    if bs // world < 2:
+        raise UserError(f"--bs {bs} leaves {bs // world} image per process; contrastive learning needs at least 2")
+    # optimiser and schedule flags fail here, in the launching process, not inside a worker
+    lr = args.lr or opt.lr
+    build_optimizer(args.optimizer, [torch.zeros(1, requires_grad=True)], lr, args.momentum, args.wd)
+    LRSchedule(args.lr_policy, lr, args.mepoch, 1, args.warmup, args.milestones, args.lr_decay)
     ckpt_dir = Path(args.ckpt)
     start, init_from, expnum = args.sepoch, None, args.expnum
     if args.resume:
@@ -107,6 +117,18 @@ def prepare(args: argparse.Namespace) -> Plan:
     return Plan(mode, opt, index, train, expnum, ckpt_dir, bs, start, init_from)
 
 
+def planned_world_size(args: argparse.Namespace) -> int:
+    """Processes the run will have: torchrun's WORLD_SIZE, nodes x processes per node, or 1."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    if args.mp_distributed:
+        nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
+        if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+            raise UserError(f"--nproc {nproc} exceeds the {torch.cuda.device_count()} GPU(s) here")
+        return nproc * args.world_size
+    return 1
+
+
 def main(args: argparse.Namespace) -> None:
     """Validate, then run one process, spawn one per GPU (or ``--nproc`` on CPU), or join torchrun."""
     setup_logging()
@@ -115,12 +137,7 @@ def main(args: argparse.Namespace) -> None:
         main_worker(int(os.environ.get("LOCAL_RANK", 0)), None, args, plan)
         return
     if args.mp_distributed:
-        nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
-        if torch.cuda.is_available() and nproc > torch.cuda.device_count():
-            raise UserError(f"--nproc {nproc} exceeds the {torch.cuda.device_count()} GPU(s) here")
-        world = nproc * args.world_size
-        if plan.global_bs % world:
-            raise UserError(f"--bs {plan.global_bs} is not divisible by the {world} processes; use a multiple of {world}")
+        nproc = planned_world_size(args) // args.world_size
         try:
             mp.spawn(main_worker, nprocs=nproc, args=(nproc, args, plan), join=True)
         except mp.ProcessRaisedException as err:
@@ -137,13 +154,9 @@ def main(args: argparse.Namespace) -> None:
 def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namespace, plan: Plan) -> None:
     """One training process (rank 0 alone logs and writes)."""
     rt = init_runtime(local_rank, nproc, args)
-    setup_logging(rt.is_main)
     opt, mode = plan.opt, plan.mode
     module = pretexts.load(mode)
     per_proc_bs = plan.global_bs // rt.world
-    if per_proc_bs > len(plan.train):
-        raise UserError(f"--bs {plan.global_bs} needs {per_proc_bs} images per process but the training set "
-                        f"has {len(plan.train)}; lower --bs")
     reseed(args.seed, 0, rt.rank)
 
     backbone, _ = build_backbone(args.netnum, opt.n_bands, bool(args.ptcp), opt.rgb_index)

@@ -57,6 +57,8 @@ def init_runtime(local_rank: int | None, nproc: int | None, args: argparse.Names
         init = args.dist_url
     else:
         local, rank, world, init = 0, 0, 1, None
+    from engine.cli import setup_logging
+    setup_logging(rank == 0)     # spawned workers start with no logging configured
     if cuda:
         gpu = local if (torchrun or local_rank is not None) else (args.gpu or 0)
         torch.cuda.set_device(gpu)

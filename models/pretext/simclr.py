@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from datasets.transforms import build_views
+from datasets.views import build_views
 from losses.ntxent import NTXentLoss
 from models.heads import ProjectionHead
 

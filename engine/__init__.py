@@ -1,0 +1,1 @@
+"""Training machinery shared by the entry scripts: distributed setup, loops, checkpoints."""

@@ -1,0 +1,109 @@
+"""Tests for datasets/views.py: the --aug view pairs and the test-time dihedral views."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from config.errors import UserError
+from datasets.transforms import AUG_CODES, DEFAULT_P, plain
+from datasets.views import build_views, tta_views
+
+SIZE = 64
+MEAN = (1000.0,) * 12 + (12.0,)
+STD = (300.0,) * 12 + (4.8,)
+RGB = (3, 2, 1)
+ZERO_P = {key: 0.0 for key in DEFAULT_P}
+
+
+def image(bands: int = 13, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(bands, 80, 80, generator=g) * 2000
+
+
+def views(aug: int, plan: str = "S5", p: dict | None = None, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    return build_views(aug, plan, SIZE, MEAN, STD, RGB, p)(image())
+
+
+@pytest.mark.parametrize("aug", AUG_CODES)
+@pytest.mark.parametrize("plan", ["S5", "B"])
+def test_every_aug_gives_two_views_of_the_right_shape(aug: int, plan: str) -> None:
+    a, b = views(aug, plan)
+    for v in (a, b):
+        assert v.shape == (13, SIZE, SIZE) and v.dtype == torch.float32 and torch.isfinite(v).all()
+    assert not torch.equal(a, b)
+
+
+def test_aug2_view_a_is_plain() -> None:
+    expected = plain(SIZE, MEAN, STD)(image())
+    for seed in range(3):
+        a, b = views(2, seed=seed)
+        assert torch.equal(a, expected)
+        assert not torch.allclose(b, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("aug", [1, 4])
+def test_shared_crop_views_start_from_the_same_region(aug: int) -> None:
+    # With every plan step off, both views are the same shared crop, resized.
+    a, b = views(aug, p=ZERO_P)
+    assert torch.allclose(a, b)
+    assert not torch.allclose(a, plain(SIZE, MEAN, STD)(image()), atol=1e-3)
+
+
+def test_shared_crop_is_scale_05_to_09() -> None:
+    from datasets import views as V
+
+    assert V.SHARED_CROP_SCALE == (0.5, 0.9)
+    torch.manual_seed(0)
+    x = image()
+    for _ in range(50):
+        crop = V.random_crop(x, V.SHARED_CROP_SCALE)
+        assert 0.5 * 0.95 <= crop.shape[1] * crop.shape[2] / 6400 <= 0.9 * 1.05
+
+
+def test_independent_views_without_augmentation_are_plain() -> None:
+    expected = plain(SIZE, MEAN, STD)(image())
+    for aug in (2, 5):
+        a, b = views(aug, p=ZERO_P)
+        assert torch.equal(a, expected) and torch.equal(b, expected)
+
+
+def test_aug3_view_a_is_its_own_crop() -> None:
+    expected = plain(SIZE, MEAN, STD)(image())
+    a, _ = views(3, p={"crop": 0.0})
+    assert torch.allclose(a, expected, atol=1e-6)
+    a, b = views(3, p={**ZERO_P, "crop": 1.0})
+    assert not torch.allclose(a, expected, atol=1e-3)
+    assert not torch.allclose(a, b, atol=1e-3)
+
+
+def test_views_are_reproducible_with_a_seed() -> None:
+    for aug in AUG_CODES:
+        first, second = views(aug, seed=11), views(aug, seed=11)
+        assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_unknown_codes_raise_user_error() -> None:
+    with pytest.raises(UserError, match="--aug 6.*1, 2, 3, 4, 5"):
+        build_views(6, "S5", SIZE, MEAN, STD, RGB)
+    with pytest.raises(UserError, match="'Z'"):
+        build_views(1, "Z", SIZE, MEAN, STD, RGB)
+
+
+def test_tta_views_are_the_eight_dihedral_variants() -> None:
+    x = torch.rand(2, 3, 8, 8)
+    out = tta_views(x)
+    assert len(out) == 8
+    assert torch.equal(out[0], x)
+    for i in range(8):
+        assert out[i].shape == x.shape
+        for j in range(i):
+            assert not torch.equal(out[i], out[j])
+    expected = [torch.rot90(x, 1, dims=(2, 3)), torch.flip(x, dims=(3,)), torch.flip(x, dims=(2,)), x.transpose(2, 3)]
+    for e in expected:
+        assert sum(torch.equal(e, v) for v in out) == 1
+    # The set is a group: the variants of a flipped batch are the same eight images.
+    flipped = tta_views(torch.flip(x, dims=(3,)))
+    assert all(sum(torch.equal(f, v) for v in out) == 1 for f in flipped)
+    with pytest.raises(UserError, match=r"\(3, 8, 8\)"):
+        tta_views(x[0])
