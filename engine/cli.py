@@ -93,7 +93,15 @@ def base_parser(description: str, script: str) -> argparse.ArgumentParser:
 
 
 def setup_logging(is_main: bool = True) -> None:
-    """INFO on rank 0, WARNING elsewhere, one format for every module."""
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
-                        format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stdout, force=True)
+    """INFO on rank 0, WARNING elsewhere, one format for every module.
+
+    Adds one stdout handler (once per process) and leaves other handlers alone, so
+    pytest's capture and a user's own configuration keep working.
+    """
+    root = logging.getLogger()
+    root.setLevel(logging.INFO if is_main else logging.WARNING)
+    if not any(getattr(h, "_rsssl", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S"))
+        h._rsssl = True  # type: ignore[attr-defined]
+        root.addHandler(h)

@@ -243,7 +243,9 @@ def fit(model: nn.Module, train: list[Sample], args: argparse.Namespace, job: Jo
     gen = torch.Generator().manual_seed(seed)
     sampler = (DistributedSampler(ds, rt.world, rt.rank, shuffle=True, seed=seed) if rt.distributed
                else RandomSampler(ds, generator=gen))
-    loader = DataLoader(ds, batch_size=per_bs, sampler=sampler, num_workers=args.workers,
+    # a trailing batch of ONE image would break BatchNorm in training mode: drop only that
+    lone = len(sampler) > 1 and len(sampler) % per_bs == 1
+    loader = DataLoader(ds, batch_size=per_bs, sampler=sampler, num_workers=args.workers, drop_last=lone,
                         worker_init_fn=seed_worker, generator=gen, pin_memory=rt.device.type == "cuda")
     lr = args.lr or opt.lr
     optimizer = build_optimizer(args.optimizer, groups, lr, args.momentum, args.wd)

@@ -1,0 +1,182 @@
+"""main_cls.py: few-shot fine-tuning, probes, val/test, results rows (tiny demo data, CPU)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import main_cls
+import main_cls_ss_train
+from engine import finetune
+from tests.conftest import run_script
+
+NET = "090000"
+
+
+@pytest.fixture(scope="module")
+def pretrained(demo_root, tmp_path_factory):
+    """A SimCLR backbone written by the pretraining path under the SPEC's file name."""
+    ck = tmp_path_factory.mktemp("ckpt")
+    main_cls_ss_train.main(["--mode", "910", "--ds", "demo", "--data-root", str(demo_root), "--netnum", NET,
+                            "--input_size", "32", "--bs", "16", "--mepoch", "1", "--workers", "0", "--ckpt", str(ck),
+                            "--expnum", "20186093531_pretrain", "--knn-freq", "0", "--no-progress"])
+    assert (ck / f"{NET}_20186093531_pretrain_1.pth").exists()
+    return ck
+
+
+def cls_args(root, ck, results, *extra):
+    return ["--ds", "demo", "--data-root", str(root), "--netnum", NET, "--input_size", "32", "--workers", "0",
+            "--ckpt", str(ck), "--results", str(results), "--no-progress", "--lr", "1e-3", "--optimizer", "adam",
+            "--bs", "16", *extra]
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_finetune_round_trip_writes_a_result_row(demo_root, pretrained, tmp_path):
+    res = tmp_path / "r.csv"
+    main_cls.main(cls_args(demo_root, pretrained, res, "--mode", "41", "--ts", "5", "--hos", "9", "--mepoch", "3",
+                           "--expnum", "20186093531_pretrain", "--cepoch", "1", "--lr_policy", "cosine", "--wd", "0"))
+    (r,) = rows(res)
+    assert r["ds"] == "demo" and r["mode"] == "41" and r["hos"] == "9" and r["pretext"] == "simclr"
+    assert r["pretrain_expnum"] == "20186093531_pretrain" and r["pretrain_epoch"] == "1"
+    assert int(r["n_train"]) == 6 * 5 and int(r["n_test"]) == 12    # demo_root: 10 per class -> 8/2
+    assert 0 <= float(r["OA"]) <= 100 and -1 <= float(r["kappa"]) <= 1
+    per_class = np.array(eval(r["per_class"].replace("null", "float('nan')")))
+    assert per_class.shape == (6,) and abs(per_class.mean() - float(r["AA"])) < 0.05
+
+
+def test_linear_probe_guard_catches_a_changing_backbone(demo_root, pretrained, tmp_path, monkeypatch):
+    real = finetune.param_groups
+    monkeypatch.setattr(finetune, "param_groups", lambda model, hos: real(model, 0))   # "forgets" to freeze
+    with pytest.raises(RuntimeError, match="the backbone is not frozen"):
+        main_cls.main(cls_args(demo_root, pretrained, tmp_path / "r.csv", "--mode", "41", "--ts", "5", "--hos", "9",
+                               "--mepoch", "2", "--expnum", "20186093531_pretrain", "--cepoch", "1"))
+
+
+def test_protocol_parameter_groups():
+    from models import build_model
+    m = build_model(NET, 13, 6)
+    g1 = finetune.param_groups(m, 1)
+    assert [g["lr_scale"] for g in g1] == [0.2, 1.0]
+    g9 = finetune.param_groups(build_model(NET, 13, 6), 9)
+    assert len(g9) == 1 and len(g9[0]["params"]) == 2                  # head weight and bias only
+
+
+def test_linear_probe_keeps_bn_statistics(demo_root, pretrained, tmp_path, monkeypatch):
+    seen = {}
+    real = finetune.check_frozen
+
+    def spy(backbone, before):
+        seen["training"] = backbone.training
+        real(backbone, before)
+    monkeypatch.setattr(finetune, "check_frozen", spy)
+    main_cls.main(cls_args(demo_root, pretrained, tmp_path / "r.csv", "--mode", "41", "--ts", "2", "--hos", "9",
+                           "--mepoch", "1", "--expnum", "20186093531_pretrain", "--cepoch", "1"))
+    assert seen["training"] is False
+
+
+def test_probes_cache_features_and_vary_with_seed(demo_root, pretrained, tmp_path, caplog):
+    res = tmp_path / "p.csv"
+    base = cls_args(demo_root, pretrained, res, "--mode", "41", "--expnum", "20186093531_pretrain", "--cepoch", "1")
+    main_cls.main(base + ["--probe", "logreg", "--ts", "5", "--nseeds", "3"])
+    with caplog.at_level("INFO"):
+        main_cls.main(base + ["--probe", "knn", "--ts", "2"])
+    assert "frozen features from cache" in caplog.text
+    got = rows(res)
+    assert [r["probe"] for r in got] == ["logreg"] * 3 + ["knn"]
+    assert [r["seed"] for r in got] == ["0", "1", "2", "0"]
+    assert {r["n_train"] for r in got} == {"30", "12"}
+
+
+def test_logreg_probe_beats_chance_on_separable_features():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 16)) * 4
+    y = np.repeat(np.arange(4), 5)
+    f = centers[y] + rng.normal(size=(20, 16))
+    yt = np.repeat(np.arange(4), 50)
+    ft = centers[yt] + rng.normal(size=(200, 16))
+    pred, c = finetune.logreg_predict(f, y, ft, seed=0)
+    assert (pred == yt).mean() > 0.9 and 1e-3 <= c <= 1e3
+
+
+def test_train_then_test_and_val_modes(demo_root, tmp_path):
+    res, ck = tmp_path / "r.csv", tmp_path / "ck"
+    main_cls.main(cls_args(demo_root, ck, res, "--mode", "11", "--ts", "3", "--mepoch", "2"))
+    (saved,) = sorted(ck.glob(f"{NET}_*_finetune_ts3_s0_2.pth")) or sorted(ck.glob(f"{NET}_*_train_ts3_s0_2.pth"))
+    expnum = saved.name[len(NET) + 1:-len("_2.pth")]
+    main_cls.main(cls_args(demo_root, ck, res, "--mode", "31", "--ts", "3", "--expnum", expnum, "--cepoch", "2"))
+    main_cls.main(cls_args(demo_root, ck, res, "--mode", "21", "--ts", "3", "--expnum", expnum, "--cepoch", "2"))
+    train_row, test_row, val_row = rows(res)
+    assert train_row["pretrain_expnum"] == "random" and test_row["mode"] == "31"
+    assert train_row["OA"] == test_row["OA"]                    # the saved classifier reproduces its score
+    assert int(val_row["n_test"]) == 6 * 8 - 6 * 3             # training split minus the 3-shot draw
+
+
+def test_tta_averages_eight_views(demo_root, tmp_path, monkeypatch):
+    from datasets import views
+    calls = {"n": 0}
+    real = views.tta_views
+
+    def counting(x):
+        out = real(x)
+        calls["n"] += len(out)
+        return out
+    monkeypatch.setattr(finetune, "tta_views", counting)
+    main_cls.main(cls_args(demo_root, tmp_path / "ck", tmp_path / "r.csv", "--mode", "11", "--ts", "2",
+                           "--mepoch", "1", "--tta"))
+    assert calls["n"] == 8
+
+
+def test_shard_sampler_counts_every_image_once():
+    for n, world in [(11, 2), (12, 3), (5, 4)]:
+        shards = [list(finetune.ShardSampler(n, r, world)) for r in range(world)]
+        flat = sorted(i for s in shards for i in s)
+        assert flat == list(range(n))
+
+
+def test_distributed_finetune_counts_each_test_image_once(demo_root, tmp_path):
+    res = tmp_path / "d.csv"
+    r = run_script(["main_cls.py", *cls_args(demo_root, tmp_path / "ck", res, "--mode", "11", "--ts", "3",
+                                             "--mepoch", "1", "--mp-distributed", "--nproc", "2",
+                                             "--dist-url", "tcp://127.0.0.1:29541")], timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (row,) = rows(res)
+    assert int(row["n_test"]) == 12
+
+
+BAD = [
+    (["--mode", "41", "--expnum", "nope", "--cepoch", "3"], "does not exist"),
+    (["--mode", "41"], "needs --expnum and --cepoch"),
+    (["--mode", "910"], "run it with main_cls_ss_train.py"),
+    (["--mode", "11", "--hos", "5"], "--hos 5 is not a protocol"),
+    (["--mode", "31", "--probe", "knn", "--expnum", "x", "--cepoch", "1"], "does not exist"),
+    (["--mode", "11", "--ts", "-1"], "--ts -1.0 must be > 0"),
+    (["--mode", "11", "--loss", "Focal"], "--loss Focal"),
+    (["--mode", "11", "--expnum", "x", "--cepoch", "1"], "drop them"),
+    ([], "--mode is required"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_bad_input_exits_2(demo_root, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        main_cls.main(cls_args(demo_root, tmp_path, tmp_path / "r.csv", *extra))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_band_mismatch_names_the_file(demo_root, pretrained, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main_cls.main(cls_args(demo_root, pretrained, tmp_path / "r.csv", "--mode", "41", "--ts", "2", "--mepoch", "1",
+                               "--dtype", "RGB", "--expnum", "20186093531_pretrain", "--cepoch", "1"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "20186093531_pretrain_1.pth" in err and "13" in err and "3" in err
