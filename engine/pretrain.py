@@ -55,6 +55,9 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--knn-freq", dest="knn_freq", type=int, default=1, help="kNN monitor every N epochs (0: off)")
     g.add_argument("--knn-per-class", dest="knn_per_class", type=int, default=200,
                    help="kNN monitor: at most this many training images per class in the memory bank (test: half)")
+    for module in pretexts.modules():
+        if hasattr(module, "add_args"):       # a pretext's own flags live in its module
+            module.add_args(p.add_argument_group(f"pretext {module.__name__.rsplit('.', 1)[-1]}"))
     return p
 
 
@@ -82,6 +85,8 @@ def prepare(args: argparse.Namespace) -> Plan:
         raise UserError(f"--loss {args.loss} does not fit --mode {mode.code} ({mode.pretext}); use {module.LOSSES[0]}")
     if not 0.005 <= args.tau <= 10:
         raise UserError(f"--tau {args.tau} is outside 0.005..10; SimCLR uses 0.1-0.5")
+    if hasattr(module, "check_args"):
+        module.check_args(args)
     opt, index = prepare_dataset(get_opt(args.ds, args))
     module.make_transform(args, opt.parts[0] if opt.parts else opt)   # validates --aug / --aug_p
     train = index.train if args.ts == 1 else few_shot(index.train, args.ts, args.seed, index.classes)

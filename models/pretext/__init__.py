@@ -5,12 +5,15 @@ A pretext module provides
       ``(loss, stats)`` (stats: floats to log) and which keeps the shared ``.backbone``;
   ``make_transform(args, opt) -> callable`` turning a raw C x H x W tensor into the
       views that forward expects;
-  ``LOSSES``: the ``--loss`` names it accepts.
+  ``LOSSES``: the ``--loss`` names it accepts;
+and optionally ``add_args(group)`` (its own command-line flags) and ``check_args(args)``
+(raise UserError on bad values, before any worker starts).
 Adding a pretext = one module here + one row in config/codes.py.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from config.codes import PRETEXTS, Mode
@@ -33,3 +36,8 @@ def load(mode: Mode) -> ModuleType:
         raise UserError(f"--mode {mode.code} ({name}) is not implemented in this version yet; "
                         f"implemented pretraining modes: {', '.join(map(str, implemented()))}")
     return importlib.import_module(f"models.pretext.{name}")
+
+
+def modules() -> list[ModuleType]:
+    """The implemented pretext modules (for their command-line flags)."""
+    return [importlib.import_module(f"models.pretext.{PRETEXTS[c][0]}") for c in implemented()]
