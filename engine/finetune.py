@@ -85,6 +85,14 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError(f"--loss {args.loss} is not a classification loss here; use CrossEntropyLoss")
     if args.nseeds < 1:
         raise UserError(f"--nseeds {args.nseeds} must be >= 1")
+    if args.resume:
+        if mode.job not in ("train", "finetune") or args.probe:
+            raise UserError(f"--resume continues training a classifier; it does not apply to --mode {mode.code}"
+                            + (" with --probe" if args.probe else ""))
+        if not Path(args.resume).is_file():
+            raise UserError(f"--resume {args.resume}: no such file; give a classifier checkpoint written by main_cls.py")
+    if not 0 <= args.sepoch < args.mepoch:
+        raise UserError(f"--sepoch {args.sepoch} must be in 0..{args.mepoch - 1} (below --mepoch)")
     opt, index = prepare_dataset(get_opt(args.ds, args))
     if not opt.labelled:
         raise UserError(f"--ds {args.ds} has no class folders; main_cls.py needs labelled data (class-per-folder)")
@@ -151,16 +159,19 @@ def build_classifier(args: argparse.Namespace, job: Job) -> nn.Module:
         meta = ckpt.load_backbone(job.init, model.backbone)
         log.info("backbone from %s (pretext %s, epoch %s, dataset %s)", job.init, meta.get("pretext"),
                  meta.get("epoch"), meta.get("dataset"))
-    elif job.mode.job in ("val", "test"):
-        state = torch.load(job.init, map_location="cpu", weights_only=False)
+    classifier = job.init if job.mode.job in ("val", "test") else (Path(args.resume) if args.resume else None)
+    if classifier is not None:
+        state = torch.load(classifier, map_location="cpu", weights_only=False)
         if "model" not in state:
-            raise UserError(f"{job.init} holds a backbone, not a trained classifier; --mode {job.mode.code} "
-                            "evaluates checkpoints written by --mode 1x/4x")
+            raise UserError(f"{classifier} holds a backbone, not a trained classifier; --mode 2x/3x and --resume "
+                            "take checkpoints written by --mode 1x/4x")
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as err:
-            raise UserError(f"{job.init} does not fit --netnum {args.netnum} with {opt.n_bands} bands and "
+            raise UserError(f"{classifier} does not fit --netnum {args.netnum} with {opt.n_bands} bands and "
                             f"{opt.num_classes} classes ({str(err).splitlines()[0]})") from None
+        if args.resume:
+            log.info("classifier weights from %s; training continues at epoch %d", classifier, args.sepoch + 1)
     return model
 
 
@@ -235,6 +246,9 @@ def fit(model: nn.Module, train: list[Sample], args: argparse.Namespace, job: Jo
     opt = job.opt
     groups = param_groups(model, args.hos)
     net = model
+    if rt.distributed and args.sync_bn and args.hos != 9:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(rt.device)
+        net = model
     if rt.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None)
     tf = lambda o: build_plan(TRAIN_PLAN, o.input_size, o.mean, o.std, o.rgb_index)  # noqa: E731
@@ -253,7 +267,7 @@ def fit(model: nn.Module, train: list[Sample], args: argparse.Namespace, job: Jo
     criterion = nn.CrossEntropyLoss()
     frozen = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()} if args.hos == 9 else None
     bar = use_tqdm(rt, args)
-    epochs = range(args.mepoch)
+    epochs = range(args.sepoch, args.mepoch)       # --sepoch: epochs already done (with --resume)
     if bar:
         from tqdm import tqdm
         epochs = tqdm(epochs, desc=f"fine-tune seed {seed}", leave=False)
@@ -275,7 +289,7 @@ def fit(model: nn.Module, train: list[Sample], args: argparse.Namespace, job: Jo
             optimizer.step()
             total += loss.item() * len(y)
             n += len(y)
-        if frozen is not None and epoch == 0:
+        if frozen is not None and epoch == args.sepoch:
             check_frozen(model.backbone, frozen)
         if rt.is_main and ((epoch + 1) % max(1, args.mepoch // 5) == 0 or epoch + 1 == args.mepoch):
             log.info("seed %d epoch %d/%d  loss %.4f", seed, epoch + 1, args.mepoch, total / max(n, 1))

@@ -56,7 +56,7 @@ def plot(g: pd.DataFrame, path: Path, metric: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (ds, method), rows in g.groupby(["ds", "method"]):
+    for (_, method), rows in g.groupby(["ds", "method"]):
         rows = rows.sort_values("ts")
         ax.errorbar(rows["ts"], rows["mean"], yerr=rows["std"], marker="o", capsize=3, label=f"{method}")
     ax.set_xlabel("labels per class")

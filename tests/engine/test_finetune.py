@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import main_cls
 import main_cls_ss_train
@@ -118,6 +117,18 @@ def test_train_then_test_and_val_modes(demo_root, tmp_path):
     assert int(val_row["n_test"]) == 6 * 8 - 6 * 3             # training split minus the 3-shot draw
 
 
+def test_resume_continues_a_classifier(demo_root, tmp_path, caplog):
+    res, ck = tmp_path / "r.csv", tmp_path / "ck"
+    main_cls.main(cls_args(demo_root, ck, res, "--mode", "11", "--ts", "2", "--mepoch", "1"))
+    (saved,) = sorted(ck.glob(f"{NET}_*_ts2_s0_1.pth"))
+    with caplog.at_level("INFO"):
+        main_cls.main(cls_args(demo_root, ck, res, "--mode", "11", "--ts", "2", "--mepoch", "2", "--sepoch", "1",
+                               "--resume", str(saved)))
+    assert "training continues at epoch 2" in caplog.text
+    assert "seed 0 epoch 1/2" not in caplog.text and "seed 0 epoch 2/2" in caplog.text
+    assert len(rows(res)) == 2
+
+
 def test_tta_averages_eight_views(demo_root, tmp_path, monkeypatch):
     from datasets import views
     calls = {"n": 0}
@@ -160,6 +171,9 @@ BAD = [
     (["--mode", "11", "--loss", "Focal"], "--loss Focal"),
     (["--mode", "11", "--expnum", "x", "--cepoch", "1"], "drop them"),
     ([], "--mode is required"),
+    (["--mode", "11", "--sepoch", "500"], "--sepoch 500 must be in 0..99"),
+    (["--mode", "11", "--resume", "/nonexistent.pth"], "--resume /nonexistent.pth: no such file"),
+    (["--mode", "31", "--resume", "/x.pth", "--expnum", "e", "--cepoch", "1"], "does not apply to --mode 31"),
 ]
 
 
