@@ -92,6 +92,18 @@ def base_parser(description: str, script: str) -> argparse.ArgumentParser:
     return p
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at emit time (it may be swapped, e.g. by pytest)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(is_main: bool = True) -> None:
     """INFO on rank 0, WARNING elsewhere, one format for every module.
 
@@ -101,7 +113,7 @@ def setup_logging(is_main: bool = True) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO if is_main else logging.WARNING)
     if not any(getattr(h, "_rsssl", False) for h in root.handlers):
-        h = logging.StreamHandler(sys.stdout)
+        h = _StdoutHandler()
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S"))
         h._rsssl = True  # type: ignore[attr-defined]
         root.addHandler(h)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import time
@@ -45,9 +44,9 @@ log = logging.getLogger(__name__)
 def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags of main_cls_ss_train.py on top of engine.cli.base_parser."""
     g = p.add_argument_group("pretraining")
-    g.add_argument("--aug", type=int, default=5, help="how the two views are made (1-5, see README)")
-    g.add_argument("--aug_p", "--aug-p", dest="aug_p", default="S5", help="augmentation plan of an augmented view (A-E, S1-S6)")
-    g.add_argument("--loss", default="NTXentLoss", help="loss of the pretext (910: NTXentLoss)")
+    g.add_argument("--aug", type=int, help="SimCLR: how the two views are made (1-5, see README; default 5)")
+    g.add_argument("--aug_p", "--aug-p", dest="aug_p", help="SimCLR: augmentation plan of an augmented view (A-E, S1-S6; default S5)")
+    g.add_argument("--loss", help="loss of the pretext (default: the pretext's own, e.g. NTXentLoss for 910)")
     g.add_argument("--feature_dim", "--feature-dim", dest="feature_dim", type=int, default=128, help="projection output size")
     g.add_argument("--tau", type=float, default=0.5, help="NT-Xent temperature")
     g.add_argument("--ckpt_freq", "--ckpt-freq", dest="ckpt_freq", type=int, default=0,
@@ -81,6 +80,10 @@ def prepare(args: argparse.Namespace) -> Plan:
     mode = decode_mode(args.mode if args.mode is not None else 910, script="pretrain")
     decode_netnum(args.netnum)
     module = pretexts.load(mode)
+    if (args.aug is not None or args.aug_p is not None) and not getattr(module, "USES_AUG", False):
+        raise UserError(f"--aug/--aug_p choose SimCLR's two views; --mode {mode.code} ({mode.pretext}) makes its own "
+                        "views: drop them")
+    args.loss = args.loss or module.LOSSES[0]
     if args.loss not in module.LOSSES:
         raise UserError(f"--loss {args.loss} does not fit --mode {mode.code} ({mode.pretext}); use {module.LOSSES[0]}")
     if not 0.005 <= args.tau <= 10:
@@ -225,9 +228,10 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
             if monitor is not None and (done % args.knn_freq == 0 or done == args.mepoch):
                 stats["knn_top1"] = monitor(backbone)
             if rt.is_main:
-                log.info("epoch %d/%d  loss %.4f  lr %.3g  emb_std %.4f (1/sqrt(d)=%.4f)%s  %.0f img/s  %.1fs",
-                         done, args.mepoch, stats["loss"], stats["lr"], stats["emb_std"],
-                         1 / math.sqrt(args.feature_dim),
+                extra = "  ".join(f"{k} {v:.4g}" for k, v in stats.items()
+                                  if k not in ("loss", "lr", "img_per_s", "seconds", "knn_top1"))
+                log.info("epoch %d/%d  loss %.4f  lr %.3g  %s%s  %.0f img/s  %.1fs", done, args.mepoch,
+                         stats["loss"], stats["lr"], extra,
                          f"  kNN {stats['knn_top1']:.2f}%" if "knn_top1" in stats else "",
                          stats["img_per_s"], stats["seconds"])
                 epoch_log.add(done, stats)
@@ -260,8 +264,8 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.O
     """One pass over the loader; averages over all processes; stops on a non-finite loss."""
     net.train()
     iters = len(loader)
-    sums = torch.zeros(3, dtype=torch.float64)      # loss, emb_std, batches
-    n_images = 0
+    sums: dict[str, float] = {}           # loss and every stat the pretext reports, summed over batches
+    batches, n_images = 0, 0
     t0 = time.perf_counter()
     bar = use_tqdm(rt, args)
     it_loader = loader
@@ -283,18 +287,19 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.O
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        sums += torch.tensor([loss.item(), stats.get("emb_std", 0.0), 1.0], dtype=torch.float64)
+        for k, v in {"loss": loss.item(), **stats}.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        batches += 1
         n_images += len(views[0]) if isinstance(views, (tuple, list)) else len(views)
         if bar:
             it_loader.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
     seconds = time.perf_counter() - t0
+    keys = sorted(sums)
+    totals = torch.tensor([sums[k] for k in keys] + [float(batches), float(n_images)], dtype=torch.float64)
     if rt.distributed:
-        dist.all_reduce(sums)
-        total = torch.tensor([float(n_images)], dtype=torch.float64)
-        dist.all_reduce(total)
-        n_images = int(total.item())
-    return {"loss": sums[0].item() / max(sums[2].item(), 1), "lr": optimizer.param_groups[0]["lr"],
-            "emb_std": sums[1].item() / max(sums[2].item(), 1), "img_per_s": n_images / seconds,
+        dist.all_reduce(totals)
+    means = {k: totals[j].item() / max(totals[-2].item(), 1) for j, k in enumerate(keys)}
+    return {**means, "lr": optimizer.param_groups[0]["lr"], "img_per_s": totals[-1].item() / seconds,
             "seconds": seconds}
 
 

@@ -14,12 +14,14 @@ from losses.ntxent import NTXentLoss
 from models.heads import ProjectionHead
 
 LOSSES = ("NTXentLoss", "ntxent")
+USES_AUG = True          # --aug / --aug_p choose the two views
 
 
 def embedding_std(z: Tensor) -> float:
     """Mean over dimensions of the batch std of L2-normalised embeddings.
 
-    About 1/sqrt(d) for well-spread embeddings; ~0 when the representation collapses.
+    About 1/sqrt(d) for well-spread embeddings (0.088 for d=128); ~0 when the
+    representation collapses.
     """
     zn = nn.functional.normalize(z.detach().float(), dim=1)
     return zn.std(dim=0).mean().item()
@@ -45,4 +47,6 @@ def build(args, opt, backbone: nn.Module) -> SimCLR:
 
 
 def make_transform(args, opt):
-    return build_views(args.aug, args.aug_p, opt.input_size, opt.mean, opt.std, opt.rgb_index)
+    aug = 5 if args.aug is None else args.aug
+    plan = args.aug_p or "S5"
+    return build_views(aug, plan, opt.input_size, opt.mean, opt.std, opt.rgb_index)

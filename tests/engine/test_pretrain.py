@@ -43,6 +43,7 @@ def test_cli_pretrain_writes_backbone_log_and_events(demo_root, tmp_path):
         assert float(r["img_per_s"]) > 0
     # cosine schedule: the lr logged at the end of epoch 2 is far below the base lr
     assert float(rows[1]["lr"]) < float(rows[0]["lr"]) < 1e-3
+    assert "loss" in rows[0] and "emb_std" in rows[0]
     assert list((tmp_path / "tb" / "090000_20186093531_pretrain").glob("events.out.tfevents.*"))
     assert (tmp_path / "090000_20186093531_pretrain_views.png").stat().st_size > 1000
     assert (tmp_path / "090000_20186093531_pretrain_best.pth").exists()
@@ -139,7 +140,8 @@ BAD = [
     (["--aug_p", "Z9"], "Z9"),
     (["--mode", "915"], "--mode 915 is not a pretraining mode"),
     (["--mode", "41"], "run it with main_cls.py"),
-    (["--mode", "96"], "not implemented in this version yet"),
+    (["--mode", "990"], "not implemented in this version yet"),
+    (["--mode", "96", "--aug", "3"], "--mode 96 (inpaint) makes its own views"),
     (["--netnum", "0A0000"], "--netnum '0A0000' must be a 6-digit string"),
     (["--ts", "0"], "--ts 0.0 must be > 0"),
     (["--loss", "TripletLoss"], "--loss TripletLoss does not fit"),
