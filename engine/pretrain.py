@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 import models.pretext as pretexts
-from config.codes import Mode, decode_mode, decode_netnum
+from config.codes import PRETEXTS, Mode, decode_mode, decode_netnum
 from config.dataset_cfg import DatasetOpt, get_opt
 from config.errors import UserError
 from datasets.folder import make_dataset, prepare_dataset
@@ -54,9 +54,21 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--knn-freq", dest="knn_freq", type=int, default=1, help="kNN monitor every N epochs (0: off)")
     g.add_argument("--knn-per-class", dest="knn_per_class", type=int, default=200,
                    help="kNN monitor: at most this many training images per class in the memory bank (test: half)")
+    owners: dict[str, set[str]] = {}     # flag dest -> pretexts that use it
+    defaults: dict[str, object] = {}
     for module in pretexts.modules():
         if hasattr(module, "add_args"):       # a pretext's own flags live in its module
-            module.add_args(p.add_argument_group(f"pretext {module.__name__.rsplit('.', 1)[-1]}"))
+            name = module.__name__.rsplit(".", 1)[-1]
+            probe = argparse.ArgumentParser(add_help=False)
+            module.add_args(probe.add_argument_group())
+            for a in probe._actions:
+                owners.setdefault(a.dest, set()).add(name)
+                defaults.setdefault(a.dest, a.default)
+            try:
+                module.add_args(p.add_argument_group(f"pretext {name}"))
+            except argparse.ArgumentError:    # flags shared with a pretext registered earlier
+                pass
+    p.set_defaults(_pretext_flags={k: (sorted(v), defaults[k]) for k, v in owners.items()})
     return p
 
 
@@ -83,6 +95,12 @@ def prepare(args: argparse.Namespace) -> Plan:
     if (args.aug is not None or args.aug_p is not None) and not getattr(module, "USES_AUG", False):
         raise UserError(f"--aug/--aug_p choose SimCLR's two views; --mode {mode.code} ({mode.pretext}) makes its own "
                         "views: drop them")
+    for dest, (owners, default) in getattr(args, "_pretext_flags", {}).items():
+        if mode.pretext not in owners and getattr(args, dest, default) != default:
+            flag = "--" + dest.replace("_", "-")
+            codes = "/".join(str(c) for c, (n, _) in PRETEXTS.items() if n in owners)
+            raise UserError(f"{flag} belongs to --mode {codes} ({', '.join(owners)}), not {mode.code} "
+                            f"({mode.pretext}): drop it")
     args.loss = args.loss or module.LOSSES[0]
     if args.loss not in module.LOSSES:
         raise UserError(f"--loss {args.loss} does not fit --mode {mode.code} ({mode.pretext}); use {module.LOSSES[0]}")
@@ -332,7 +350,14 @@ def save_views_png(dataset, opt: DatasetOpt, path: Path, seed: int, n: int = 8) 
     rows = []
     for i in idx:
         views, _, _ = dataset[i]
-        rows.append(list(views) if isinstance(views, (tuple, list)) else [views])
+        items = list(views) if isinstance(views, (tuple, list)) else [views]
+        row = []
+        for v in items:                       # images; jigsaw tile stacks; labels are skipped
+            if torch.is_tensor(v) and v.dim() == 3:
+                row.append(v)
+            elif torch.is_tensor(v) and v.dim() == 4:
+                row.extend(v)
+        rows.append(row)
     save_grid(rows, path, opt)
     log.info("views written to %s", path)
 

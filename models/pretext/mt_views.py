@@ -19,7 +19,7 @@ and ``image`` still differ only inside the block.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

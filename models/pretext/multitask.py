@@ -31,12 +31,14 @@ of the model gets a gradient (as DistributedDataParallel requires).
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from config.codes import decode_netnum
 from config.errors import UserError
 from losses.ntxent import NTXentLoss
 from models.heads import ProjectionHead
@@ -170,15 +172,24 @@ class MultiTask(nn.Module):
 
 
 def stage_channels(backbone: nn.Module, in_channels: int, input_size: int) -> list[int]:
-    """Channel count of each ``backbone.feature_maps`` output, from one dummy image (BN stats untouched)."""
+    """Channel count of each ``backbone.feature_maps`` output, from one blank image in eval mode.
+
+    BatchNorm statistics are left untouched; a backbone that cannot take ``input_size``
+    pixels (e.g. VGG below 32) is a user error naming the size.
+    """
     was_training = backbone.training
     backbone.eval()
     try:
         with torch.no_grad():
-            maps = backbone.feature_maps(torch.zeros(1, in_channels, input_size, input_size))
+            x = torch.zeros(1, in_channels, input_size, input_size, device=next(backbone.parameters()).device)
+            maps = backbone.feature_maps(x)
+    except RuntimeError as err:
+        raise UserError(f"the backbone ({getattr(backbone, 'arch', type(backbone).__name__)}) cannot take "
+                        f"{input_size}x{input_size} inputs ({str(err).splitlines()[0]}); use a larger --input_size "
+                        f"or a backbone with a small stem") from None
     finally:
         backbone.train(was_training)
-    return [m.shape[1] for m in maps]
+    return [int(m.shape[1]) for m in maps]
 
 
 def parse_tasks(text: str) -> tuple[str, ...]:
@@ -216,8 +227,20 @@ def add_args(group: argparse._ArgumentGroup) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Reject bad ``--mt-tasks``/``--mt-weights`` before any worker starts."""
-    parse_weights(args.mt_weights, parse_tasks(args.mt_tasks))
+    """Reject bad ``--mt-tasks``/``--mt-weights`` before any worker starts.
+
+    A plain torchvision backbone (netnum family 9) pools through fully connected layers
+    that only the exemplar task uses; without it they get no gradient, which
+    DistributedDataParallel rejects, so that combination is refused for distributed runs.
+    """
+    tasks = parse_tasks(args.mt_tasks)
+    parse_weights(args.mt_weights, tasks)
+    distributed = getattr(args, "mp_distributed", False) or "WORLD_SIZE" in os.environ
+    if ("exemplar" not in tasks and distributed and hasattr(args, "netnum")
+            and decode_netnum(args.netnum).family == "torchvision"):
+        raise UserError(f"--netnum {args.netnum} pools through layers only the exemplar task trains, so a distributed "
+                        f"run with --mt-tasks {args.mt_tasks} would stop; add exemplar to --mt-tasks or use "
+                        f"--netnum 0{args.netnum[1]}0000")
 
 
 def build(args: argparse.Namespace, opt: DatasetOpt, backbone: nn.Module) -> MultiTask:

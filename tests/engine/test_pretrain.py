@@ -142,6 +142,8 @@ BAD = [
     (["--mode", "41"], "run it with main_cls.py"),
     (["--mode", "990"], "not implemented in this version yet"),
     (["--mode", "96", "--aug", "3"], "--mode 96 (inpaint) makes its own views"),
+    (["--mt-tasks", "inpaint"], "--mt-tasks belongs to --mode 920 (multitask), not 910 (simclr)"),
+    (["--jigsaw-perms", "10"], "--jigsaw-perms belongs to --mode 972/973 (jigsaw4, jigsaw9), not 910"),
     (["--netnum", "0A0000"], "--netnum '0A0000' must be a 6-digit string"),
     (["--ts", "0"], "--ts 0.0 must be > 0"),
     (["--loss", "TripletLoss"], "--loss TripletLoss does not fit"),

@@ -205,7 +205,7 @@ def test_inpainting_loss_is_the_perturbation_weighted_mean_absolute_error():
 
 
 def args_for(**kw) -> SimpleNamespace:
-    base = dict(mt_tasks="inpaint,recog,exemplar", mt_weights="20,1,1", feature_dim=32, tau=0.5)
+    base = {"mt_tasks": "inpaint,recog,exemplar", "mt_weights": "20,1,1", "feature_dim": 32, "tau": 0.5}
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -255,6 +255,11 @@ def test_flags_parse_and_bad_values_are_user_errors():
                                  ("recog", "20,0,1", "recog weight 0")]:
         with pytest.raises(UserError, match=word):
             mt.check_args(args_for(mt_tasks=tasks, mt_weights=weights))
+    # DDP needs every parameter used: VGG's torchvision classifier (family 9) only trains through exemplar
+    mt.check_args(args_for(mt_tasks="inpaint,recog", netnum="950000", mp_distributed=False))
+    mt.check_args(args_for(mt_tasks="inpaint,recog", netnum="050000", mp_distributed=True))
+    with pytest.raises(UserError, match="add exemplar to --mt-tasks or use --netnum 050000"):
+        mt.check_args(args_for(mt_tasks="inpaint,recog", netnum="950000", mp_distributed=True))
 
 
 def test_vgg16_bn_backbone():
@@ -265,3 +270,9 @@ def test_vgg16_bn_backbone():
     loss.backward()
     assert math.isfinite(loss.item()) and set(stats) >= {"loss_inpaint", "loss_recog", "loss_exemplar"}
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_too_small_input_for_the_backbone_is_a_user_error():
+    backbone, _ = build_backbone("050000", 3)
+    with pytest.raises(UserError, match="16x16"):
+        mt.MultiTask(backbone, 3, 16)
