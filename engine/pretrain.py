@@ -208,7 +208,10 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
                         pin_memory=rt.device.type == "cuda", drop_last=True, worker_init_fn=seed_worker,
                         generator=gen, persistent_workers=False)
     iters = len(loader)
-    optimizer = build_optimizer(args.optimizer, model, args.lr or opt.lr, args.momentum, args.wd)
+    if hasattr(module, "build_optimizer"):    # e.g. a GAN: Adam(0.5, 0.999) over G and D groups
+        optimizer = module.build_optimizer(args, model, args.lr or opt.lr)
+    else:
+        optimizer = build_optimizer(args.optimizer, model, args.lr or opt.lr, args.momentum, args.wd)
     schedule = LRSchedule(args.lr_policy, args.lr or opt.lr, args.mepoch, iters, args.warmup,
                           args.milestones, args.lr_decay)
 

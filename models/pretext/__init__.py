@@ -6,8 +6,10 @@ A pretext module provides
   ``make_transform(args, opt) -> callable`` turning a raw C x H x W tensor into the
       views that forward expects;
   ``LOSSES``: the ``--loss`` names it accepts;
-and optionally ``add_args(group)`` (its own command-line flags) and ``check_args(args)``
-(raise UserError on bad values, before any worker starts).
+and optionally ``add_args(group)`` (its own command-line flags), ``check_args(args)``
+(raise UserError on bad values, before any worker starts) and
+``build_optimizer(args, model, lr) -> Optimizer`` (when ``--optimizer`` does not fit, e.g.
+a GAN's Adam with betas 0.5/0.999 and separate generator/discriminator groups).
 Adding a pretext = one module here + one row in config/codes.py.
 """
 from __future__ import annotations

@@ -23,7 +23,10 @@ def _rows(path: Path) -> list[dict]:
 def test_columns_in_contract_order():
     assert RESULT_COLUMNS[:3] == ("time", "code_version", "ds")
     assert RESULT_COLUMNS[-2:] == ("seconds", "per_class")
-    assert len(RESULT_COLUMNS) == 21
+    assert len(RESULT_COLUMNS) == 22
+    # what the backbone learnt from sits next to the pretraining run it came from
+    i = RESULT_COLUMNS.index("pretrain_epoch")
+    assert RESULT_COLUMNS[i + 1] == "pretext" and RESULT_COLUMNS[i - 1] == "pretrain_expnum"
 
 
 def test_new_file_gets_header_and_row(tmp_path):
