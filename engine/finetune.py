@@ -91,6 +91,8 @@ def prepare(args: argparse.Namespace) -> Job:
                             + (" with --probe" if args.probe else ""))
         if not Path(args.resume).is_file():
             raise UserError(f"--resume {args.resume}: no such file; give a classifier checkpoint written by main_cls.py")
+    if args.sync_bn and not torch.cuda.is_available():
+        raise UserError("--sync-bn needs GPUs (SyncBatchNorm has no CPU kernel); drop it on CPU")
     if not 0 <= args.sepoch < args.mepoch:
         raise UserError(f"--sepoch {args.sepoch} must be in 0..{args.mepoch - 1} (below --mepoch)")
     opt, index = prepare_dataset(get_opt(args.ds, args))

@@ -108,6 +108,8 @@ def prepare(args: argparse.Namespace) -> Plan:
         raise UserError(f"--tau {args.tau} is outside 0.005..10; SimCLR uses 0.1-0.5")
     if hasattr(module, "check_args"):
         module.check_args(args)
+    if args.sync_bn and not torch.cuda.is_available():
+        raise UserError("--sync-bn needs GPUs (SyncBatchNorm has no CPU kernel); drop it on CPU")
     opt, index = prepare_dataset(get_opt(args.ds, args))
     module.make_transform(args, opt.parts[0] if opt.parts else opt)   # validates --aug / --aug_p
     train = index.train if args.ts == 1 else few_shot(index.train, args.ts, args.seed, index.classes)

@@ -140,7 +140,7 @@ BAD = [
     (["--aug_p", "Z9"], "Z9"),
     (["--mode", "915"], "--mode 915 is not a pretraining mode"),
     (["--mode", "41"], "run it with main_cls.py"),
-    (["--mode", "990"], "not implemented in this version yet"),
+    (["--sync-bn", "--mp-distributed"], "--sync-bn needs GPUs"),
     (["--mode", "96", "--aug", "3"], "--mode 96 (inpaint) makes its own views"),
     (["--mt-tasks", "inpaint"], "--mt-tasks belongs to --mode 920 (multitask), not 910 (simclr)"),
     (["--jigsaw-perms", "10"], "--jigsaw-perms belongs to --mode 972/973 (jigsaw4, jigsaw9), not 910"),

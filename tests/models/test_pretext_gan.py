@@ -169,8 +169,8 @@ def test_build_optimizer_two_groups_and_the_schedule_keeps_the_ratio() -> None:
     args = argparse.Namespace(gan_g_lr_scale=2.0, wd=1e-6)
     opt = gan.build_optimizer(args, net, 2e-4)
     assert isinstance(opt, torch.optim.Adam) and len(opt.param_groups) == 2
-    g_group, d_group = opt.param_groups
-    assert (g_group["name"], d_group["name"]) == ("generator", "discriminator")
+    d_group, g_group = opt.param_groups
+    assert (d_group["name"], g_group["name"]) == ("discriminator", "generator")
     assert g_group["betas"] == d_group["betas"] == (0.5, 0.999)
     assert g_group["weight_decay"] == d_group["weight_decay"] == 1e-6
     assert g_group["lr"] == pytest.approx(4e-4) and d_group["lr"] == pytest.approx(2e-4)
