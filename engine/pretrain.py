@@ -244,12 +244,13 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
             gen.manual_seed(args.seed * 1_000_003 + epoch)
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
-            if args.vis and rt.is_main and epoch == start_epoch:
-                save_views_png(dataset, opt, plan.ckpt_dir / f"{stem}_views.png", args.seed)
             stats = train_one_epoch(net, loader, optimizer, schedule, epoch, rt, args, last_good)
             done = epoch + 1
             if monitor is not None and (done % args.knn_freq == 0 or done == args.mepoch):
                 stats["knn_top1"] = monitor(backbone)
+            vis_every = max(1, args.mepoch // 10)
+            if args.vis and rt.is_main and (done % vis_every == 0 or done == args.mepoch or epoch == start_epoch):
+                save_vis(module, model, dataset, opt, plan.ckpt_dir / f"{stem}_vis_e{done:04d}.png", args.seed, rt)
             if rt.is_main:
                 extra = "  ".join(f"{k} {v:.4g}" for k, v in stats.items()
                                   if k not in ("loss", "lr", "img_per_s", "seconds", "knn_top1"))
@@ -347,24 +348,38 @@ class KnnMonitor:
         return knn_accuracy(f_tr, y_tr, f_te, y_te, self.num_classes, k=20)
 
 
-def save_views_png(dataset, opt: DatasetOpt, path: Path, seed: int, n: int = 8) -> None:
-    """``--vis``: a grid of view pairs (true colour, or band 1 for single-band data)."""
+def save_vis(module, model: nn.Module, dataset, opt: DatasetOpt, path: Path, seed: int, rt: Runtime,
+             n: int = 8) -> None:
+    """``--vis``: a PNG grid, one row per image, true colour for multispectral data.
+
+    A pretext with ``vis_rows(model, views)`` shows what it learns (input, corrupted,
+    reconstruction; GAN samples); otherwise the views themselves are shown.
+    """
+    from torch.utils.data import default_collate
+
     from engine.vis import save_grid
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(dataset), generator=g)[:n].tolist()
-    rows = []
-    for i in idx:
-        views, _, _ = dataset[i]
-        items = list(views) if isinstance(views, (tuple, list)) else [views]
-        row = []
-        for v in items:                       # images; jigsaw tile stacks; labels are skipped
-            if torch.is_tensor(v) and v.dim() == 3:
-                row.append(v)
-            elif torch.is_tensor(v) and v.dim() == 4:
-                row.extend(v)
-        rows.append(row)
-    save_grid(rows, path, opt)
-    log.info("views written to %s", path)
+    batch = default_collate([dataset[i][0] for i in idx])
+    if hasattr(module, "vis_rows"):
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            rows = module.vis_rows(model, move_to(batch, rt.device))
+        model.train(was)
+    else:
+        items = list(batch) if isinstance(batch, (tuple, list)) else [batch]
+        rows = []
+        for j in range(len(idx)):
+            row = []
+            for v in items:                   # images; jigsaw tile stacks; labels are skipped
+                if torch.is_tensor(v) and v.dim() == 4:
+                    row.append(v[j])
+                elif torch.is_tensor(v) and v.dim() == 5:
+                    row.extend(v[j])
+            rows.append(row)
+    save_grid(rows, path, opt, getattr(module, "VIS_COLUMNS", None))
+    log.info("figure written to %s", path)
 
 
 def run(argv: list[str] | None, parser: argparse.ArgumentParser) -> None:
