@@ -23,4 +23,5 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/data_loading.py
 	$(PY) bench/ntxent.py
-	$(PY) bench/pretrain_step.py
+	$(PY) bench/pretrain_step.py --mode 910
+	$(PY) bench/pretrain_step.py --mode 920
