@@ -7,6 +7,7 @@
 # EXP=<expnum> skips pretraining and evaluates that checkpoint (epoch $EPOCHS).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}    # two of these jobs side by side on 2 cores do not thrash
 PY=${PY:-.venv/bin/python}
 ROOT=${ROOT:-../shared/data}
 CKPT=${CKPT:-ckpt/euroms}
@@ -14,7 +15,10 @@ EPOCHS=${EPOCHS:-150}
 NET=090000
 RES=results/euroms.csv
 COMMON=(--ds euroms --data-root "$ROOT" --netnum $NET --workers 1 --no-progress --results "$RES")
-FT=(--mepoch 50 --bs 16 --optimizer adam --lr_policy cosine --wd 0 --nseeds 5 --pin-memory --ckpt "$CKPT")
+FT=(--bs 16 --optimizer adam --lr_policy cosine --wd 0 --nseeds 5 --pin-memory --ckpt "$CKPT")
+# about the same number of optimiser steps at both scales (bs 16): 5 labels x 50 epochs = 200 steps,
+# 20 labels x 20 epochs = 260 steps
+declare -A EP=([5]=50 [20]=20)
 t() { local s=$SECONDS; "$@"; echo "[time] $(( SECONDS - s )) s: ${*:0:8} ..." | tee -a "$CKPT/times.txt"; }
 mkdir -p "$CKPT"
 
@@ -29,8 +33,8 @@ PRE=(--expnum "$EXP" --cepoch "$EPOCHS")
 for ts in 5 20; do
   t "$PY" main_cls.py "${COMMON[@]}" --mode 11 --ts $ts --probe logreg --nseeds 5
   t "$PY" main_cls.py "${COMMON[@]}" --mode 41 --ts $ts --probe logreg --nseeds 5 "${PRE[@]}" --ckpt "$CKPT"
-  t "$PY" main_cls.py "${COMMON[@]}" --mode 41 --ts $ts --hos 9 --lr 3e-3 "${FT[@]}" "${PRE[@]}"
-  t "$PY" main_cls.py "${COMMON[@]}" --mode 41 --ts $ts --hos 0 --lr 4e-4 "${FT[@]}" "${PRE[@]}"
-  t "$PY" main_cls.py "${COMMON[@]}" --mode 11 --ts $ts --hos 0 --lr 4e-4 "${FT[@]}"
+  t "$PY" main_cls.py "${COMMON[@]}" --mode 41 --ts $ts --hos 9 --lr 3e-3 --mepoch ${EP[$ts]} "${FT[@]}" "${PRE[@]}"
+  t "$PY" main_cls.py "${COMMON[@]}" --mode 41 --ts $ts --hos 0 --lr 4e-4 --mepoch ${EP[$ts]} "${FT[@]}" "${PRE[@]}"
+  t "$PY" main_cls.py "${COMMON[@]}" --mode 11 --ts $ts --hos 0 --lr 4e-4 --mepoch ${EP[$ts]} "${FT[@]}"
 done
 "$PY" scripts/summarize.py "$RES" --out results/euroms_summary
