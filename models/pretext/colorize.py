@@ -23,6 +23,7 @@ from models.pretext.simclr import embedding_std
 
 LOSSES = ("MSELoss", "mse")
 PLAN = "D"                      # light augmentation: crop, rotation + flip
+VIS_COLUMNS = ("input band", "target", "prediction")      # --vis: the columns of vis_rows
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:
@@ -68,16 +69,27 @@ class Colorize(nn.Module):
         self.n_bands = n_bands
         self.decoder = build_decoder(backbone, n_bands, n_bands, input_size)
 
+    def predict(self, gray: Tensor) -> tuple[Tensor, Tensor]:
+        """N x 1 x H x W input band -> (all bands predicted at that size, the last stage's feature map)."""
+        fmap = self.backbone.feature_maps(gray.expand(-1, self.n_bands, -1, -1))[-1]
+        return self.decoder(fmap, gray.shape[-2:]), fmap
+
     def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
         gray, target = views
-        fmap = self.backbone.feature_maps(gray.expand(-1, self.n_bands, -1, -1))[-1]
-        pred = self.decoder(fmap, target.shape[-2:])
+        pred, fmap = self.predict(gray)
         loss = F.mse_loss(pred.float(), target.float())
         z = self.backbone.pool(fmap)
         # 0 * z keeps pooling layers with weights (plain torchvision backbones, family 9) in the
         # graph, so DistributedDataParallel finds a gradient for every parameter
         loss = loss + 0.0 * z.sum()
         return loss, {"emb_std": embedding_std(z)}
+
+
+def vis_rows(model: Colorize, views: tuple[Tensor, Tensor]) -> list[list[Tensor]]:
+    """``--vis``: per sample the 1-band input, the target and the prediction (:data:`VIS_COLUMNS`)."""
+    gray, target = views
+    pred, _ = model.predict(gray)
+    return [list(row) for row in zip(gray, target, pred.float())]
 
 
 def build(args: argparse.Namespace, opt, backbone: nn.Module) -> Colorize:

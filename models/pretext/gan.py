@@ -47,6 +47,8 @@ G_MAX_CHANNELS = 8 * G_WIDTH    # DCGAN's widest generator layer
 FM_LEVELS = 3                   # stage outputs whose pooled features are matched (MARTA-GAN: the last three)
 BETAS = (0.5, 0.999)            # DCGAN's Adam
 ENGINE_MOMENTUM = 0.9           # engine.cli's --momentum default (Adam beta1 for the other pretexts)
+VIS_COLUMNS = ("real image", "generated sample")          # --vis: the columns of vis_rows
+VIS_SEED = 0                    # --vis: seed of the fixed noise, the same z at every figure
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:
@@ -185,9 +187,12 @@ class GAN(nn.Module):
         """The shared backbone (inside the discriminator): what the checkpoint keeps."""
         return self.discriminator.backbone
 
-    def sample(self, n: int, device: torch.device | str = "cpu") -> Tensor:
-        """``n`` generated images (normalised band units)."""
-        return self.generator(torch.randn(n, self.generator.z_dim, device=device))
+    def sample(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+        """``n`` generated images (normalised band units); with a CPU ``generator`` the noise is drawn
+        from it on the CPU and moved to ``device`` (the same z on any device)."""
+        if generator is None:
+            return self.generator(torch.randn(n, self.generator.z_dim, device=device))
+        return self.generator(torch.randn(n, self.generator.z_dim, generator=generator).to(device))
 
     def discriminate_frozen(self, x: Tensor, detach_params: bool) -> tuple[Tensor, Tensor]:
         """``D(x)`` that writes no BatchNorm running statistics; with ``detach_params`` no gradient reaches D."""
@@ -216,6 +221,13 @@ class GAN(nn.Module):
                       "d_real": torch.sigmoid(logit_real.detach()).mean().item(),
                       "d_fake": torch.sigmoid(logit_fake.detach()).mean().item()})
         return loss_d + loss_g, stats
+
+
+def vis_rows(model: GAN, views: Tensor) -> list[list[Tensor]]:
+    """``--vis``: per row a real image and a sample from fixed noise (seed :data:`VIS_SEED`), so the
+    figures of one run show how the same ``z`` evolves (:data:`VIS_COLUMNS`)."""
+    fake = model.sample(len(views), views.device, torch.Generator().manual_seed(VIS_SEED))
+    return [[real, gen] for real, gen in zip(views, fake.float())]
 
 
 class GANView:

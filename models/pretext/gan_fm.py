@@ -27,6 +27,8 @@ DEFAULT_BCE_WEIGHT = 0.0
 
 make_transform = gan.make_transform          # the same real views as mode 990
 build_optimizer = gan.build_optimizer        # the same two Adam groups
+vis_rows = gan.vis_rows                      # --vis: real images and samples from fixed noise
+VIS_COLUMNS = gan.VIS_COLUMNS
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:

@@ -29,6 +29,7 @@ LOSSES = ("MaskedMSELoss", "masked_mse")
 PLAN = "D"                      # light augmentation: crop, rotation + flip
 DEFAULT_MASK = 0.5              # side of the masked square / side of the image
 DEFAULT_CONTEXT_WEIGHT = 0.01
+VIS_COLUMNS = ("original", "masked input", "reconstruction")      # --vis: the columns of vis_rows
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:
@@ -110,10 +111,14 @@ class Inpaint(nn.Module):
         self.decoder = build_decoder(backbone, n_bands, n_bands, input_size)
         self.fraction, self.context_weight = fraction, context_weight
 
+    def reconstruct(self, masked: Tensor) -> tuple[Tensor, Tensor]:
+        """Masked images -> (reconstruction of all bands at their size, the last stage's feature map)."""
+        fmap = self.backbone.feature_maps(masked)[-1]
+        return self.decoder(fmap, masked.shape[-2:]), fmap
+
     def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
         masked, target = views
-        fmap = self.backbone.feature_maps(masked)[-1]
-        pred = self.decoder(fmap, target.shape[-2:])
+        pred, fmap = self.reconstruct(masked)
         loss, hole, context = masked_mse(pred, target, centre_mask(target.shape[-1], self.fraction),
                                          self.context_weight)
         z = self.backbone.pool(fmap)
@@ -121,6 +126,13 @@ class Inpaint(nn.Module):
         # graph, so DistributedDataParallel finds a gradient for every parameter
         loss = loss + 0.0 * z.sum()
         return loss, {"mse_hole": hole.item(), "mse_context": context.item(), "emb_std": embedding_std(z)}
+
+
+def vis_rows(model: Inpaint, views: tuple[Tensor, Tensor]) -> list[list[Tensor]]:
+    """``--vis``: per sample the original, the masked input and the reconstruction (:data:`VIS_COLUMNS`)."""
+    masked, target = views
+    pred, _ = model.reconstruct(masked)
+    return [list(row) for row in zip(target, masked, pred.float())]
 
 
 def build(args: argparse.Namespace, opt, backbone: nn.Module) -> Inpaint:

@@ -50,6 +50,8 @@ MAX_TILES = 9                   # all n! permutations are enumerated: 9! = 362,8
 MIN_TILE = 16                   # default tile side floor, in pixels
 TILE_DIM = 512                  # per-tile feature size before concatenation
 HIDDEN_DIM = 1024               # hidden layer of the permutation classifier
+# --vis: the columns of vis_rows, each a grid x grid mosaic of the tiles
+VIS_COLUMNS = ("shuffled tiles", "true order", "predicted order")
 
 
 # ----------------------------------------------------------------------------- permutations
@@ -197,11 +199,28 @@ class JigsawView:
 
 
 # ----------------------------------------------------------------------------- model
+def unshuffle(tiles: Tensor, perms: Tensor) -> Tensor:
+    """Undo :class:`JigsawView`'s shuffle: ``N x T x ...`` tiles with tile ``perms[n, i]`` at position
+    ``i`` -> the tiles in cell order (cells row by row)."""
+    inverse = perms.argsort(dim=1)                           # cell k sits at position inverse[k]
+    return tiles[torch.arange(len(tiles), device=tiles.device)[:, None], inverse]
+
+
+def mosaic(tiles: Tensor, grid: int) -> Tensor:
+    """``N x grid^2 x C x h x w`` (row by row) -> ``N x C x grid*h x grid*w``, the tiles side by side."""
+    n, _, c, h, w = tiles.shape
+    return tiles.reshape(n, grid, grid, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(n, c, grid * h, grid * w)
+
+
 class Jigsaw(nn.Module):
-    """Shared backbone per tile -> per-tile Linear+ReLU -> concatenation -> MLP over the permutations."""
+    """Shared backbone per tile -> per-tile Linear+ReLU -> concatenation -> MLP over the permutations.
+
+    ``perms`` (the permutation set, optional) is kept as a non-persistent buffer, so that
+    :func:`vis_rows` can put the tiles back in the predicted order; it is not in the state dict.
+    """
 
     def __init__(self, backbone: nn.Module, n_tiles: int, n_perms: int,
-                 tile_dim: int = TILE_DIM, hidden_dim: int = HIDDEN_DIM) -> None:
+                 tile_dim: int = TILE_DIM, hidden_dim: int = HIDDEN_DIM, perms: np.ndarray | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.tile_fc = nn.Sequential(nn.Linear(backbone.out_dim, tile_dim), nn.ReLU(inplace=True))
@@ -209,15 +228,33 @@ class Jigsaw(nn.Module):
             nn.Linear(n_tiles * tile_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
             nn.ReLU(inplace=True), nn.Linear(hidden_dim, n_perms))
         self.n_tiles, self.n_perms = n_tiles, n_perms
+        self.register_buffer("perms", None if perms is None else torch.as_tensor(np.array(perms), dtype=torch.long),
+                             persistent=False)
+
+    def classify(self, tiles: Tensor) -> tuple[Tensor, Tensor]:
+        """``N x T x C x h x w`` shuffled tiles -> (N x n_perms logits, N*T x D tile features)."""
+        z = self.backbone(tiles.flatten(0, 1))               # N*T x D, the shared backbone
+        return self.classifier(self.tile_fc(z).reshape(tiles.shape[0], -1)), z
 
     def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
         tiles, labels = views                                # N x T x C x h x w, N
-        n = tiles.shape[0]
-        z = self.backbone(tiles.flatten(0, 1))               # N*T x D, the shared backbone
-        logits = self.classifier(self.tile_fc(z).reshape(n, -1))
+        logits, z = self.classify(tiles)
         loss = F.cross_entropy(logits.float(), labels)
         acc = (logits.detach().argmax(1) == labels).float().mean().item()
         return loss, {"acc": acc, "emb_std": embedding_std(z)}
+
+
+def vis_rows(model: Jigsaw, views: tuple[Tensor, Tensor]) -> list[list[Tensor]]:
+    """``--vis``: per sample mosaics of the shuffled tiles, the tiles put back by the true label, and
+    put back by the permutation the model predicts (:data:`VIS_COLUMNS`): right when the last two match."""
+    tiles, labels = views
+    if model.perms is None:
+        raise ValueError("vis_rows needs the permutation set: build the Jigsaw model with perms")
+    grid = math.isqrt(model.n_tiles)
+    predicted = model.classify(tiles)[0].argmax(dim=1)
+    cols = [mosaic(t, grid) for t in (tiles, unshuffle(tiles, model.perms[labels]),
+                                      unshuffle(tiles, model.perms[predicted]))]
+    return [list(row) for row in zip(*cols)]
 
 
 # ----------------------------------------------------------------------------- wiring
@@ -273,7 +310,7 @@ def build(args: argparse.Namespace, opt, backbone: nn.Module, grid: int, default
     perms = permutation_set(grid * grid, n_perms, PERM_SEED, cache_root(args))
     log.info("jigsaw %dx%d: %d permutations (min Hamming distance %d), tiles %d px cut from %d-px cells (jitter %d)",
              grid, grid, n_perms, min_hamming(perms), geo.tile, geo.cell, geo.jitter)
-    return Jigsaw(backbone, grid * grid, n_perms)
+    return Jigsaw(backbone, grid * grid, n_perms, perms=perms)
 
 
 def make_transform(args: argparse.Namespace, opt, grid: int, default_perms: int) -> JigsawView:

@@ -55,6 +55,9 @@ DECODER_MAX_WIDTH = 256     # decoder channels at a level: min(stage channels, t
 DECODER_OUT_WIDTH = 32      # channels of the last conv before the 1x1 band projection
 RECOG_WIDTH = 256           # channels of the recognition head's convs and MLP
 INPAINT_EPS = 1e-8
+# --vis: the columns of vis_rows; without the inpaint task only the first two (a prefix, so
+# the titles stay right for every --mt-tasks)
+VIS_COLUMNS = ("original", "transformed copy", "perturbed", "reconstruction")
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
@@ -169,6 +172,16 @@ class MultiTask(nn.Module):
         loss = sum(self.weights[t] * losses[t] for t in self.tasks)
         stats.update({f"loss_{t}": v.item() for t, v in losses.items()})
         return loss, stats
+
+
+def vis_rows(model: MultiTask, views: tuple[Tensor, Tensor, Tensor, Tensor]) -> list[list[Tensor]]:
+    """``--vis``: per sample the image and its transformed copy, then, with the inpaint task,
+    the perturbed image and its reconstruction (:data:`VIS_COLUMNS`)."""
+    perturbed, image, copy, _ = views
+    cols = [image, copy]
+    if model.decoder is not None:
+        cols += [perturbed, model.decoder(model.backbone.feature_maps(perturbed), image.shape[-2:]).float()]
+    return [list(row) for row in zip(*cols)]
 
 
 def stage_channels(backbone: nn.Module, in_channels: int, input_size: int) -> list[int]:

@@ -320,3 +320,55 @@ def test_user_errors_and_flags() -> None:
     geo = jc.geometry(args, 64, 3)
     assert (geo.cell, geo.jitter, geo.crop, geo.tile) == (21, 2, 19, 24)
     assert jigsaw9.make_transform(args, make_opt(3, 64)).perms.shape == (100, 9)
+
+
+@pytest.mark.parametrize("name,bands", [("inpaint", 3), ("colorize", 13), ("jigsaw4", 13), ("jigsaw9", 3)])
+def test_vis_rows(name: str, bands: int, monkeypatch) -> None:
+    """--vis: one row per sample, one tensor per VIS_COLUMNS title, of the right shapes and finite."""
+    module, net = MODULES[name], pretext(name, bands)
+    if name.startswith("jigsaw"):                 # no jitter, tile = cell: the true order is the image itself
+        grid, opt = module.GRID, make_opt(bands)
+        cell = SIZE // grid
+        view = jc.JigsawView(plain(SIZE, opt.mean, opt.std), jc.TileGeometry(grid, cell, 0, cell), net.perms.numpy())
+        images = raw_images(5, bands)
+        torch.manual_seed(0)
+        views = default_collate([view(x) for x in images])
+    else:
+        views = batch_of(name, bands, 5)
+    net.eval()
+    with torch.no_grad():
+        rows = module.vis_rows(net, views)
+    assert len(rows) == 5 and all(len(r) == len(module.VIS_COLUMNS) for r in rows)
+    assert all(torch.isfinite(t).all() for r in rows for t in r)
+    if name == "inpaint":
+        assert [tuple(t.shape) for t in rows[0]] == [(bands, SIZE, SIZE)] * 3
+        masked, target = views
+        assert torch.equal(torch.stack([r[0] for r in rows]), target)
+        assert torch.equal(torch.stack([r[1] for r in rows]), masked)
+        with torch.no_grad():   # the decoder's output on the masked input: what forward's loss scores
+            recon = net.decoder(net.backbone.feature_maps(masked)[-1], (SIZE, SIZE))
+            _, stats = net(views)
+        shown = torch.stack([r[2] for r in rows])
+        torch.testing.assert_close(shown, recon, rtol=0, atol=0)
+        hole = inpaint.masked_mse(shown, target, inpaint.centre_mask(SIZE, inpaint.DEFAULT_MASK))[1]
+        assert hole.item() == pytest.approx(stats["mse_hole"], rel=1e-5)
+    elif name == "colorize":
+        assert [tuple(t.shape) for t in rows[0]] == [(1, SIZE, SIZE), (bands, SIZE, SIZE), (bands, SIZE, SIZE)]
+        assert torch.equal(torch.stack([r[0] for r in rows]), views[0])
+        with torch.no_grad():   # the prediction shown is the one forward's MSE scores
+            loss, _ = net(views)
+        assert F.mse_loss(torch.stack([r[2] for r in rows]), views[1]).item() == pytest.approx(loss.item(), rel=1e-5)
+    else:
+        side = grid * cell
+        image = torch.stack([plain(SIZE, opt.mean, opt.std)(x)[:, :side, :side] for x in images])
+        assert [tuple(t.shape) for t in rows[0]] == [(bands, side, side)] * 3
+        assert torch.equal(torch.stack([r[1] for r in rows]), image)          # put back by the true label
+        assert not torch.equal(torch.stack([r[0] for r in rows]), image)      # shuffled
+        # a model that predicts the true permutation shows the reassembled image in the last column
+        labels = views[1]
+        monkeypatch.setattr(net, "classify", lambda tiles: (F.one_hot(labels, net.n_perms).float(), None))
+        with torch.no_grad():
+            rows = module.vis_rows(net, views)
+        assert torch.equal(torch.stack([r[2] for r in rows]), image)
+        assert module.VIS_COLUMNS == jc.VIS_COLUMNS and module.vis_rows is jc.vis_rows
+        assert "perms" not in net.state_dict()                                 # checkpoints are unchanged

@@ -264,3 +264,23 @@ def test_user_errors_and_flags() -> None:
     with pytest.raises(UserError, match="--input_size 32 or more"):
         gan.make_transform(argparse.Namespace(), make_opt(3, size=6))
     assert gan.LOSSES[0] == "GANLoss" and gan_fm.LOSSES[0] == "FeatureMatchingLoss"
+
+
+@pytest.mark.parametrize("name,bands", [("gan", 3), ("gan_fm", 13)])
+def test_vis_rows_real_and_samples_from_fixed_noise(name: str, bands: int) -> None:
+    module, net = MODULES[name], pretext(name, bands)
+    real = real_batch(bands, 8)
+    net.eval()
+    with torch.no_grad():
+        state = torch.get_rng_state()
+        rows = module.vis_rows(net, real)
+        assert torch.equal(torch.get_rng_state(), state)          # the training run's random stream is untouched
+        torch.manual_seed(123)
+        again = module.vis_rows(net, real)
+    assert module.VIS_COLUMNS == ("real image", "generated sample")
+    assert len(rows) == 8 and all(len(r) == 2 for r in rows)
+    assert all(tuple(t.shape) == (bands, SIZE, SIZE) and torch.isfinite(t).all() for r in rows for t in r)
+    assert torch.equal(torch.stack([r[0] for r in rows]), real)
+    fake = torch.stack([r[1] for r in rows])
+    assert torch.equal(fake, torch.stack([r[1] for r in again]))   # the same z at every figure
+    assert not torch.equal(fake[0], fake[1])                          # n different samples

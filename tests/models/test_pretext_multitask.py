@@ -276,3 +276,23 @@ def test_too_small_input_for_the_backbone_is_a_user_error():
     backbone, _ = build_backbone("050000", 3)
     with pytest.raises(UserError, match="16x16"):
         mt.MultiTask(backbone, 3, 16)
+
+
+@pytest.mark.parametrize("tasks", [mt.TASKS, ("recog", "exemplar")])
+def test_vis_rows(tasks):
+    """--vis: image, copy, then (with inpaint) perturbed and reconstruction; titles a prefix of VIS_COLUMNS."""
+    views = batch(13, 3)
+    model = model_for(13, tasks=tasks, weights=(20, 1, 1))
+    model.eval()
+    with torch.no_grad():
+        rows = mt.vis_rows(model, views)
+        recon = model.decoder(model.backbone.feature_maps(views[0]), (SIZE, SIZE)) if "inpaint" in tasks else None
+    width = 4 if "inpaint" in tasks else 2
+    assert len(rows) == 3 and all(len(r) == width for r in rows) and len(mt.VIS_COLUMNS) == 4
+    assert all(tuple(t.shape) == (13, SIZE, SIZE) and torch.isfinite(t).all() for r in rows for t in r)
+    perturbed, image, copy, _ = views
+    assert torch.equal(torch.stack([r[0] for r in rows]), image)
+    assert torch.equal(torch.stack([r[1] for r in rows]), copy)
+    if recon is not None:
+        assert torch.equal(torch.stack([r[2] for r in rows]), perturbed)
+        torch.testing.assert_close(torch.stack([r[3] for r in rows]), recon, rtol=0, atol=0)
