@@ -23,7 +23,7 @@ echo "== 1/4 demo dataset"
 "$PY" -m datasets --ds demo
 
 echo "== 2/4 SimCLR pretraining, $EPOCHS epochs ($EXP)"
-"$PY" main_cls_ss_train.py --mode 910 "${COMMON[@]}" --ts 1 --lr 1e-3 --lr_policy cosine --warmup 2 \
+"$PY" main_cls_ss_train.py --mode 910 "${COMMON[@]}" --ts 1 --lr 1e-3 --lr_policy cosine --warmup 1 \
   --mepoch "$EPOCHS" --bs 64 --loss NTXentLoss --optimizer adam --pin-memory --aug 5 --aug_p S5 --tau 0.2 \
   --ckpt ckpt/demo --expnum "$EXP"
 

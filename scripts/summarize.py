@@ -16,7 +16,10 @@ import pandas as pd
 
 def method_label(row: pd.Series) -> str:
     init = str(row.get("pretext") or row.get("pretrain_expnum") or "random")
-    proto = row["probe"] if isinstance(row.get("probe"), str) and row["probe"] else f"hos {row['hos']}"
+    if isinstance(row.get("probe"), str) and row["probe"]:
+        proto = row["probe"]
+    else:
+        proto = f"hos {int(float(row['hos']))}"           # pandas reads the column as float
     names = {"hos 0": "fine-tune all", "hos 1": "fine-tune, backbone lr/5", "hos 9": "linear probe",
              "logreg": "logistic regression", "knn": "kNN"}
     return f"{init} / {names.get(proto, proto)}"
