@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +20,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from config.dataset_cfg import DatasetOpt
 from datasets.index import Index, Sample, build_index
 from datasets.reader import read_raw
+from engine.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +155,8 @@ def _ensure_stats(opt: DatasetOpt, index: Index) -> DatasetOpt:
         mean, std = band_stats(opt, mine)
         source = f"measured on {min(len(mine), 2000)} training files"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".stats-")
-            with os.fdopen(fd, "w") as f:
-                json.dump({"bands": list(opt.bands), "mean": mean.tolist(), "std": std.tolist(),
-                           "files": len(mine)}, f, indent=1)
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps({"bands": list(opt.bands), "mean": mean.tolist(),
+                                                "std": std.tolist(), "files": len(mine)}, indent=1))
         except OSError as err:
             log.warning("could not cache band statistics in %s (%s)", path, err)
     log.info("%s: per-band mean %s, std %s (%s)", opt.name, np.round(mean, 2).tolist(),

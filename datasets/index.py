@@ -15,8 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import os
-import tempfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from config.dataset_cfg import RASTER_EXTENSIONS, DatasetOpt
 from config.errors import UserError
+from engine.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +151,11 @@ def _record_split(opt: DatasetOpt, index: Index) -> None:
                 return
             log.warning("the file list of %s changed since %s was written; rewriting the split record",
                         opt.root, path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".split-")
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["file", "label", "split"])
-            w.writerows(rows)
-        os.replace(tmp, path)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["file", "label", "split"])
+        w.writerows(rows)
+        atomic_write_text(path, buf.getvalue())
     except OSError as err:   # a read-only cache must not stop an experiment
         log.warning("could not record the split in %s (%s)", path, err)
 

@@ -18,7 +18,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from config.errors import UserError
+from engine.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -82,34 +82,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable; some filesystems cannot open directories, which is fine."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _plain(value: Any) -> Any:

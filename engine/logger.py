@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import tempfile
+import io
 from pathlib import Path
+
+from engine.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,11 @@ class EpochLog:
         self.rows = [r for r in self.rows if int(r["epoch"]) < epoch]   # a resumed run replaces
         self.rows.append({"epoch": epoch, **values})
         cols = list(dict.fromkeys(k for r in self.rows for k in r))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".log-")
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(self.rows)
-        os.replace(tmp, self.path)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        w.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):

@@ -15,13 +15,13 @@ import logging
 import math
 import os
 import subprocess
-import tempfile
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
 from config.errors import UserError
+from engine.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -147,18 +147,4 @@ def _rewrite_with(path: Path, line: bytes) -> None:
     else:
         old = header
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(old)
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda f: (f.write(old), f.write(line)), mode)

@@ -305,3 +305,24 @@ def build_backbone(netnum: str, in_channels: int, ptcp: bool = False,
     log.debug("backbone %s (%s): %d bands, %d-d features, ImageNet weights: %s",
               code.code, code.backbone, in_channels, out_dim, ptcp)
     return Backbone(stem, stages, channels, pool, out_dim, code.backbone), out_dim
+
+
+def stage_shapes(backbone: "Backbone", in_channels: int, size: int) -> list[torch.Size]:
+    """Shapes of ``backbone.feature_maps`` for one blank ``size x size`` image.
+
+    Run in eval mode so BatchNorm statistics are untouched; pretext heads size their
+    decoders from it. A backbone that cannot take ``size`` pixels (e.g. VGG below 32) is
+    a user error naming the size.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, in_channels, size, size, device=next(backbone.parameters()).device)
+            return [m.shape for m in backbone.feature_maps(x)]
+    except RuntimeError as err:
+        raise UserError(f"the backbone ({getattr(backbone, 'arch', type(backbone).__name__)}) cannot take "
+                        f"{size}x{size} inputs ({str(err).splitlines()[0]}); use a larger --input_size "
+                        f"or a backbone with a small stem") from None
+    finally:
+        backbone.train(was_training)

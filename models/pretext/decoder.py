@@ -9,11 +9,10 @@ for 100 pixels is not) are brought to the exact size by one final bilinear resiz
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from config.errors import UserError
+from models.backbones import stage_shapes
 
 DECODER_WIDTH = 256     # channels after the 1x1 narrowing conv
 MIN_WIDTH = 32          # channel floor of the last upsampling blocks
@@ -26,19 +25,8 @@ def last_stage_shape(backbone: nn.Module, in_channels: int, size: int) -> tuple[
     left untouched). A backbone that cannot take ``size`` pixels (e.g. VGG below 32)
     is a user error: the message names the size.
     """
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        with torch.no_grad():
-            x = torch.zeros(1, in_channels, size, size, device=next(backbone.parameters()).device)
-            fmap = backbone.feature_maps(x)[-1]
-    except RuntimeError as err:
-        raise UserError(f"the backbone ({getattr(backbone, 'arch', type(backbone).__name__)}) cannot take "
-                        f"{size}x{size} inputs ({str(err).splitlines()[0]}); use a larger --input_size "
-                        f"or a backbone with a small stem") from None
-    finally:
-        backbone.train(was_training)
-    return int(fmap.shape[1]), int(fmap.shape[-1])
+    fmap = stage_shapes(backbone, in_channels, size)[-1]
+    return int(fmap[1]), int(fmap[-1])
 
 
 def _up_block(c_in: int, c_out: int) -> nn.Sequential:

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from config.codes import decode_netnum
 from config.errors import UserError
 from losses.ntxent import NTXentLoss
+from models.backbones import stage_shapes
 from models.heads import ProjectionHead
 from models.pretext.mt_views import RECOG_TRANSFORMS, MultiTaskView
 from models.pretext.simclr import embedding_std
@@ -190,19 +191,7 @@ def stage_channels(backbone: nn.Module, in_channels: int, input_size: int) -> li
     BatchNorm statistics are left untouched; a backbone that cannot take ``input_size``
     pixels (e.g. VGG below 32) is a user error naming the size.
     """
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        with torch.no_grad():
-            x = torch.zeros(1, in_channels, input_size, input_size, device=next(backbone.parameters()).device)
-            maps = backbone.feature_maps(x)
-    except RuntimeError as err:
-        raise UserError(f"the backbone ({getattr(backbone, 'arch', type(backbone).__name__)}) cannot take "
-                        f"{input_size}x{input_size} inputs ({str(err).splitlines()[0]}); use a larger --input_size "
-                        f"or a backbone with a small stem") from None
-    finally:
-        backbone.train(was_training)
-    return [int(m.shape[1]) for m in maps]
+    return [int(shape[1]) for shape in stage_shapes(backbone, in_channels, input_size)]
 
 
 def parse_tasks(text: str) -> tuple[str, ...]:
