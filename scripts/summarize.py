@@ -67,6 +67,7 @@ def plot(g: pd.DataFrame, path: Path, metric: str) -> None:
     ax.set_xscale("log")
     ax.set_xticks(sorted(g["ts"].unique()))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
