@@ -25,15 +25,6 @@ TORCHVISION_DIM = {**SCENE_DIM, "vgg16_bn": 4096, "alexnet": 4096, "alexnet_smal
 CODES = sorted(BACKBONES.items())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny batches: one thread is as fast, and immune to thread contention on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _features(backbone: nn.Module, bands: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
     x = torch.randn(2, bands, size, size, generator=torch.Generator().manual_seed(seed))
     backbone.eval()

@@ -24,37 +24,11 @@ from models import build_backbone, build_model
 from models.pretext import colorize, inpaint, jigsaw4, jigsaw9
 from models.pretext import jigsaw_common as jc
 from models.pretext.decoder import ReconstructionDecoder, last_stage_shape
+from tests.models.pretext_data import SIZE, make_opt, raw_images
 
 MODULES = {"inpaint": inpaint, "jigsaw4": jigsaw4, "jigsaw9": jigsaw9, "colorize": colorize}
 NAMES = list(MODULES)
-SIZE = 32
 NETNUM = "090000"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny batches: one thread is as fast, and immune to contention on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_opt(bands: int, size: int = SIZE) -> SimpleNamespace:
-    """What the pretexts read from a DatasetOpt (raw units: Sentinel-2-like means and stds)."""
-    return SimpleNamespace(input_size=size, n_bands=bands, mean=np.linspace(300.0, 2000.0, bands),
-                           std=np.linspace(50.0, 400.0, bands), rgb_index=(0, 1, 2) if bands == 3 else (3, 2, 1),
-                           bands=tuple(f"B{i + 1:02d}" for i in range(bands)))
-
-
-def raw_images(n: int, bands: int, side: int = 40, seed: int = 0) -> torch.Tensor:
-    """Smooth raw-unit images (bilinear 5x5 noise): structure a decoder can learn from."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, bands, 5, 5, generator=g)
-    opt = make_opt(bands)
-    mean = torch.as_tensor(opt.mean, dtype=torch.float32)[:, None, None]
-    std = torch.as_tensor(opt.std, dtype=torch.float32)[:, None, None]
-    return F.interpolate(low, size=side, mode="bilinear", align_corners=False) * 4 * std + mean - 2 * std
 
 
 def batch_of(name: str, bands: int, n: int, seed: int = 0):

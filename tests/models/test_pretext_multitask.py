@@ -18,16 +18,6 @@ from models.pretext.mt_views import MultiTaskView
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a 2-core machine shared with a training run, two threads
-    wait on each other and a 0.25 s step can take 3 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def stats_for(bands: int) -> tuple[list[float], list[float]]:
     return [1000.0 + 10 * b for b in range(bands)], [200.0 + b for b in range(bands)]
 
