@@ -145,8 +145,11 @@ def _record_split(opt: DatasetOpt, index: Index) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
-            with open(path, newline="") as f:
-                old = [(r[0], int(r[1]), r[2]) for r in list(csv.reader(f))[1:]]
+            try:
+                with open(path, newline="") as f:
+                    old = [(r[0], int(r[1]), r[2]) for r in list(csv.reader(f))[1:]]
+            except (ValueError, IndexError):      # a damaged record is rewritten
+                old = []
             if old == rows:
                 return
             log.warning("the file list of %s changed since %s was written; rewriting the split record",

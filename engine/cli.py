@@ -117,3 +117,16 @@ def setup_logging(is_main: bool = True) -> None:
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S"))
         h._rsssl = True  # type: ignore[attr-defined]
         root.addHandler(h)
+
+
+def check_process_flags(args: argparse.Namespace) -> None:
+    """Multi-process flags only mean something with --mp-distributed; --gpu only without it."""
+    from config.errors import UserError
+    if not args.mp_distributed:
+        given = [f for f, v, d in (("--nproc", args.nproc, None), ("--world-size", args.world_size, 1),
+                                   ("--rank", args.rank, 0), ("--dist-url", args.dist_url, "tcp://localhost:10010"))
+                 if v != d]
+        if given:
+            raise UserError(f"{', '.join(given)} set up several processes; add --mp-distributed (or drop them)")
+    elif args.gpu is not None:
+        raise UserError("--gpu picks the GPU of a single-process run; --mp-distributed uses one process per GPU: drop --gpu")

@@ -34,7 +34,7 @@ from datasets.index import Index, Sample, few_shot
 from datasets.transforms import build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
-from engine.cli import setup_logging
+from engine.cli import check_process_flags, setup_logging
 from engine.knn import extract_features, knn_predict
 from engine.metrics import classification_metrics, format_confusion, save_confusion_png
 from engine.optim import build_optimizer
@@ -78,6 +78,7 @@ def prepare(args: argparse.Namespace) -> Job:
     if args.mode is None:
         raise UserError("--mode is required: 1x train, 2x val, 3x test, 4x finetune (see --list-codes)")
     mode = decode_mode(args.mode, script="cls")
+    check_process_flags(args)
     decode_netnum(args.netnum)
     if args.hos not in PROTOCOLS:
         raise UserError(f"--hos {args.hos} is not a protocol; use 0 (all layers), 1 (backbone at lr/5) or 9 (linear probe)")
@@ -85,6 +86,16 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError(f"--loss {args.loss} is not a classification loss here; use CrossEntropyLoss")
     if args.nseeds < 1:
         raise UserError(f"--nseeds {args.nseeds} must be >= 1")
+    if args.probe and (args.mp_distributed or "WORLD_SIZE" in os.environ):
+        raise UserError("--probe runs in one process (features once, a classifier per seed); drop --mp-distributed / torchrun")
+    if args.probe and args.tta:
+        raise UserError("--tta averages a trained classifier over flips; --probe classifies frozen features: drop one")
+    if mode.job != "finetune" and args.encoder_cp:
+        raise UserError(f"--encoder_cp gives the backbone to fine-tune (--mode 4x), not --mode {mode.code}")
+    if mode.job == "finetune" and args.ptcp:
+        raise UserError("--ptcp 1 starts from ImageNet (--mode 1x); --mode 4x starts from the pretraining checkpoint: drop --ptcp")
+    if args.sepoch and not args.resume:
+        raise UserError(f"--sepoch {args.sepoch} says epochs already done; give the classifier to continue with --resume")
     if args.resume:
         if mode.job not in ("train", "finetune") or args.probe:
             raise UserError(f"--resume continues training a classifier; it does not apply to --mode {mode.code}"
@@ -116,7 +127,7 @@ def prepare(args: argparse.Namespace) -> Job:
             near = sorted(p.name for p in init.parent.glob(f"{args.netnum}_*.pth"))[:8] if init.parent.is_dir() else []
             raise UserError(f"checkpoint {init} does not exist" + (f"; found: {', '.join(near)}" if near else "")
                             + "; check --ckpt, --netnum, --expnum and --cepoch")
-    elif args.expnum and args.cepoch is not None:
+    elif args.expnum or args.cepoch is not None:
         raise UserError(f"--mode {mode.code} trains from {'ImageNet' if args.ptcp else 'random'} initialisation, so "
                         "--expnum/--cepoch would go unused: drop them, or use --mode 41 to fine-tune that checkpoint")
     if args.probe and mode.job in ("val", "test"):
@@ -130,6 +141,8 @@ def prepare(args: argparse.Namespace) -> Job:
             raise UserError(f"{init} is not a readable checkpoint ({type(err).__name__}); re-run the job that wrote it") from None
         pretext = str(meta.get("pretext", meta.get("pretrain", "")))
     expnum = args.expnum if mode.job in ("val", "test") else ckpt.make_expnum(mode.name)
+    if args.mp_distributed and torch.cuda.is_available() and (args.nproc or 0) > torch.cuda.device_count():
+        raise UserError(f"--nproc {args.nproc} exceeds the {torch.cuda.device_count()} GPU(s) here")
     results = Path(args.results) if args.results else Path("results") / f"{opt.name}.csv"
     return Job(mode, opt, index, init, init_exp, init_ep, pretext, expnum, results)
 
@@ -137,6 +150,8 @@ def prepare(args: argparse.Namespace) -> Job:
 def main(args: argparse.Namespace) -> None:
     setup_logging()
     job = prepare(args)
+    if args.mp_distributed and job.init is not None:
+        build_classifier(args, job)      # checkpoint mismatches are user errors, before workers start
     if args.probe:
         run_probe(args, job)
         return

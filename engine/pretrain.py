@@ -29,7 +29,7 @@ from datasets.folder import make_dataset, prepare_dataset
 from datasets.index import Index, Sample, few_shot
 from datasets.transforms import plain
 from engine import checkpoint as ckpt
-from engine.cli import setup_logging
+from engine.cli import check_process_flags, setup_logging
 from engine.knn import balanced_subsample, extract_features, knn_accuracy
 from engine.logger import EpochLog
 from engine.optim import build_optimizer
@@ -90,6 +90,7 @@ class Plan:
 def prepare(args: argparse.Namespace) -> Plan:
     """Decode codes, load the dataset index, and check every user input once."""
     mode = decode_mode(args.mode if args.mode is not None else 910, script="pretrain")
+    check_process_flags(args)
     decode_netnum(args.netnum)
     module = pretexts.load(mode)
     if (args.aug is not None or args.aug_p is not None) and not getattr(module, "USES_AUG", False):
@@ -104,6 +105,9 @@ def prepare(args: argparse.Namespace) -> Plan:
     args.loss = args.loss or module.LOSSES[0]
     if args.loss not in module.LOSSES:
         raise UserError(f"--loss {args.loss} does not fit --mode {mode.code} ({mode.pretext}); use {module.LOSSES[0]}")
+    if mode.pretext not in ("simclr", "multitask") and (args.tau != 0.5 or args.feature_dim != 128):
+        raise UserError(f"--tau/--feature_dim shape the contrastive head of modes 910/920; --mode {mode.code} "
+                        f"({mode.pretext}) has none: drop them")
     if not 0.005 <= args.tau <= 10:
         raise UserError(f"--tau {args.tau} is outside 0.005..10; SimCLR uses 0.1-0.5")
     if hasattr(module, "check_args"):
@@ -117,9 +121,9 @@ def prepare(args: argparse.Namespace) -> Plan:
     world = planned_world_size(args)
     if bs % world:
         raise UserError(f"--bs {bs} is not divisible by the {world} processes; use a multiple of {world}")
-    if bs // world > len(train):
-        raise UserError(f"--bs {bs} needs {bs // world} images per process but the training set has "
-                        f"{len(train)}; lower --bs")
+    if bs // world > len(train) // world:
+        raise UserError(f"--bs {bs} needs {bs // world} images per process but each of the {world} process(es) "
+                        f"gets {len(train) // world} of the {len(train)} training images; lower --bs")
     if bs // world < 2:
         raise UserError(f"--bs {bs} leaves {bs // world} image per process; contrastive learning needs at least 2")
     # optimiser and schedule flags fail here, in the launching process, not inside a worker
@@ -141,7 +145,12 @@ def prepare(args: argparse.Namespace) -> Plan:
             start = int(args.cepoch)
     if start >= args.mepoch and not args.resume:
         raise UserError(f"--sepoch/--cepoch {start} is not below --mepoch {args.mepoch}; raise --mepoch")
+    if init_from is not None:
+        expnum = None      # a new run starting from --expnum's checkpoint: never overwrite that run's files
     expnum = expnum or ckpt.make_expnum(mode.name)
+    if init_from is not None and args.mp_distributed:
+        backbone, _ = build_backbone(args.netnum, opt.n_bands, False, opt.rgb_index)
+        ckpt.load_backbone(init_from, backbone)        # a mismatch is a user error, before workers start
     return Plan(mode, opt, index, train, expnum, ckpt_dir, bs, start, init_from)
 
 

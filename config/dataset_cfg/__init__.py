@@ -121,6 +121,8 @@ def _select_bands(name: str, band_names: tuple[str, ...], dtypes: dict[str, tupl
 
 def _from_module(name: str, args: Any) -> DatasetOpt:
     mod = _module(name)
+    if _flag(args, "rgb_bands"):
+        raise UserError(f"--rgb-bands is for your own imagery; --ds {name} knows its true-colour bands: drop it")
     root = data_root(args)
     found = next((root / d for d in mod.DIRNAMES if (root / d).is_dir()), None)
     generate = bool(getattr(mod, "GENERATE", False))

@@ -171,7 +171,12 @@ BAD = [
     (["--mode", "11", "--loss", "Focal"], "--loss Focal"),
     (["--mode", "11", "--expnum", "x", "--cepoch", "1"], "drop them"),
     ([], "--mode is required"),
-    (["--mode", "11", "--sepoch", "500"], "--sepoch 500 must be in 0..99"),
+    (["--mode", "11", "--sepoch", "500"], "--sepoch 500 says epochs already done"),
+    (["--mode", "11", "--expnum", "x"], "drop them"),
+    (["--mode", "11", "--probe", "knn", "--tta"], "--tta averages a trained classifier"),
+    (["--mode", "41", "--ptcp", "1", "--expnum", "e", "--cepoch", "1"], "drop --ptcp"),
+    (["--mode", "31", "--encoder_cp", "x.pth", "--expnum", "e", "--cepoch", "1"], "--encoder_cp gives the backbone"),
+    (["--mode", "11", "--probe", "knn", "--mp-distributed"], "--probe runs in one process"),
     (["--mode", "11", "--resume", "/nonexistent.pth"], "--resume /nonexistent.pth: no such file"),
     (["--mode", "31", "--resume", "/x.pth", "--expnum", "e", "--cepoch", "1"], "does not apply to --mode 31"),
 ]

@@ -142,6 +142,9 @@ BAD = [
     (["--mode", "915"], "--mode 915 is not a pretraining mode"),
     (["--mode", "41"], "run it with main_cls.py"),
     (["--sync-bn", "--mp-distributed"], "--sync-bn needs GPUs"),
+    (["--nproc", "2"], "--nproc set up several processes; add --mp-distributed"),
+    (["--gpu", "0", "--mp-distributed"], "drop --gpu"),
+    (["--rgb-bands", "4,3,2"], "--rgb-bands is for your own imagery"),
     (["--mode", "96", "--aug", "3"], "--mode 96 (inpaint) makes its own views"),
     (["--mt-tasks", "inpaint"], "--mt-tasks belongs to --mode 920 (multitask), not 910 (simclr)"),
     (["--jigsaw-perms", "10"], "--jigsaw-perms belongs to --mode 972/973 (jigsaw4, jigsaw9), not 910"),
@@ -164,6 +167,14 @@ def test_bad_input_exits_2_with_one_sentence(demo_root, tmp_path, capsys, extra,
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not list(tmp_path.glob("*.pth"))
+
+
+def test_contrastive_flags_fail_for_other_pretexts(demo_root, tmp_path, capsys):
+    argv = [a for a in args_for(demo_root, tmp_path) if a not in ("--aug", "5", "--aug_p", "S5")]
+    with pytest.raises(SystemExit) as e:
+        main_cls_ss_train.main(argv + ["--mode", "96", "--tau", "0.1"])
+    assert e.value.code == 2
+    assert "--tau/--feature_dim shape the contrastive head of modes 910/920" in capsys.readouterr().err
 
 
 def test_missing_data_root_exits_2(tmp_path, capsys):
