@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 EPOCHS=${DEMO_EPOCHS:-30}
+WARMUP=$(( EPOCHS > 2 ? 1 : 0 ))   # one warm-up epoch, when the run is long enough for it
 NET=090000                      # ResNet-18 (standard stem): fast enough for 64x64 on 2 CPU cores
 RUN=runs/demo
 RES=$RUN/results.csv
@@ -23,7 +24,7 @@ echo "== 1/4 demo dataset"
 "$PY" -m datasets --ds demo
 
 echo "== 2/4 SimCLR pretraining, $EPOCHS epochs ($EXP)"
-"$PY" main_cls_ss_train.py --mode 910 "${COMMON[@]}" --ts 1 --lr 1e-3 --lr_policy cosine --warmup 1 \
+"$PY" main_cls_ss_train.py --mode 910 "${COMMON[@]}" --ts 1 --lr 1e-3 --lr_policy cosine --warmup "$WARMUP" \
   --mepoch "$EPOCHS" --bs 64 --loss NTXentLoss --optimizer adam --pin-memory --aug 5 --aug_p S5 --tau 0.2 \
   --ckpt ckpt/demo --expnum "$EXP"
 
