@@ -122,6 +122,23 @@ def save_backbone(path: str | os.PathLike, backbone_state_dict: Mapping[str, tor
     log.info("saved backbone to %s", path)
 
 
+def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint", weights_only: bool = True,
+                    hint: str = "re-run the job that wrote it") -> Any:
+    """``torch.load`` on CPU; a missing or unreadable file is a user error naming it.
+
+    ``weights_only=False`` unpickles in full (optimiser and RNG objects): only for files
+    this tool wrote.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _missing_file_error(path, what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as err:
+        raise UserError(f"{what} {path} cannot be read ({type(err).__name__}: {err}); "
+                        f"it may be truncated, {hint}") from err
+
+
 def _missing_file_error(path: Path, what: str) -> UserError:
     """Say which file is missing and which files of the same experiment exist.
 
@@ -160,14 +177,7 @@ def load_backbone(path: str | os.PathLike, model_backbone: nn.Module, strict_sha
     says both band counts.
     """
     path = Path(path)
-    if not path.is_file():
-        raise _missing_file_error(path, "checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(
-            f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it may be truncated, pick another epoch"
-        ) from err
+    ckpt = read_checkpoint(path, "checkpoint", weights_only=True, hint="pick another epoch")
     if not isinstance(ckpt, dict) or "backbone" not in ckpt:
         keys = list(ckpt)[:_MAX_LISTED] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(
@@ -295,15 +305,7 @@ def load_training_state(
     (it holds optimiser and RNG objects), so only resume from files you wrote.
     """
     path = Path(path)
-    if not path.is_file():
-        raise _missing_file_error(path, "--resume file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise UserError(
-            f"--resume file {path} cannot be read ({type(err).__name__}: {err}); "
-            "it may be truncated, resume from an older one"
-        ) from err
+    state = read_checkpoint(path, "--resume file", weights_only=False, hint="resume from an older one")
     if not isinstance(state, dict) or "model" not in state or "rng" not in state:
         raise UserError(f"{path} is not a training-state file; pass --resume a file written with --ckpt_freq")
     try:

@@ -135,10 +135,7 @@ def prepare(args: argparse.Namespace) -> Job:
     if mode.job == "train":
         pretext = "imagenet" if args.ptcp else "random"
     else:
-        try:
-            meta = torch.load(init, map_location="cpu", weights_only=False).get("meta", {})
-        except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to replace
-            raise UserError(f"{init} is not a readable checkpoint ({type(err).__name__}); re-run the job that wrote it") from None
+        meta = ckpt.read_checkpoint(init, weights_only=False).get("meta", {})
         pretext = str(meta.get("pretext", meta.get("pretrain", "")))
     expnum = args.expnum if mode.job in ("val", "test") else ckpt.make_expnum(mode.name)
     if args.mp_distributed and torch.cuda.is_available() and (args.nproc or 0) > torch.cuda.device_count():
@@ -178,7 +175,7 @@ def build_classifier(args: argparse.Namespace, job: Job) -> nn.Module:
                  meta.get("epoch"), meta.get("dataset"))
     classifier = job.init if job.mode.job in ("val", "test") else (Path(args.resume) if args.resume else None)
     if classifier is not None:
-        state = torch.load(classifier, map_location="cpu", weights_only=False)
+        state = ckpt.read_checkpoint(classifier, weights_only=False)
         if "model" not in state:
             raise UserError(f"{classifier} holds a backbone, not a trained classifier; --mode 2x/3x and --resume "
                             "take checkpoints written by --mode 1x/4x")
