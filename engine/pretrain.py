@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -310,22 +311,25 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.O
         views = move_to(views, rt.device, rt.channels_last)
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
             loss, stats = net(views)
-        bad = (~torch.isfinite(loss.detach())).float()
-        if rt.distributed:
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        if bad.item() > 0:
+        value = loss.item()                     # the step's one host sync
+        bad = not math.isfinite(value)
+        if rt.distributed:                      # every rank must stop together
+            flag = torch.tensor([float(bad)], device=loss.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            bad = flag.item() > 0
+        if bad:
             raise TrainingDiverged(
-                f"the loss became {loss.item()} at epoch {epoch + 1}, iteration {i + 1}; nothing from this "
+                f"the loss became {value} at epoch {epoch + 1}, iteration {i + 1}; nothing from this "
                 f"epoch was saved (last good checkpoint: {last_good or 'none yet'}); lower --lr, raise --tau or add --warmup")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        for k, v in {"loss": loss.item(), **stats}.items():
+        for k, v in {"loss": value, **stats}.items():
             sums[k] = sums.get(k, 0.0) + float(v)
         batches += 1
         n_images += len(views[0]) if isinstance(views, (tuple, list)) else len(views)
         if bar:
-            it_loader.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
+            it_loader.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2g}")
     seconds = time.perf_counter() - t0
     keys = sorted(sums)
     totals = torch.tensor([sums[k] for k in keys] + [float(batches), float(n_images)], dtype=torch.float64)
