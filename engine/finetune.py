@@ -116,7 +116,7 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError(f"--ds {args.ds} has no class folders; main_cls.py needs labelled data (class-per-folder)")
     if opt.parts:
         raise UserError(f"--ds {args.ds}: pooled datasets are for pretraining only; evaluate on one dataset")
-    few_shot(index.train, args.ts, args.seed)     # validates --ts
+    few_shot(index.pool, args.ts, args.seed)      # validates --ts
     init, init_exp, init_ep = None, "", ""
     if mode.job in ("finetune", "val", "test"):
         if args.encoder_cp and mode.job == "finetune":
