@@ -173,7 +173,7 @@ class Foreign:
     @property
     def meta(self) -> dict[str, Any]:
         """What stands in for our checkpoint meta (the pretext column, where the weights came from)."""
-        return {"pretext": self.pretext, "dataset": "SSL4EO-S12", "external": str(self.path),
+        return {"pretext": self.pretext, "dataset": "SSL4EO-S12", "external": str(self.path), "selected_by": "published",
                 "arch": self.arch, "bands": list(self.bands), "input_size": B.SSL4EO_INPUT_SIZE}
 
 

@@ -56,6 +56,7 @@ def test_ssl4eo_weights_give_an_ssl4eo_row(demo_root, weight_files, tmp_path):
     (r,) = rows(res)
     assert r["pretext"] == "ssl4eo-moco" and r["pretrain_expnum"] == "resnet18_sentinel2_all_moco-59bfdff9"
     assert r["mode"] == "41" and r["probe"] == "logreg" and 0 <= float(r["OA"]) <= 100
+    assert r["pretrain_datasets"] == "SSL4EO-S12" and r["ckpt_selected_by"] == "published" and r["input_size"] == "32"
 
 
 def test_imagenet_weights_file_train_then_test(demo_root, weight_files, tmp_path):
