@@ -28,10 +28,11 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 
 from config import baselines
 from config.codes import Mode, decode_mode, decode_netnum
-from config.dataset_cfg import DatasetOpt, get_opt
+from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
 from datasets.folder import make_dataset, prepare_dataset
 from datasets.index import Index, Sample, few_shot
+from datasets.options import get_opt
 from datasets.transforms import Normalize, build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
@@ -125,7 +126,7 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError(f"--ds {args.ds} has no class folders; main_cls.py needs labelled data (class-per-folder)")
     if opt.parts:
         raise UserError(f"--ds {args.ds}: pooled datasets are for pretraining only; evaluate on one dataset")
-    few_shot(index.train, args.ts, args.seed)     # validates --ts
+    few_shot(index.pool, args.ts, args.seed)      # validates --ts
     init, init_exp, init_ep = None, "", ""
     if mode.job in ("finetune", "val", "test"):
         if args.encoder_cp and mode.job == "finetune":
@@ -289,7 +290,7 @@ def run_one(args: argparse.Namespace, job: Job, rt: Runtime, seed: int) -> dict:
     t0 = time.time()
     opt = job.opt
     reseed(seed, 0, rt.rank)
-    train = few_shot(job.index.train, args.ts, seed, opt.classes)
+    train = few_shot(job.index.pool, args.ts, seed, opt.classes)
     model = build_classifier(args, job).to(rt.device)
     epochs = 0
     if job.mode.job in ("train", "finetune"):
@@ -476,7 +477,8 @@ def probe_features(args: argparse.Namespace, job: Job, rt: Runtime) -> tuple[np.
     """Frozen features of the whole training and test splits, cached on disk by checkpoint."""
     opt = job.opt
     src = job.init
-    tag = f"{args.netnum}|{opt.name}|{opt.dtype}|{opt.input_size}|ptcp{args.ptcp}|baseline-input-v1|"
+    tag = f"{args.netnum}|{opt.name}|{job.index.split_version}|{opt.dtype}|{opt.input_size}|ptcp{args.ptcp}|"
+    tag += "baseline-input-v1|"
     if args.weights:
         tag += f"weights {Path(args.weights).resolve()}|{Path(args.weights).stat().st_mtime_ns}|"
     tag += f"{src.resolve()}|{src.stat().st_mtime_ns}|{src.stat().st_size}" if src else f"random-seed{args.seed}"
@@ -531,7 +533,7 @@ def run_probe(args: argparse.Namespace, job: Job) -> None:
     pos = {s.path: i for i, s in enumerate(job.index.train)}
     for seed in range(args.seed, args.seed + args.nseeds):
         t0 = time.time()
-        chosen = np.array([pos[s.path] for s in few_shot(job.index.train, args.ts, seed, job.opt.classes)])
+        chosen = np.array([pos[s.path] for s in few_shot(job.index.pool, args.ts, seed, job.opt.classes)])
         if args.probe == "logreg":
             pred, c = logreg_predict(ftr[chosen], ytr[chosen], fte, seed)
             log.info("logistic regression: C = %g chosen by cross-validation on the %d training shots", c, len(chosen))

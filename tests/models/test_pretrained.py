@@ -21,7 +21,9 @@ from datasets.transforms import Normalize
 from models import build_backbone, pretrained as P
 
 EUROSAT_BANDS = opt_euroms.BAND_NAMES                      # B01..B12, B8A LAST
-MEAN, STD = opt_euroms.MEAN, opt_euroms.STD
+# per-band statistics of the 469-file EuroSAT subset (../shared/data/README.md), file order
+MEAN = (1351.4, 1117.8, 1047.8, 950.3, 1206.9, 2014.3, 2387.1, 2314.9, 742.0, 12.1, 1838.8, 1136.8, 2610.0)
+STD = (239.7, 332.1, 395.5, 590.7, 559.5, 859.7, 1087.6, 1121.1, 414.6, 4.4, 1008.7, 768.4, 1229.7)
 
 
 def their_resnet(arch: str = "resnet18", bands: int = 13, seed: int = 0) -> nn.Module:
