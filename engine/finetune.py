@@ -36,6 +36,7 @@ from datasets.options import get_opt
 from datasets.transforms import Normalize, build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
+from engine import labels
 from engine import provenance
 from engine.cli import check_process_flags, setup_logging
 from engine.knn import extract_features, knn_predict
@@ -290,20 +291,14 @@ def run_one(args: argparse.Namespace, job: Job, rt: Runtime, seed: int) -> dict:
     t0 = time.time()
     opt = job.opt
     reseed(seed, 0, rt.rank)
-    train = few_shot(job.index.pool, args.ts, seed, opt.classes)
+    train = few_shot(labels.fewshot_pool(job.index), args.ts, seed, opt.classes)
     model = build_classifier(args, job).to(rt.device)
     epochs = 0
     if job.mode.job in ("train", "finetune"):
         epochs = args.mepoch
         fit(model, train, args, job, rt, seed)
-    if job.mode.job == "val":
-        chosen = {s.path for s in train}
-        eval_set = [s for s in job.index.train if s.path not in chosen]
-        if not eval_set:
-            raise UserError(f"--mode {job.mode.code} (val) evaluates the training-split images outside the "
-                            f"--ts {args.ts} draw, and there are none; lower --ts")
-    else:
-        eval_set = job.index.test
+    # the label rule (engine/labels.py): mode 2x scores the fixed validation slice, every other mode the test split
+    eval_set = labels.selection_set(job.index) if job.mode.job == "val" else labels.final_eval_set(job.index)
     y_true, y_pred = evaluate(model, eval_set, args, opt, rt)
     if not rt.is_main:
         return {}
