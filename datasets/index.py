@@ -21,8 +21,9 @@ Three sets, three uses (engine/labels.py states the rule for callers):
 written to ``<cache>/<dataset>/split.csv`` (an imported one to ``split_file-<digest>.csv``),
 as ``path,class,split`` rows, the format ``--export-split`` writes, and named by
 ``Index.split_version``: ``v2-<digest>`` for this rule, ``file-<digest>`` for an imported
-split, the digest being that of the sorted ``scene key, class, split`` rows. The same split therefore has the same digest whether it
-was computed here, exported or imported, and for the .jpg and .tif releases of a dataset.
+split, the digest being that of the sorted ``scene key, class, split`` rows. The same split
+therefore has the same digest whether it was computed here, exported or imported, and for
+the .jpg and .tif releases of a dataset.
 
 Few-shot subsets are drawn per class from one seeded permutation per (seed, class) of the
 pool ordered by scene key: the first k scenes, so for one seed the 5-shot set is inside the
