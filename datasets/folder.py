@@ -150,6 +150,10 @@ def band_stats(opt: DatasetOpt, samples: Sequence[Sample], max_files: int | None
         count += a.shape[1]
     mean = total / count
     std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        bad = [b for b, m, s in zip(opt.bands, mean, std) if not (np.isfinite(m) and np.isfinite(s))]
+        raise UserError(f"band(s) {', '.join(bad)} of {opt.name} hold NaN or infinite pixel values in the measured "
+                        "files (a nodata value?); fill them in the files or pick other bands with --dtype")
     return mean, std, len(paths)
 
 
@@ -167,7 +171,8 @@ def _ensure_stats(opt: DatasetOpt, index: Index) -> DatasetOpt:
     if path.exists():
         try:
             st = json.loads(path.read_text())
-            if st.get("bands") != list(opt.bands) or len(st["mean"]) != opt.n_bands:
+            if st.get("bands") != list(opt.bands) or len(st["mean"]) != opt.n_bands \
+                    or not np.isfinite(np.asarray(st["mean"] + st["std"], dtype=np.float64)).all():
                 st = None
         except (ValueError, KeyError, TypeError):
             st = None
