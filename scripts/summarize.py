@@ -149,10 +149,15 @@ def _sort_key(column: str, value: str) -> tuple:
         return (1, 0.0, value)
 
 
-def scored(g: Group, metric: str) -> Scored:
-    """The group's values and, when every row saved them on the same images, its per-image predictions."""
+def scored(g: Group, metric: str, missing: list[str]) -> Scored:
+    """The group's values and, when every row saved them on the same images, its per-image predictions.
+
+    Prediction files a row names but that are gone are appended to ``missing``.
+    """
     values = np.array([_metric(r, metric) for r in g.rows])
     preds = [load_predictions(r.table, r.cells.get("predictions", "")) for r in g.rows]
+    missing += [str(r.table.parent / r.cells["predictions"]) for r, p in zip(g.rows, preds)
+                if p is None and r.cells.get("predictions")]
     if any(p is None for p in preds) or any(p[0] != preds[0][0] for p in preds):
         return Scored(values)
     names = sorted({c for _, t, p in preds for c in (*t, *p)})
@@ -184,11 +189,15 @@ def summarize(groups: list[Group], metric: str, n_boot: int, boot_seed: int,
               baseline: tuple[str, str] | None, notes: list[str]) -> list[Line]:
     lines = []
     cache: dict[tuple, Scored] = {}
+    missing: list[str] = []
     for g in groups:
-        s = cache.setdefault(g.key, scored(g, metric))
+        s = cache.setdefault(g.key, scored(g, metric, missing))
         lo, hi, over = bootstrap_ci(s, metric, n_boot, boot_seed)
         std = float(np.std(s.values, ddof=1)) if len(s.values) > 1 else math.nan
         lines.append(Line(g, len(s.values), float(np.mean(s.values)), std, (lo, hi), over))
+    if missing:
+        notes.append(f"{len(missing)} prediction file(s) named in the table are missing (e.g. {missing[0]}): "
+                     "the CIs of their runs cover seeds only; keep <table>_predictions/ beside the table")
     if baseline is not None:
         col, value = baseline
         bases = [g for g in groups if g.ident[col] == canon(col, value)]

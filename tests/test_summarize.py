@@ -110,6 +110,10 @@ def test_image_bootstrap_matches_the_binomial_closed_form(tmp_path, capsys):
     r = t.iloc[0]
     assert code == 0 and r["ci_over"] == "seeds+images"
     assert float(r["ci_low"]) == pytest.approx(70 - half, abs=0.5) and float(r["ci_high"]) == pytest.approx(70 + half, abs=0.5)
+    (tmp_path / rel).unlink()                                     # the table copied without its predictions
+    code, t, err = summary(tmp_path, capsys, path)
+    assert code == 0 and t.iloc[0]["ci_over"] == "seeds" and float(t.iloc[0]["ci_low"]) == 70.0
+    assert "3 prediction file(s) named in the table are missing" in err
 
 
 def test_ci_covers_seeds_and_images_wider_than_either(tmp_path):
