@@ -86,3 +86,25 @@ wait
 probe
 for mode in $MODES; do probe "$mode"; done
 "$PY" scripts/summarize.py "$RES" --out "${RES%.csv}_summary"
+
+# Pretraining diagnostics from each run's log: loss and embedding std (std over the batch of
+# the L2-normalised projector output, averaged over dimensions: about 1/sqrt(d) when spread,
+# ~0 when collapsed) at the first and last epoch, and the monitor's kNN accuracy.
+CKPT="$CKPT" NET=$NET MODES="$MODES" OUT="${RES%.csv}_pretrain.md" "$PY" - <<'PYEOF'
+import csv, os
+from pathlib import Path
+from config.codes import PRETEXTS
+ck, net = Path(os.environ["CKPT"]), os.environ["NET"]
+lines = ["| mode | method | loss first -> last | emb_std first -> last (min) | kNN last (%) | run |",
+         "|---|---|---|---|---|---|"]
+for mode in os.environ["MODES"].split():
+    exp = (ck / f"{mode}.expnum").read_text().strip()
+    rows = list(csv.DictReader(open(ck / f"{net}_{exp}_log.csv")))
+    std = [float(r["emb_std"]) for r in rows]
+    knn = [r.get("knn_top1") for r in rows if r.get("knn_top1")]
+    last_knn = f"{float(knn[-1]):.1f}" if knn else "-"
+    lines.append(f"| {mode} | {PRETEXTS[int(mode)][0]} | {float(rows[0]['loss']):.3f} -> {float(rows[-1]['loss']):.3f} | "
+                 f"{std[0]:.4f} -> {std[-1]:.4f} ({min(std):.4f}) | {last_knn} | {exp} |")
+Path(os.environ["OUT"]).write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PYEOF
