@@ -79,6 +79,9 @@ def test_neumann_lists_match_the_tif_release_by_scene(tmp_path):
     assert stem(idx.val) == sorted(lists["val"]) and stem(idx.test) == sorted(lists["test"])
     assert stem(idx.train) == sorted(lists["train"] + lists["val"])   # their train + val
     assert stem(idx.pool) == sorted(lists["train"]) and idx.split_version.startswith("file-")
+    opt = get_opt("euroms", ns(tmp_path))
+    record = opt.cache_dir / opt.cache_key / f"split_{idx.split_version}.csv"    # resolved to the .tif files
+    assert "AnnualCrop/AnnualCrop_1.tif,AnnualCrop,val" in record.read_text().splitlines()
 
 
 def test_neumann_lists_that_do_not_match_the_files(tmp_path):

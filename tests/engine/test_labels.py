@@ -42,3 +42,15 @@ def test_main_cls_trains_on_the_pool_only(demo_root, tmp_path):
     with open(res, newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert int(row["n_train"]) == 6 * 7 and row["split_version"].startswith("v2-")
+
+
+def test_empty_slice_or_test_split_is_a_user_error(tmp_path):
+    from config.errors import UserError
+    idx = build_index(get_opt(str(class_tree(tmp_path / "mine", {"A": 2, "B": 2}))))   # 1 train + 1 test each
+    assert idx.val == [] and len(idx.test) == 2
+    for ask in (labels.selection_set, labels.monitor_sets):
+        with pytest.raises(UserError, match="has none"):
+            ask(idx)
+    idx.test = []
+    with pytest.raises(UserError, match="no test images"):
+        labels.final_eval_set(idx)
