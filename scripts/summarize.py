@@ -263,7 +263,9 @@ def varying(lines: list[Line]) -> tuple[list[str], dict[str, str]]:
 def run_label(ident: dict[str, str], vary: list[str]) -> str:
     proto = ident["probe"] or (f"hos {ident['hos']}" if ident["hos"] else "")
     name = f"{ident['pretext'] or ident['pretrain_expnum'] or '?'} / {PROTOCOL_NAMES.get(ident['probe'] or ident['hos'], proto)}"
-    extra = [f"{c}={ident[c] or '∅'}" for c in vary if c not in ("pretext", "probe", "hos")]
+    # empty cells mean "does not apply" (no checkpoint, no training): left out of the label
+    extra = [f"{c}={ident[c]}" for c in vary if c not in ("pretext", "probe", "hos") and ident[c]
+             and not (c == "pretrain_expnum" and ident[c] == ident["pretext"])]
     return name + (f" ({', '.join(extra)})" if extra else "")
 
 
