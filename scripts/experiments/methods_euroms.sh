@@ -38,7 +38,7 @@ EPOCHS=${EPOCHS:-10}
 BS=${BS:-64}
 WARMUP=${WARMUP:-2}
 PAR=${PAR:-8}                       # runs side by side (each pretraining is followed by its probe)
-MODES=${MODES:-"910 911 912 913 914 915 916"}
+MODES=${MODES-"910 911 912 913 914 915 916"}     # MODES="" probes random init only
 PROBE_EPOCH=${PROBE_EPOCH:-$EPOCHS}
 NET=090000
 
