@@ -139,7 +139,7 @@ BAD = [
     (["--dtype", "SAR"], "--dtype SAR is not available"),
     (["--aug", "7"], "7"),
     (["--aug_p", "Z9"], "Z9"),
-    (["--mode", "915"], "--mode 915 is not a pretraining mode"),
+    (["--mode", "919"], "--mode 919 is not a pretraining mode"),
     (["--mode", "41"], "run it with main_cls.py"),
     (["--sync-bn", "--mp-distributed"], "--sync-bn needs GPUs"),
     (["--nproc", "2"], "--nproc set up several processes; add --mp-distributed"),
