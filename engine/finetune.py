@@ -1,5 +1,5 @@
-"""Supervised work of main_cls.py: train (1x), val (2x), test (3x), finetune (4x), and the
-frozen-feature probes (``--probe logreg|knn``).
+"""Supervised work of main_cls.py: train (1x), val (2x), test (3x), finetune (4x); the
+frozen-feature probes (``--probe logreg|knn``) live in engine/probe.py.
 
 Protocols (``--hos``): 0 all layers at ``--lr``; 1 backbone at lr/5; 9 linear probe
 (backbone frozen AND in eval mode; after the first epoch every backbone tensor is
@@ -10,7 +10,6 @@ matrix, and appends one row to ``results/<ds>.csv``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -34,8 +33,8 @@ from datasets.index import Index, Sample, few_shot
 from datasets.transforms import build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
+from engine import probe
 from engine.cli import check_process_flags, setup_logging
-from engine.knn import extract_features, knn_predict
 from engine.metrics import classification_metrics, format_confusion, save_confusion_png
 from engine.optim import build_optimizer
 from engine.results import append_result, code_version
@@ -54,8 +53,9 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--encoder_cp", "--encoder-cp", dest="encoder_cp", help="a backbone checkpoint file to start from (instead of --expnum/--cepoch)")
     g.add_argument("--loss", default="CrossEntropyLoss", help="classification loss (CrossEntropyLoss)")
     g.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips/rotations")
-    g.add_argument("--probe", choices=("logreg", "knn"), help="frozen-feature protocol instead of training: logistic regression (C by cross-validation on the training shots) or weighted kNN")
-    g.add_argument("--nseeds", type=int, default=1, help="repeat the few-shot draw for seeds --seed .. --seed+N-1 (one row each, then mean +- std)")
+    g.add_argument("--probe", choices=("logreg", "knn"), help="frozen-feature protocol instead of training: logistic regression (C by cross-validation on the training shots) or kNN; features once for the whole --ts x --nseeds sweep")
+    g.add_argument("--nseeds", type=int, default=1, help="repeat the few-shot draw for seeds --seed .. --seed+N-1 (one row each, for every --ts)")
+    probe.add_args(g)
     g.add_argument("--results", help="CSV results table (default results/<ds>.csv)")
     return p
 
@@ -90,6 +90,10 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError("--probe runs in one process (features once, a classifier per seed); drop --mp-distributed / torchrun")
     if args.probe and args.tta:
         raise UserError("--tta averages a trained classifier over flips; --probe classifies frozen features: drop one")
+    probe.check_args(args)
+    if len(args.ts_list) > 1 and mode.job in ("val", "test"):
+        raise UserError(f"--mode {mode.code} evaluates one saved classifier, trained at one --ts; give a single "
+                        f"--ts, not {','.join(f'{t:g}' for t in args.ts_list)}")
     if mode.job != "finetune" and args.encoder_cp:
         raise UserError(f"--encoder_cp gives the backbone to fine-tune (--mode 4x), not --mode {mode.code}")
     if mode.job == "finetune" and args.ptcp:
@@ -111,7 +115,6 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError(f"--ds {args.ds} has no class folders; main_cls.py needs labelled data (class-per-folder)")
     if opt.parts:
         raise UserError(f"--ds {args.ds}: pooled datasets are for pretraining only; evaluate on one dataset")
-    few_shot(index.train, args.ts, args.seed)     # validates --ts
     init, init_exp, init_ep = None, "", ""
     if mode.job in ("finetune", "val", "test"):
         if args.encoder_cp and mode.job == "finetune":
@@ -150,7 +153,7 @@ def main(args: argparse.Namespace) -> None:
     if args.mp_distributed and job.init is not None:
         build_classifier(args, job)      # checkpoint mismatches are user errors, before workers start
     if args.probe:
-        run_probe(args, job)
+        probe.run_probe(args, job)
         return
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         main_worker(int(os.environ.get("LOCAL_RANK", 0)), None, args, job)
@@ -216,8 +219,9 @@ class ShardSampler(Sampler[int]):
 def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namespace, job: Job) -> None:
     rt = init_runtime(local_rank, nproc, args)
     try:
-        for seed in range(args.seed, args.seed + args.nseeds):
-            run_one(args, job, rt, seed)
+        for ts in args.ts_list:                   # --ts 5,20: every train scale, every seed
+            for seed in range(args.seed, args.seed + args.nseeds):
+                run_one(argparse.Namespace(**{**vars(args), "ts": ts}), job, rt, seed)
     finally:
         rt.close()
 
@@ -352,8 +356,9 @@ def evaluate(model: nn.Module, samples: list[Sample], args: argparse.Namespace, 
 
 
 def report(y_true: np.ndarray, y_pred: np.ndarray, args: argparse.Namespace, job: Job, seed: int,
-           n_train: int, n_test: int, epochs: int, lr: float, seconds: float, hos: str, probe: str) -> dict:
-    """Print the metrics and append one row to the results table."""
+           n_train: int, n_test: int, epochs: int, lr: float, seconds: float, hos: str, probe: str,
+           **columns: str) -> dict:
+    """Print the metrics and append one row to the results table (``columns``: further row cells)."""
     opt = job.opt
     raw = classification_metrics(y_true, y_pred, opt.num_classes, opt.classes)
     m = {"OA": 100 * raw["OA"], "AA": 100 * raw["AA"], "kappa": raw["kappa"], "macro_F1": 100 * raw["macro_f1"],
@@ -369,79 +374,13 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, args: argparse.Namespace, job
            "OA": round(m["OA"], 4), "AA": round(m["AA"], 4), "kappa": round(m["kappa"], 5),
            "macro_F1": round(m["macro_F1"], 4), "n_train": n_train, "n_test": n_test,
            "seconds": round(seconds, 1), "per_class": json.dumps([round(a, 2) for a in m["per_class_acc"]])}
+    row.update(columns)
     append_result(job.results, row)
     if args.vis:
         png = job.results.parent / "figures" / f"confusion_{opt.name}_{job.mode.code}_{probe or 'hos' + hos}_ts{args.ts:g}_s{seed}.png"
         png.parent.mkdir(parents=True, exist_ok=True)
         save_confusion_png(m["confusion"], opt.classes, png)
     return m
-
-
-def probe_features(args: argparse.Namespace, job: Job, rt: Runtime) -> tuple[np.ndarray, ...]:
-    """Frozen features of the whole training and test splits, cached on disk by checkpoint."""
-    opt = job.opt
-    src = job.init
-    tag = f"{args.netnum}|{opt.name}|{opt.dtype}|{opt.input_size}|ptcp{args.ptcp}|"
-    tag += f"{src.resolve()}|{src.stat().st_mtime_ns}|{src.stat().st_size}" if src else f"random-seed{args.seed}"
-    key = hashlib.sha1(tag.encode()).hexdigest()[:16]
-    path = opt.cache_dir / opt.cache_key / "features" / f"{key}.npz"
-    if path.exists():
-        z = np.load(path)
-        log.info("frozen features from cache %s", path)
-        return z["ftr"], z["ytr"], z["fte"], z["yte"]
-    reseed(args.seed, 0, 0)
-    model = build_classifier(args, job).to(rt.device)
-    tf = lambda o: plain(o.input_size, o.mean, o.std)  # noqa: E731
-    kw = dict(batch_size=128, num_workers=args.workers, shuffle=False)
-    ftr, ytr = extract_features(model.backbone, DataLoader(make_dataset(opt, job.index.train, tf), **kw), rt.device, rt.amp)
-    fte, yte = extract_features(model.backbone, DataLoader(make_dataset(opt, job.index.test, tf), **kw), rt.device, rt.amp)
-    out = (ftr.numpy(), ytr.numpy(), fte.numpy(), yte.numpy())
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, ftr=out[0], ytr=out[1], fte=out[2], yte=out[3])
-        os.replace(tmp, path)
-    except OSError as err:
-        log.warning("could not cache features in %s (%s)", path, err)
-    return out
-
-
-def logreg_predict(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
-    """Standardised features, multinomial logistic regression, C by stratified CV on the shots only."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    folds = min(5, int(np.bincount(y_train).min()))
-    if folds >= 2:
-        grid = GridSearchCV(pipe, {"logisticregression__C": np.logspace(-3, 3, 7)},
-                            cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1)
-        grid.fit(f_train, y_train)
-        best_c = float(grid.best_params_["logisticregression__C"])
-        model = grid.best_estimator_
-    else:                                  # one shot per class: no fold to validate on
-        best_c = 1.0
-        model = pipe.fit(f_train, y_train)
-    return model.predict(f_test), best_c
-
-
-def run_probe(args: argparse.Namespace, job: Job) -> None:
-    """``--probe``: features once, then one classifier per seed."""
-    rt = init_runtime(None, None, args)
-    ftr, ytr, fte, yte = probe_features(args, job, rt)
-    pos = {s.path: i for i, s in enumerate(job.index.train)}
-    for seed in range(args.seed, args.seed + args.nseeds):
-        t0 = time.time()
-        chosen = np.array([pos[s.path] for s in few_shot(job.index.train, args.ts, seed, job.opt.classes)])
-        if args.probe == "logreg":
-            pred, c = logreg_predict(ftr[chosen], ytr[chosen], fte, seed)
-            log.info("logistic regression: C = %g chosen by cross-validation on the %d training shots", c, len(chosen))
-        else:
-            pred = knn_predict(torch.from_numpy(ftr[chosen]), torch.from_numpy(ytr[chosen]), torch.from_numpy(fte),
-                               job.opt.num_classes, k=min(20, len(chosen))).numpy()
-        report(yte, pred, args, job, seed, len(chosen), len(yte), 0, 0.0, time.time() - t0, hos="", probe=args.probe)
 
 
 def run(argv: list[str] | None, parser: argparse.ArgumentParser) -> None:
