@@ -60,7 +60,7 @@ def sklearn_gridsearch_predict(f_train: np.ndarray, y_train: np.ndarray, f_test:
 
 def aid_features(data: Path, workers: int) -> tuple[np.ndarray, np.ndarray, list, list, object]:
     """Random-init ResNet-18 features of the AID subset through main_cls.py's probe code."""
-    from engine import finetune, probe
+    from engine import finetune, labels, probe
     from engine.cli import base_parser
     from engine.runtime import init_runtime
 
@@ -75,8 +75,7 @@ def aid_features(data: Path, workers: int) -> tuple[np.ndarray, np.ndarray, list
         table = probe.probe_features(args, job, rt)
     finally:
         rt.close()
-    pool = getattr(job.index, "pool", job.index.train)
-    return table, pool, job.index.test, job.opt.classes
+    return table, labels.fewshot_pool(job.index), labels.final_eval_set(job.index), job.opt.classes
 
 
 def synthetic_features(per_class_pool: int = 36, per_class_test: int = 10, classes: int = 30, dim: int = 512,

@@ -48,6 +48,7 @@ from config.errors import UserError
 from datasets.folder import make_dataset
 from datasets.index import Sample, few_shot
 from datasets.transforms import plain
+from engine import labels
 from engine.atomic import atomic_write
 from engine.knn import extract_indexed, knn_predict
 from engine.runtime import Runtime, init_runtime, reseed
@@ -139,6 +140,8 @@ def feature_identity(args: argparse.Namespace, job: "Job") -> dict:
     opt, index = job.opt, job.index
     if job.init is not None:
         weights = f"checkpoint sha256:{file_digest(job.init)}"
+    elif args.ptcp and getattr(args, "weights", None):
+        weights = f"imagenet file sha256:{file_digest(Path(args.weights))}"
     elif args.ptcp:
         import torchvision
         weights = f"imagenet torchvision {torchvision.__version__}"
@@ -146,6 +149,7 @@ def feature_identity(args: argparse.Namespace, job: "Job") -> dict:
         weights = f"random init seed {args.seed} torch {torch.__version__}"
     return {
         "format": FEATURE_FORMAT, "netnum": args.netnum, "weights": weights,
+        "input_adapter": "baseline-input-v1",       # how ImageNet / SSL4EO weights see our bands
         "dataset": opt.name, "root": str(Path(opt.root).resolve()),
         "split_version": str(getattr(index, "split_version", "")),
         "train_files": samples_digest(index.train), "test_files": samples_digest(index.test),
@@ -459,15 +463,12 @@ def run_probe(args: argparse.Namespace, job: "Job") -> None:
     finally:
         rt.close()
     index, opt = job.index, job.opt
-    pool = getattr(index, "pool", index.train)
-    x_test, y_test = table.take(index.test)
+    pool = labels.fewshot_pool(index)              # the label rule (engine/labels.py)
+    test = labels.final_eval_set(index)
+    x_test, y_test = table.take(test)
     x_val = y_val = None
     if args.probe == "logreg" and args.select_on == "val":
-        val = getattr(index, "val", None)
-        if not val:
-            raise UserError(f"--select-on val needs the validation slice of --ds {args.ds}, and its split has "
-                            "none; use --select-on shots")
-        x_val, y_val = table.take(val)
+        x_val, y_val = table.take(labels.selection_set(index))
     for ts in args.ts_list:
         row_args = argparse.Namespace(**{**vars(args), "ts": ts})
         for seed in range(args.seed, args.seed + args.nseeds):
@@ -485,4 +486,4 @@ def run_probe(args: argparse.Namespace, job: "Job") -> None:
                 pred, k = knn_probe(x, y, x_test, opt.num_classes, args.knn_k, args.knn_vote)
                 extra = {"probe_param": f"k={k},{args.knn_vote}", "select_on": "", "selection_labels": ""}
             report(y_test, pred, row_args, job, seed, len(shots), len(y_test), 0, 0.0, time.time() - t0,
-                   hos="", probe=args.probe, **extra)
+                   hos="", probe=args.probe, eval_set=test, **extra)
