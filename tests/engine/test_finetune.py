@@ -98,12 +98,12 @@ def test_probe_sweep_extracts_features_once_and_writes_a_row_per_draw(demo_root,
     caplog.clear()
     with caplog.at_level("INFO"):
         main_cls.main(base + ["--probe", "knn", "--ts", "2", "--knn-vote", "majority", "--knn-k", "5"])
-        main_cls.main(base + ["--probe", "knn", "--ts", "1"])               # 6 shots < k = 20: clamped
+        main_cls.main(base + ["--probe", "knn", "--ts", "0.1"])             # 1 shot per class: 6 < k = 20
     assert caplog.text.count("frozen features from cache") == 2 and "frozen features of" not in caplog.text
     got = rows(res)
     assert [(r["probe"], r["ts"], r["seed"]) for r in got] == [
         ("logreg", "2.0", "0"), ("logreg", "2.0", "1"), ("logreg", "5.0", "0"), ("logreg", "5.0", "1"),
-        ("knn", "2.0", "0"), ("knn", "1.0", "0")]
+        ("knn", "2.0", "0"), ("knn", "0.1", "0")]
     assert [r["n_train"] for r in got] == ["12", "12", "30", "30", "12", "6"]
     assert all(r["probe_param"].startswith("C=") and r["select_on"] == "shots" for r in got[:4])
     assert [r["selection_labels"] for r in got[:4]] == ["shots:12", "shots:12", "shots:30", "shots:30"]
@@ -114,9 +114,9 @@ def test_probe_sweep_extracts_features_once_and_writes_a_row_per_draw(demo_root,
 
 def test_training_modes_run_every_train_scale(demo_root, tmp_path):
     res = tmp_path / "r.csv"
-    main_cls.main(cls_args(demo_root, tmp_path / "ck", res, "--mode", "11", "--ts", "1,2", "--mepoch", "1"))
-    assert [(r["ts"], r["n_train"]) for r in rows(res)] == [("1.0", "6"), ("2.0", "12")]
-    assert len(list((tmp_path / "ck").glob(f"{NET}_*_ts1_s0_1.pth"))) == 1
+    main_cls.main(cls_args(demo_root, tmp_path / "ck", res, "--mode", "11", "--ts", "0.1,2", "--mepoch", "1"))
+    assert [(r["ts"], r["n_train"]) for r in rows(res)] == [("0.1", "6"), ("2.0", "12")]
+    assert len(list((tmp_path / "ck").glob(f"{NET}_*_ts0.1_s0_1.pth"))) == 1
     assert len(list((tmp_path / "ck").glob(f"{NET}_*_ts2_s0_1.pth"))) == 1
 
 
