@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from datasets.index import Index, Sample, few_shot
 from datasets.transforms import build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
-from engine import guards
+from engine import guards, provenance
 from engine.atomic import remove_stale_tmp
 from engine.cli import check_process_flags, setup_logging
 from engine.dist import spawn
@@ -40,7 +40,7 @@ from engine.logger import EpochLog
 from engine.knn import extract_features, knn_predict
 from engine.metrics import classification_metrics, format_confusion, save_confusion_png
 from engine.optim import build_optimizer
-from engine.results import append_result, code_version
+from engine.results import append_result, code_version, save_predictions
 from engine.runtime import Runtime, init_runtime, move_to, reseed, seed_worker, use_tqdm
 from engine.schedules import LRSchedule
 from models import build_model
@@ -59,6 +59,8 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--probe", choices=("logreg", "knn"), help="frozen-feature protocol instead of training: logistic regression (C by cross-validation on the training shots) or weighted kNN")
     g.add_argument("--nseeds", type=int, default=1, help="repeat the few-shot draw for seeds --seed .. --seed+N-1 (one row each, then mean +- std)")
     g.add_argument("--results", help="CSV results table (default results/<ds>.csv)")
+    g.add_argument("--allow-overlap", dest="allow_overlap", action="store_true",
+                   help="evaluate a checkpoint whose pretraining images include test scenes of --ds (refused otherwise; the row records it)")
     return p
 
 
@@ -73,6 +75,7 @@ class Job:
     pretext: str               # what the backbone learnt from: simclr, ..., random, imagenet
     expnum: str
     results: Path
+    init_meta: dict = field(default_factory=dict)   # the checkpoint's meta (provenance, selected_by)
     log: Path | None = None    # per-epoch fine-tuning log, the file that claims ``expnum`` (1x/4x)
 
 
@@ -145,11 +148,22 @@ def prepare(args: argparse.Namespace) -> Job:
                         "--expnum/--cepoch would go unused: drop them, or use --mode 41 to fine-tune that checkpoint")
     if args.probe and mode.job in ("val", "test"):
         raise UserError(f"--probe works with --mode 1x (random/ImageNet features) or 4x (pretrained features), not {mode.code}")
+    meta: dict = {}
     if mode.job == "train":
         pretext = "imagenet" if args.ptcp else "random"
+        if args.allow_overlap:
+            raise UserError(f"--allow-overlap lets a pretrained checkpoint see test scenes; --mode {mode.code} "
+                            "starts from random/ImageNet weights: drop it")
     else:
-        meta = ckpt.read_checkpoint(init, weights_only=False).get("meta", {})
+        meta = dict(ckpt.read_checkpoint(init, weights_only=False).get("meta") or {})
         pretext = str(meta.get("pretext", meta.get("pretrain", "")))
+        check_best(meta, init, args.cepoch)
+        if mode.job in ("val", "test") and meta.get("pretrain") in ("random", "imagenet"):
+            if args.allow_overlap:
+                raise UserError(f"{init} was trained from {meta['pretrain']} weights, which saw no {opt.name} "
+                                "scene: drop --allow-overlap")
+        else:
+            provenance.check_checkpoint(meta, init, opt, index, args.allow_overlap)
     expnum = args.expnum if mode.job in ("val", "test") else ckpt.make_expnum(mode.name)
     if args.mp_distributed and torch.cuda.is_available() and (args.nproc or 0) > torch.cuda.device_count():
         raise UserError(f"--nproc {args.nproc} exceeds the {torch.cuda.device_count()} GPU(s) here")
@@ -163,7 +177,14 @@ def prepare(args: argparse.Namespace) -> Job:
             remove_stale_tmp(Path(args.ckpt))
             expnum = ckpt.claim_expnum(Path(args.ckpt), args.netnum, mode.name)
             log_file = ckpt.log_path(Path(args.ckpt), args.netnum, expnum)
-    return Job(mode, opt, index, init, init_exp, init_ep, pretext, expnum, results, log_file)
+    return Job(mode, opt, index, init, init_exp, init_ep, pretext, expnum, results, meta, log_file)
+
+
+def check_best(meta: dict, path: Path, cepoch: str | None) -> None:
+    """``--cepoch best`` only for a checkpoint chosen on the validation slice (older ones read TEST labels)."""
+    if str(cepoch).strip() == "best" and meta.get("selected_by") != "val-knn":
+        raise UserError(f"{path} was chosen as 'best' by {meta.get('selected_by') or 'kNN accuracy on TEST labels (written before the validation slice)'}, "
+                        "not by the kNN monitor on the validation slice; pass a numbered --cepoch (the last epoch) or re-run pretraining")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -267,12 +288,14 @@ def run_one(args: argparse.Namespace, job: Job, rt: Runtime, seed: int) -> dict:
     if not rt.is_main:
         return {}
     metrics = report(y_true, y_pred, args, job, seed, len(train), len(eval_set), epochs,
-                     args.lr or opt.lr, time.time() - t0, hos=str(args.hos), probe="")
+                     args.lr or opt.lr, time.time() - t0, hos=str(args.hos), probe="", eval_set=eval_set)
     if job.mode.job in ("train", "finetune"):
         path = ckpt.ckpt_path(Path(args.ckpt), args.netnum, job.expnum + f"_ts{args.ts:g}_s{seed}", epochs)
         path.parent.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_save({"model": model.state_dict(), "meta": {"netnum": args.netnum, "dataset": opt.name,
-                          "ts": args.ts, "seed": seed, "pretrain": job.pretext, "metrics": {k: metrics[k] for k in ("OA", "AA", "kappa", "macro_F1")}}}, path)
+                          "ts": args.ts, "seed": seed, "pretrain": job.pretext,
+                          **({"provenance": job.init_meta["provenance"]} if "provenance" in job.init_meta else {}),
+                          "metrics": {k: metrics[k] for k in ("OA", "AA", "kappa", "macro_F1")}}}, path)
         log.info("classifier saved to %s", path)
     return metrics
 
@@ -377,9 +400,21 @@ def evaluate(model: nn.Module, samples: list[Sample], args: argparse.Namespace, 
 
 
 def report(y_true: np.ndarray, y_pred: np.ndarray, args: argparse.Namespace, job: Job, seed: int,
-           n_train: int, n_test: int, epochs: int, lr: float, seconds: float, hos: str, probe: str) -> dict:
-    """Print the metrics and append one row to the results table."""
+           n_train: int, n_test: int, epochs: int, lr: float, seconds: float, hos: str, probe: str, *,
+           eval_set: list[Sample] | None = None, probe_param: str = "", select_on: str = "",
+           selection_labels: str = "") -> dict:
+    """Print the metrics, save the per-image predictions and append one row to the results table.
+
+    ``eval_set`` lists the images ``y_true``/``y_pred`` belong to, in order (default: the
+    test split). Probes pass what they chose and on which labels: ``probe_param`` (e.g.
+    ``C=0.1``), ``select_on`` (``shots`` or ``val``) and ``selection_labels`` (how many
+    labels the choice read).
+    """
     opt = job.opt
+    samples = job.index.test if eval_set is None else eval_set
+    if not (len(samples) == len(y_true) == len(y_pred) == n_test):
+        raise RuntimeError(f"report: {len(samples)} images, {len(y_true)} labels, {len(y_pred)} predictions, "
+                           f"n_test {n_test}")
     raw = classification_metrics(y_true, y_pred, opt.num_classes, opt.classes)
     m = {"OA": 100 * raw["OA"], "AA": 100 * raw["AA"], "kappa": raw["kappa"], "macro_F1": 100 * raw["macro_f1"],
          "per_class_acc": [100 * a for a in raw["per_class_acc"]], "confusion": raw["confusion"]}
@@ -387,13 +422,32 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, args: argparse.Namespace, job
              opt.name, args.ts, seed, probe or f"hos {hos}", m["OA"], m["AA"], m["kappa"], m["macro_F1"], n_train, n_test)
     log.info("per-class accuracy: %s", ", ".join(f"{c} {a:.1f}" for c, a in zip(opt.classes, m["per_class_acc"])))
     log.info("confusion matrix (rows true, columns predicted):\n%s", format_confusion(m["confusion"], opt.classes))
+    predictions = save_predictions(
+        job.results, f"{opt.name}_{job.mode.code}_{probe or 'hos' + hos}_ts{args.ts:g}_s{seed}",
+        [Path(s.path).relative_to(opt.root).as_posix() for s in samples],
+        [opt.classes[int(t)] for t in y_true], [opt.classes[int(p)] for p in y_pred])
+    trained = job.mode.job in ("train", "finetune") and not probe
+    meta = job.init_meta
+    if job.mode.job == "train":
+        pretrain_datasets, selected_by = ("imagenet" if args.ptcp else ""), ""
+    else:
+        pretrain_datasets = provenance.pretrain_datasets(meta)
+        selected_by = str(meta.get("selected_by") or ("" if job.init_epoch == "" else "epoch"))
     row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "code_version": code_version(), "ds": opt.name,
-           "ts": args.ts, "seed": seed, "mode": job.mode.code, "netnum": args.netnum,
+           "split_version": getattr(job.index, "split_version", "unknown"),
+           "ts": args.ts, "seed": seed, "mode": job.mode.code, "netnum": args.netnum, "pretext": job.pretext,
            "pretrain_expnum": job.init_expnum if job.mode.job != "train" else ("imagenet" if args.ptcp else "random"),
-           "pretrain_epoch": job.init_epoch, "pretext": job.pretext, "hos": hos, "probe": probe, "epochs": epochs, "lr": lr,
+           "pretrain_epoch": job.init_epoch, "pretrain_datasets": pretrain_datasets, "ckpt_selected_by": selected_by,
+           "hos": hos, "probe": probe, "probe_param": probe_param, "select_on": select_on,
+           "selection_labels": selection_labels, "dtype": opt.dtype, "bands": " ".join(opt.bands),
+           "input_size": opt.input_size, "tta": int(bool(args.tta)),
+           "bs": (args.bs or opt.batch_size) if trained else "", "optimizer": args.optimizer if trained else "",
+           "lr": lr if trained else "", "wd": args.wd if trained else "", "epochs": epochs,
+           "aug": TRAIN_PLAN if trained else "", "allow_overlap": int(bool(getattr(args, "allow_overlap", False))),
            "OA": round(m["OA"], 4), "AA": round(m["AA"], 4), "kappa": round(m["kappa"], 5),
            "macro_F1": round(m["macro_F1"], 4), "n_train": n_train, "n_test": n_test,
-           "seconds": round(seconds, 1), "per_class": json.dumps([round(a, 2) for a in m["per_class_acc"]])}
+           "seconds": round(seconds, 1), "per_class": json.dumps([round(a, 2) for a in m["per_class_acc"]]),
+           "predictions": predictions}
     append_result(job.results, row)
     if args.vis:
         png = job.results.parent / "figures" / f"confusion_{opt.name}_{job.mode.code}_{probe or 'hos' + hos}_ts{args.ts:g}_s{seed}.png"
@@ -463,10 +517,14 @@ def run_probe(args: argparse.Namespace, job: Job) -> None:
         if args.probe == "logreg":
             pred, c = logreg_predict(ftr[chosen], ytr[chosen], fte, seed)
             log.info("logistic regression: C = %g chosen by cross-validation on the %d training shots", c, len(chosen))
+            chosen_param, select_on = f"C={c:g}", "shots"
         else:
+            k = min(20, len(chosen))
             pred = knn_predict(torch.from_numpy(ftr[chosen]), torch.from_numpy(ytr[chosen]), torch.from_numpy(fte),
-                               job.opt.num_classes, k=min(20, len(chosen))).numpy()
-        report(yte, pred, args, job, seed, len(chosen), len(yte), 0, 0.0, time.time() - t0, hos="", probe=args.probe)
+                               job.opt.num_classes, k=k).numpy()
+            chosen_param, select_on = f"k={k}", ""
+        report(yte, pred, args, job, seed, len(chosen), len(yte), 0, 0.0, time.time() - t0, hos="", probe=args.probe,
+               probe_param=chosen_param, select_on=select_on, selection_labels=str(len(chosen)) if select_on else "")
 
 
 def run(argv: list[str] | None, parser: argparse.ArgumentParser) -> None:

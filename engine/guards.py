@@ -188,9 +188,10 @@ def check_split_files(samples: Sequence[Sample], opt: DatasetOpt, what: str) -> 
 
 
 def check_results_table(path: Path) -> None:
-    """``--results``: a UTF-8 CSV with our columns (or no file yet) in a writable folder,
-    checked before training so the row of a long fit is never refused at the end."""
-    from engine.results import RESULT_COLUMNS
+    """``--results``: a UTF-8 CSV with our columns, today's or an older schema that appending
+    migrates (or no file yet), in a writable folder; checked before training so the row of a
+    long fit is never refused at the end."""
+    from engine.results import is_result_table
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--results {path} is a folder; pass the path of a .csv file, e.g. {path / 'results.csv'}")
@@ -208,6 +209,6 @@ def check_results_table(path: Path) -> None:
     if not text.strip():
         return
     header = next(csv.reader([text.split("\n", 1)[0].rstrip("\r")]), [])
-    if tuple(header) != RESULT_COLUMNS:
-        raise UserError(f"--results {path} is not a results table of this version (its columns start "
+    if not is_result_table(header):           # ours, today's columns or an older schema (migrated on append)
+        raise UserError(f"--results {path} is not a results table of this project (its columns start "
                         f"{', '.join(header[:4])}); pass another --results file or move it away")

@@ -36,6 +36,7 @@ from engine.dist import spawn
 from engine.knn import balanced_subsample, extract_features, knn_accuracy
 from engine.logger import EpochLog
 from engine.optim import build_optimizer
+from engine.provenance import provenance
 from engine.runtime import (Runtime, TrainingDiverged, init_runtime, move_to, reseed, seed_worker,
                             use_tqdm)
 from engine.schedules import LRSchedule
@@ -268,7 +269,8 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
             "pretext": mode.pretext, "expnum": expnum, "dataset": opt.name, "input_size": opt.input_size,
             "mean": [float(v) for v in opt.mean] if opt.mean is not None else None,
             "std": [float(v) for v in opt.std] if opt.std is not None else None,
-            "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}}
+            "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
+            "provenance": provenance(opt, plan.index, plan.train)}
     last_good = None
     try:
         for epoch in range(start_epoch, args.mepoch):

@@ -48,6 +48,14 @@ def test_finetune_round_trip_writes_a_result_row(demo_root, pretrained, tmp_path
     assert 0 <= float(r["OA"]) <= 100 and -1 <= float(r["kappa"]) <= 1
     per_class = np.array(eval(r["per_class"].replace("null", "float('nan')")))
     assert per_class.shape == (6,) and abs(per_class.mean() - float(r["AA"])) < 0.05
+    assert (r["optimizer"], r["wd"], r["bs"], r["aug"], r["tta"], r["epochs"]) == ("adam", "0.0", "16", "D", "0", "3")
+    assert r["input_size"] == "32" and r["dtype"] and len(r["bands"].split()) == 13 and r["allow_overlap"] == "0"
+    assert r["pretrain_datasets"].startswith("demo@") and r["ckpt_selected_by"] in ("epoch", "last")
+    assert r["split_version"] and r["probe"] == "" and r["probe_param"] == ""
+    with open(res.parent / r["predictions"], newline="") as f:
+        preds = list(csv.DictReader(f))
+    assert len(preds) == 12 and all(not Path(p["path"]).is_absolute() and "/" in p["path"] for p in preds)
+    assert 100 * np.mean([p["true"] == p["pred"] for p in preds]) == pytest.approx(float(r["OA"]), abs=1e-3)
 
 
 def test_linear_probe_guard_catches_a_changing_backbone(demo_root, pretrained, tmp_path, monkeypatch):

@@ -185,7 +185,7 @@ def test_bad_results_tables_are_refused_before_training(demo_root, tmp_path, cap
     _fails(main_cls.main, cls_args(demo_root, tmp_path / "ck", res), f"--results {res} is a folder", capsys)
     res.rmdir()
     res.write_text("name,score\nA,1\n", encoding="utf-8")
-    _fails(main_cls.main, cls_args(demo_root, tmp_path / "ck", res), "is not a results table of this version", capsys)
+    _fails(main_cls.main, cls_args(demo_root, tmp_path / "ck", res), "is not a results table of this project", capsys)
     res.write_bytes(",".join(RESULT_COLUMNS).encode() + b"\n\xff\xfe\n")
     _fails(main_cls.main, cls_args(demo_root, tmp_path / "ck", res), "is not UTF-8 text (byte", capsys)
     assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())
