@@ -25,10 +25,11 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from config.codes import Mode, decode_mode, decode_netnum
-from config.dataset_cfg import DatasetOpt, get_opt
+from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
 from datasets.folder import make_dataset, prepare_dataset
 from datasets.index import Index, Sample, few_shot
+from datasets.options import get_opt
 from datasets.transforms import build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
@@ -118,7 +119,7 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError(f"--ds {args.ds} has no class folders; main_cls.py needs labelled data (class-per-folder)")
     if opt.parts:
         raise UserError(f"--ds {args.ds}: pooled datasets are for pretraining only; evaluate on one dataset")
-    few_shot(index.train, args.ts, args.seed)     # validates --ts
+    few_shot(index.pool, args.ts, args.seed)      # validates --ts
     guards.check_input_size(args.netnum, opt.input_size)
     trains = mode.job in ("train", "finetune") and not args.probe
     world = (int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ
@@ -270,7 +271,7 @@ def run_one(args: argparse.Namespace, job: Job, rt: Runtime, seed: int) -> dict:
     t0 = time.time()
     opt = job.opt
     reseed(seed, 0, rt.rank)
-    train = few_shot(job.index.train, args.ts, seed, opt.classes)
+    train = few_shot(job.index.pool, args.ts, seed, opt.classes)
     model = build_classifier(args, job).to(rt.device)
     epochs = 0
     if job.mode.job in ("train", "finetune"):
@@ -460,7 +461,7 @@ def probe_features(args: argparse.Namespace, job: Job, rt: Runtime) -> tuple[np.
     """Frozen features of the whole training and test splits, cached on disk by checkpoint."""
     opt = job.opt
     src = job.init
-    tag = f"{args.netnum}|{opt.name}|{opt.dtype}|{opt.input_size}|ptcp{args.ptcp}|"
+    tag = f"{args.netnum}|{opt.name}|{job.index.split_version}|{opt.dtype}|{opt.input_size}|ptcp{args.ptcp}|"
     tag += f"{src.resolve()}|{src.stat().st_mtime_ns}|{src.stat().st_size}" if src else f"random-seed{args.seed}"
     key = hashlib.sha1(tag.encode()).hexdigest()[:16]
     path = opt.cache_dir / opt.cache_key / "features" / f"{key}.npz"
@@ -513,7 +514,7 @@ def run_probe(args: argparse.Namespace, job: Job) -> None:
     pos = {s.path: i for i, s in enumerate(job.index.train)}
     for seed in range(args.seed, args.seed + args.nseeds):
         t0 = time.time()
-        chosen = np.array([pos[s.path] for s in few_shot(job.index.train, args.ts, seed, job.opt.classes)])
+        chosen = np.array([pos[s.path] for s in few_shot(job.index.pool, args.ts, seed, job.opt.classes)])
         if args.probe == "logreg":
             pred, c = logreg_predict(ftr[chosen], ytr[chosen], fte, seed)
             log.info("logistic regression: C = %g chosen by cross-validation on the %d training shots", c, len(chosen))

@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 import models.pretext as pretexts
 from config.codes import PRETEXTS, Mode, decode_mode, decode_netnum
-from config.dataset_cfg import DatasetOpt, get_opt
+from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
 from datasets.folder import make_dataset, prepare_dataset
 from datasets.index import Index, Sample, few_shot
+from datasets.options import get_opt
 from datasets.transforms import plain
 from engine import checkpoint as ckpt
 from engine import guards

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from config.dataset_cfg import get_opt
 from config.errors import UserError
 from datasets.index import build_index, few_shot, shots_per_class
+from datasets.options import get_opt
 from tests.conftest import REPO, SHARED, needs_aid, needs_eurosat
 
 
@@ -29,7 +29,7 @@ def test_split_is_stratified_and_disjoint():
 
 SPLIT_SNIPPET = """
 import argparse, hashlib
-from config.dataset_cfg import get_opt
+from datasets.options import get_opt
 from datasets.index import build_index
 o = get_opt('euroms', argparse.Namespace(data_root=%r))
 i = build_index(o)
@@ -48,14 +48,14 @@ def test_split_identical_across_processes():
 @needs_eurosat
 def test_few_shot_counts_nesting_and_seeds():
     idx = build_index(euroms())
-    five = few_shot(idx.train, 5, seed=3)
-    twenty = few_shot(idx.train, 20, seed=3)
+    five = few_shot(idx.pool, 5, seed=3)
+    twenty = few_shot(idx.pool, 20, seed=3)
     assert len(five) == 50 and len(twenty) == 200
     assert {s.path for s in five} <= {s.path for s in twenty}
     assert np.bincount([s.label for s in five]).tolist() == [5] * 10
-    assert {s.path for s in five} != {s.path for s in few_shot(idx.train, 5, seed=4)}
-    assert [s.path for s in five] == [s.path for s in few_shot(idx.train, 5, seed=3)]
-    assert all(s in set(idx.train) for s in twenty)   # only training images
+    assert {s.path for s in five} != {s.path for s in few_shot(idx.pool, 5, seed=4)}
+    assert [s.path for s in five] == [s.path for s in few_shot(idx.pool, 5, seed=3)]
+    assert all(s in set(idx.pool) for s in twenty)    # only training images outside the validation slice
 
 
 @needs_eurosat

@@ -153,7 +153,7 @@ def _own_copy(demo_root, tmp_path):
     import argparse
     import shutil
 
-    from config.dataset_cfg import get_opt
+    from datasets.options import get_opt
     from datasets.folder import prepare_dataset
     root = tmp_path / "mine"
     shutil.copytree(demo_root / "rsssl_demo", root, ignore=shutil.ignore_patterns(".*"))

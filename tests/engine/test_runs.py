@@ -147,7 +147,7 @@ def test_full_disk_at_the_second_checkpoint_keeps_the_first(demo_root, tmp_path,
 def test_a_broken_file_read_in_a_worker_is_one_sentence(demo_root, tmp_path, capsys):
     import shutil
 
-    from config.dataset_cfg import get_opt
+    from datasets.options import get_opt
     from datasets.folder import prepare_dataset
     root = tmp_path / "mine"
     shutil.copytree(demo_root / "rsssl_demo", root, ignore=shutil.ignore_patterns(".*"))
