@@ -219,6 +219,10 @@ def build_classifier(args: argparse.Namespace, job: Job) -> nn.Module:
         if "model" not in state:
             raise UserError(f"{classifier} holds a backbone, not a trained classifier; --mode 2x/3x and --resume "
                             "take checkpoints written by --mode 1x/4x")
+        saved_net = str((state.get("meta") or {}).get("netnum", args.netnum))
+        if saved_net != args.netnum:          # e.g. 000000 (resnet18_small) vs 090000 (resnet18): same layer names
+            raise UserError(f"{classifier} is a classifier of --netnum {saved_net} ({decode_netnum(saved_net).backbone}), "
+                            f"not {args.netnum} ({decode_netnum(args.netnum).backbone}); pass --netnum {saved_net}")
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as err:

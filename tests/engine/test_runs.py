@@ -27,6 +27,15 @@ NET = "000000"
 STAMP = datetime(2026, 12, 1, 8, 3, 8)        # -> 26335080308
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on 2 shared cores more threads only spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pre_args(root, ck, *extra):
     return ["--mode", "910", "--ds", "demo", "--data-root", str(root), "--netnum", NET, "--input_size", "16",
             "--bs", "8", "--mepoch", "1", "--workers", "0", "--ckpt", str(ck), "--knn-freq", "0", "--no-progress",
@@ -51,7 +60,8 @@ def same_second(monkeypatch):
 def test_claims_in_one_second_get_suffixes(tmp_path):
     names = [ckpt.claim_expnum(tmp_path, NET, "pretrain", STAMP) for _ in range(3)]
     assert names == ["26335080308_pretrain", "26335080308-2_pretrain", "26335080308-3_pretrain"]
-    assert sorted(names) == names                                  # names sort in time order
+    later = ckpt.claim_expnum(tmp_path, NET, "pretrain", datetime(2026, 12, 1, 8, 3, 9))
+    assert later == "26335080309_pretrain" and sorted(names + [later])[-1] == later    # names sort in time
     assert ckpt.claim_expnum(tmp_path, "020000", "pretrain", STAMP) == "26335080308_pretrain"  # other netnum
 
 
@@ -88,7 +98,7 @@ def test_two_pretraining_runs_in_one_second_keep_both_checkpoints(demo_root, tmp
 
 def test_a_taken_expnum_is_refused_unless_overwrite(demo_root, tmp_path, capsys):
     ck = tmp_path / "ck"
-    main_cls_ss_train.main(pre_args(demo_root, ck, "--expnum", "E_pretrain", "--vis"))
+    main_cls_ss_train.main(pre_args(demo_root, ck, "--expnum", "E_pretrain"))
     first = (ck / f"{NET}_E_pretrain_1.pth").read_bytes()
     with pytest.raises(SystemExit) as e:
         main_cls_ss_train.main(pre_args(demo_root, ck, "--expnum", "E_pretrain"))
@@ -99,8 +109,12 @@ def test_a_taken_expnum_is_refused_unless_overwrite(demo_root, tmp_path, capsys)
     assert (ck / f"{NET}_E_pretrain_log.csv").read_text().count("\n") == 2          # header + epoch 1, not truncated
     # --overwrite replaces the whole run: no figure or event file of the old one is left beside the new files
     (ck / f"{NET}_E_pretrain_7.pth").write_bytes(b"an epoch the new run will not reach")
+    (ck / f"{NET}_E_pretrain_vis_e0001.png").write_bytes(b"a figure of the old run")
+    (ck / "tb" / f"{NET}_E_pretrain" / "events.out.tfevents.old").parent.mkdir(parents=True, exist_ok=True)
+    (ck / "tb" / f"{NET}_E_pretrain" / "events.out.tfevents.old").write_bytes(b"old events")
     main_cls_ss_train.main(pre_args(demo_root, ck, "--expnum", "E_pretrain", "--overwrite", "--seed", "3"))
     assert not (ck / f"{NET}_E_pretrain_7.pth").exists() and not list(ck.glob(f"{NET}_E_pretrain_vis_*.png"))
+    assert not (ck / "tb" / f"{NET}_E_pretrain" / "events.out.tfevents.old").exists()
     assert torch.load(ck / f"{NET}_E_pretrain_1.pth", weights_only=True)["meta"]["args"]["seed"] == 3
     # runs that only READ by expnum are unaffected: fine-tuning from it writes under a new name
     main_cls.main(cls_args(demo_root, ck, tmp_path / "r.csv", "--mode", "41", "--hos", "9", "--expnum", "E_pretrain",
@@ -118,6 +132,20 @@ def test_two_main_cls_runs_in_one_second_keep_both_classifiers(demo_root, tmp_pa
     assert not torch.equal(torch.load(a)["model"]["head.weight"], torch.load(b)["model"]["head.weight"])
     log = (ck / f"{NET}_26335080308_train_log.csv").read_text().splitlines()
     assert log[0].split(",")[:3] == ["epoch", "seed", "loss"] and len(log) == 2
+
+
+
+def test_a_classifier_of_another_stem_names_its_netnum(demo_root, tmp_path, capsys):
+    ck, res = tmp_path / "ck", tmp_path / "r.csv"
+    main_cls.main(cls_args(demo_root, ck, res))
+    (saved,) = ck.glob(f"{NET}_*_train_ts2_s0_1.pth")
+    argv = cls_args(demo_root, ck, res, "--mepoch", "2", "--sepoch", "1", "--resume", str(saved))
+    argv[argv.index("--netnum") + 1] = "090000"                   # resnet18: the same layer names
+    with pytest.raises(SystemExit) as e:
+        main_cls.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert "is a classifier of --netnum 000000 (resnet18_small), not 090000 (resnet18); pass --netnum 000000" in err
 
 
 def test_full_disk_at_the_second_checkpoint_keeps_the_first(demo_root, tmp_path, monkeypatch, capsys):
@@ -245,15 +273,14 @@ def _interrupt_after(argv: list[str], ready: callable, timeout: float = 400):
 
 def test_ctrl_c_in_pretraining_keeps_the_last_checkpoint(demo_root, tmp_path):
     ck = tmp_path / "ck"
-    first = ck / f"{NET}_C_pretrain_1.pth"
+    first, state = ck / f"{NET}_C_pretrain_1.pth", ck / f"{NET}_C_pretrain_state.pth"
     argv = ["main_cls_ss_train.py", *pre_args(demo_root, ck, "--expnum", "C_pretrain", "--mepoch", "200",
                                               "--ckpt_freq", "1", "--workers", "1")]
-    rc, err = _interrupt_after(argv, first.exists)
+    rc, err = _interrupt_after(argv, lambda: first.exists() and state.exists())
     assert rc == -signal.SIGINT, err                         # ends by SIGINT, as a shell loop expects
     assert "interrupted (Ctrl-C)" in err and "Traceback" not in err, err
     assert torch.load(first, weights_only=True)["meta"]["epoch"] >= 1
-    state = torch.load(ck / f"{NET}_C_pretrain_state.pth", weights_only=False)
-    assert state["epoch"] >= 1
+    assert torch.load(state, weights_only=False)["epoch"] >= 1
     assert not list(ck.glob(".*.tmp"))
 
 
