@@ -16,7 +16,7 @@ from config.errors import UserError
 from engine import atomic
 from engine.atomic import atomic_write_text, create_exclusive, remove_stale_tmp
 from engine.checkpoint import atomic_save, save_backbone
-from engine.results import RESULT_COLUMNS, append_result
+from engine.results import RESULT_COLUMNS, append_result, save_predictions
 
 
 @pytest.fixture
@@ -34,7 +34,8 @@ def test_files_get_the_mode_the_umask_gives(tmp_path, umask, mask, mode):
     atomic_save({"w": torch.zeros(2)}, tmp_path / "c.pth")
     append_result(tmp_path / "r.csv", {"ds": "demo", "OA": 50.0})
     create_exclusive(tmp_path / "claim.csv")
-    for name in ("a.txt", "c.pth", "r.csv", "claim.csv"):
+    pred = save_predictions(tmp_path / "r.csv", "run", ["a/1.tif"], ["a"], ["b"])
+    for name in ("a.txt", "c.pth", "r.csv", "claim.csv", pred):
         assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
 
 
@@ -81,6 +82,13 @@ def test_full_disk_while_appending_a_row_keeps_the_table(tmp_path, monkeypatch):
         append_result(table, {"ds": "demo", "OA": 60.0})
     assert table.read_bytes() == before and before.startswith(",".join(RESULT_COLUMNS).encode())
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_full_disk_while_writing_predictions_leaves_no_partial_file(tmp_path, monkeypatch):
+    _disk_full_after(monkeypatch, 0)
+    with pytest.raises(UserError, match="no space left on the device to write .*r_predictions"):
+        save_predictions(tmp_path / "r.csv", "run", ["a/1.tif"], ["a"], ["b"])
+    assert not list((tmp_path / "r_predictions").iterdir())
 
 
 def test_full_disk_inside_torch_save(tmp_path, monkeypatch):
