@@ -12,12 +12,15 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from typing import Callable, TypeVar
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT     # 130, what shells report for Ctrl-C
 
 T = TypeVar("T")
+_sigint = {"first": False, "handled": False}
 
 
 class UserError(Exception):
@@ -60,6 +63,7 @@ def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
             print(f"error: {user_message(err)}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
         except KeyboardInterrupt:
+            _sigint["handled"] = True
             logging.shutdown()
             from engine.atomic import last_written
             done = last_written()
@@ -71,12 +75,44 @@ def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def _on_sigint(signum, frame) -> None:
+    """Python's Ctrl-C handler, plus re-delivery when the KeyboardInterrupt gets lost.
+
+    Python drops an exception raised inside an at-fork callback (a DataLoader forking its
+    workers at the start of every epoch runs logging's), so a Ctrl-C at that instant would
+    be ignored and training would go on. Until the interrupt reaches
+    :func:`exit_on_user_error`, SIGINT is sent again every 2 s.
+    """
+    if not _sigint["first"]:
+        _sigint["first"] = True
+        threading.Thread(target=_redeliver, daemon=True).start()
+    raise KeyboardInterrupt
+
+
+def _quiet_lost_interrupt(unraisable) -> None:
+    """A KeyboardInterrupt Python had to drop is not printed (with a traceback): it is re-sent."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _redeliver() -> None:
+    for _ in range(15):
+        time.sleep(2.0)
+        if _sigint["handled"]:
+            return
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 def run_script(main: Callable[[], object]) -> None:
     """``if __name__ == "__main__"`` body of an entry script.
 
     After Ctrl-C the process ends by SIGINT (as Python itself does), not by a plain exit
     130: a shell running the script in a loop then stops the loop instead of going on.
     """
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:     # not when Ctrl-C is ignored
+        signal.signal(signal.SIGINT, _on_sigint)
+        sys.unraisablehook = _quiet_lost_interrupt
     try:
         main()
     except Interrupted:

@@ -257,7 +257,8 @@ def test_resume_with_another_optimizer_is_named(tmp_path):
 def _interrupt_after(argv: list[str], ready: callable, timeout: float = 400):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
+                         text=True, start_new_session=True,       # SIGINT as in a terminal, even if ignored here
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         t0 = time.time()
         while not ready() and p.poll() is None and time.time() - t0 < timeout:
