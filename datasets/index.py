@@ -17,12 +17,13 @@ Three sets, three uses (engine/labels.py states the rule for callers):
   draws come from, so no draw ever holds a validation image.
 * ``Index.test``: read only to compute final results.
 
-``--split-file`` replaces the rule by a published split (datasets/splitfile.py). Either way
-the split is written to ``<cache>/<dataset>/split.csv`` (``path,class,split``, the same
-format ``--export-split`` writes) and named by ``Index.split_version``: ``v2-<digest>`` for
-this rule, ``file-<digest>`` for an imported split, the digest being that of the sorted
-``scene key, class, split`` rows. The same split therefore has the same digest whether it
-was computed here, exported or imported, and for the .jpg and .tif releases of a dataset.
+``--split-file`` replaces the rule by a published split (datasets/splitfile.py). The split is
+written to ``<cache>/<dataset>/split.csv`` (an imported one to ``split_file-<digest>.csv``),
+as ``path,class,split`` rows, the format ``--export-split`` writes, and named by
+``Index.split_version``: ``v2-<digest>`` for this rule, ``file-<digest>`` for an imported
+split, the digest being that of the sorted ``scene key, class, split`` rows. The same split
+therefore has the same digest whether it was computed here, exported or imported, and for
+the .jpg and .tif releases of a dataset.
 
 Few-shot subsets are drawn per class from one seeded permutation per (seed, class) of the
 pool ordered by scene key: the first k scenes, so for one seed the 5-shot set is inside the
@@ -229,8 +230,7 @@ def build_index(opt: DatasetOpt) -> Index:
                         "check --split-file or add images")
     version = f"{prefix}-{split_digest((k, cls[k], sp) for k, sp in assign.items())}"
     index = Index(opt.classes, train, test, val, version)
-    if opt.split_file is None:
-        _record_split(opt, index)
+    _record_split(opt, index, "split.csv" if opt.split_file is None else f"split_{version}.csv")
     return index
 
 
@@ -257,8 +257,9 @@ def split_csv(opt: DatasetOpt, index: Index) -> str:
     return buf.getvalue()
 
 
-def _record_split(opt: DatasetOpt, index: Index) -> None:
-    path = opt.cache_dir / opt.cache_key / "split.csv"
+def _record_split(opt: DatasetOpt, index: Index, name: str) -> None:
+    """Write the split record (the rule's split.csv, or an imported split resolved to the files)."""
+    path = opt.cache_dir / opt.cache_key / name
     text = split_csv(opt, index)
     try:
         if path.exists():

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +24,17 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
+from config import baselines
 from config.codes import Mode, decode_mode, decode_netnum
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
 from datasets.folder import make_dataset, prepare_dataset
 from datasets.index import Index, Sample, few_shot
 from datasets.options import get_opt
-from datasets.transforms import build_plan, plain
+from datasets.transforms import Normalize, build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
-from engine import guards, provenance
+from engine import guards, labels, provenance
 from engine.atomic import remove_stale_tmp
 from engine.cli import check_process_flags, setup_logging
 from engine.dist import spawn
@@ -44,7 +45,8 @@ from engine.optim import build_optimizer
 from engine.results import append_result, code_version, save_predictions
 from engine.runtime import Runtime, init_runtime, move_to, reseed, seed_worker, use_tqdm
 from engine.schedules import LRSchedule
-from models import build_model
+from models import build_model, pretrained
+from models.backbones import SMALL_STEMS
 
 log = logging.getLogger(__name__)
 PROTOCOLS = {0: "all layers", 1: "backbone at lr/5", 9: "linear probe (frozen backbone)"}
@@ -54,7 +56,8 @@ TRAIN_PLAN = "D"   # fine-tuning augmentation: random resized crop + 90-degree r
 def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group("classification")
     g.add_argument("--hos", type=int, default=0, help="0 all layers; 1 backbone at lr/5; 9 linear probe")
-    g.add_argument("--encoder_cp", "--encoder-cp", dest="encoder_cp", help="a backbone checkpoint file to start from (instead of --expnum/--cepoch)")
+    g.add_argument("--encoder_cp", "--encoder-cp", dest="encoder_cp", help="a backbone file to start from (instead of --expnum/--cepoch): one written by pretraining, or SSL4EO-S12 / TorchGeo Sentinel-2 ResNet weights (band order, preprocessing and input size mapped)")
+    g.add_argument("--weights", help="--mode 1x: ImageNet weights from this torchvision state dict file instead of the torch hub cache (implies --ptcp 1)")
     g.add_argument("--loss", default="CrossEntropyLoss", help="classification loss (CrossEntropyLoss)")
     g.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips/rotations")
     g.add_argument("--probe", choices=("logreg", "knn"), help="frozen-feature protocol instead of training: logistic regression (C by cross-validation on the training shots) or weighted kNN")
@@ -98,6 +101,13 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError("--probe runs in one process (features once, a classifier per seed); drop --mp-distributed / torchrun")
     if args.probe and args.tta:
         raise UserError("--tta averages a trained classifier over flips; --probe classifies frozen features: drop one")
+    if args.weights:
+        if mode.job != "train":
+            raise UserError(f"--weights gives the ImageNet weights --mode 1x starts from, not --mode {mode.code}; "
+                            "pretrained Sentinel-2 weights go through --encoder_cp FILE with --mode 4x")
+        if not Path(args.weights).is_file():
+            raise UserError(f"--weights {args.weights}: no such file; give a torchvision ImageNet state dict file")
+        args.ptcp = 1
     if mode.job != "finetune" and args.encoder_cp:
         raise UserError(f"--encoder_cp gives the backbone to fine-tune (--mode 4x), not --mode {mode.code}")
     if mode.job == "finetune" and args.ptcp:
@@ -150,21 +160,38 @@ def prepare(args: argparse.Namespace) -> Job:
     if args.probe and mode.job in ("val", "test"):
         raise UserError(f"--probe works with --mode 1x (random/ImageNet features) or 4x (pretrained features), not {mode.code}")
     meta: dict = {}
+    native = None                    # the input size a pretrained baseline was trained at
     if mode.job == "train":
         pretext = "imagenet" if args.ptcp else "random"
+        native = baselines.IMAGENET_INPUT_SIZE if args.ptcp else None
         if args.allow_overlap:
             raise UserError(f"--allow-overlap lets a pretrained checkpoint see test scenes; --mode {mode.code} "
                             "starts from random/ImageNet weights: drop it")
+    elif mode.job == "finetune" and (foreign := pretrained.recognise(
+            ckpt.read_checkpoint(init, weights_only=True, hint="pick another file"), init)) is not None:
+        meta, pretext, native = foreign.meta, foreign.pretext, baselines.SSL4EO_INPUT_SIZE
+        if args.allow_overlap:
+            raise UserError(f"{init} holds external weights ({meta['dataset']}) without a scene list, so there is no "
+                            "overlap check to override: drop --allow-overlap")
+        log.info("%s: external %s weights pretrained on %s; whether those scenes overlap the %s test split "
+                 "cannot be checked", init, pretext, meta["dataset"], opt.name)
     else:
         meta = dict(ckpt.read_checkpoint(init, weights_only=False).get("meta") or {})
         pretext = str(meta.get("pretext", meta.get("pretrain", "")))
+        native = meta.get("input_size") if mode.job in ("val", "test") else None   # a classifier keeps its size
         check_best(meta, init, args.cepoch)
-        if mode.job in ("val", "test") and meta.get("pretrain") in ("random", "imagenet"):
+        external = str(meta.get("pretrain", "")).startswith("ssl4eo-")
+        if mode.job in ("val", "test") and (meta.get("pretrain") in ("random", "imagenet") or external):
             if args.allow_overlap:
-                raise UserError(f"{init} was trained from {meta['pretrain']} weights, which saw no {opt.name} "
-                                "scene: drop --allow-overlap")
+                raise UserError(f"{init} was trained from {meta['pretrain']} weights, which carry no list of "
+                                f"{opt.name} scenes to check: drop --allow-overlap")
         else:
             provenance.check_checkpoint(meta, init, opt, index, args.allow_overlap)
+    if native and args.input_size is None and decode_netnum(args.netnum).backbone not in SMALL_STEMS \
+            and int(native) != opt.input_size:
+        log.info("%s weights: images resized from %d to their native %d px (Corley et al. 2023, 'resize is all "
+                 "you need'); --input_size overrides", pretext, opt.input_size, int(native))
+        opt = replace(opt, input_size=int(native))
     expnum = args.expnum if mode.job in ("val", "test") else ckpt.make_expnum(mode.name)
     if args.mp_distributed and torch.cuda.is_available() and (args.nproc or 0) > torch.cuda.device_count():
         raise UserError(f"--nproc {args.nproc} exceeds the {torch.cuda.device_count()} GPU(s) here")
@@ -207,12 +234,23 @@ def main(args: argparse.Namespace) -> None:
 
 def build_classifier(args: argparse.Namespace, job: Job) -> nn.Module:
     opt = job.opt
-    model = build_model(args.netnum, opt.n_bands, opt.num_classes, bool(args.ptcp) and job.mode.job == "train",
-                        opt.rgb_index)
+    imagenet = bool(args.ptcp) and job.mode.job == "train"
+    model = build_model(args.netnum, opt.n_bands, opt.num_classes, imagenet, opt.rgb_index,
+                        weights=args.weights if imagenet else None)
+    norm = Normalize(opt.mean, opt.std)           # the pipeline's statistics, std floor included
+    if imagenet and opt.rgb_index is not None and model.backbone.arch not in SMALL_STEMS:
+        targets = pretrained.imagenet_targets(opt.bands, opt.rgb_index, opt.mean)
+        model.backbone.set_input_adapter(pretrained.adapter_for(targets, norm.mean, norm.std))
     if job.mode.job == "finetune":
-        meta = ckpt.load_backbone(job.init, model.backbone)
-        log.info("backbone from %s (pretext %s, epoch %s, dataset %s)", job.init, meta.get("pretext"),
-                 meta.get("epoch"), meta.get("dataset"))
+        foreign = pretrained.recognise(ckpt.read_checkpoint(job.init, weights_only=True), job.init)
+        if foreign is not None:
+            pretrained.load_foreign(foreign, model.backbone, opt.bands)
+            model.backbone.set_input_adapter(
+                pretrained.adapter_for(pretrained.ssl4eo_targets(opt.bands), norm.mean, norm.std))
+        else:
+            meta = ckpt.load_backbone(job.init, model.backbone)
+            log.info("backbone from %s (pretext %s, epoch %s, dataset %s)", job.init, meta.get("pretext"),
+                     meta.get("epoch"), meta.get("dataset"))
     classifier = job.init if job.mode.job in ("val", "test") else (Path(args.resume) if args.resume else None)
     if classifier is not None:
         state = ckpt.read_checkpoint(classifier, weights_only=False)
@@ -223,6 +261,8 @@ def build_classifier(args: argparse.Namespace, job: Job) -> nn.Module:
         if saved_net != args.netnum:          # e.g. 000000 (resnet18_small) vs 090000 (resnet18): same layer names
             raise UserError(f"{classifier} is a classifier of --netnum {saved_net} ({decode_netnum(saved_net).backbone}), "
                             f"not {args.netnum} ({decode_netnum(args.netnum).backbone}); pass --netnum {saved_net}")
+        if "backbone.input_adapter.scale" in state["model"] and model.backbone.input_adapter is None:
+            model.backbone.set_input_adapter(pretrained.InputAdapter.identity(opt.n_bands))  # filled by the load
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as err:
@@ -275,20 +315,14 @@ def run_one(args: argparse.Namespace, job: Job, rt: Runtime, seed: int) -> dict:
     t0 = time.time()
     opt = job.opt
     reseed(seed, 0, rt.rank)
-    train = few_shot(job.index.pool, args.ts, seed, opt.classes)
+    train = few_shot(labels.fewshot_pool(job.index), args.ts, seed, opt.classes)
     model = build_classifier(args, job).to(rt.device)
     epochs = 0
     if job.mode.job in ("train", "finetune"):
         epochs = args.mepoch
         fit(model, train, args, job, rt, seed)
-    if job.mode.job == "val":
-        chosen = {s.path for s in train}
-        eval_set = [s for s in job.index.train if s.path not in chosen]
-        if not eval_set:
-            raise UserError(f"--mode {job.mode.code} (val) evaluates the training-split images outside the "
-                            f"--ts {args.ts} draw, and there are none; lower --ts")
-    else:
-        eval_set = job.index.test
+    # the label rule (engine/labels.py): mode 2x scores the fixed validation slice, every other mode the test split
+    eval_set = labels.selection_set(job.index) if job.mode.job == "val" else labels.final_eval_set(job.index)
     y_true, y_pred = evaluate(model, eval_set, args, opt, rt)
     if not rt.is_main:
         return {}
@@ -298,7 +332,7 @@ def run_one(args: argparse.Namespace, job: Job, rt: Runtime, seed: int) -> dict:
         path = ckpt.ckpt_path(Path(args.ckpt), args.netnum, job.expnum + f"_ts{args.ts:g}_s{seed}", epochs)
         path.parent.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_save({"model": model.state_dict(), "meta": {"netnum": args.netnum, "dataset": opt.name,
-                          "ts": args.ts, "seed": seed, "pretrain": job.pretext,
+                          "ts": args.ts, "seed": seed, "pretrain": job.pretext, "input_size": opt.input_size,
                           **({"provenance": job.init_meta["provenance"]} if "provenance" in job.init_meta else {}),
                           "metrics": {k: metrics[k] for k in ("OA", "AA", "kappa", "macro_F1")}}}, path)
         log.info("classifier saved to %s", path)
@@ -466,6 +500,9 @@ def probe_features(args: argparse.Namespace, job: Job, rt: Runtime) -> tuple[np.
     opt = job.opt
     src = job.init
     tag = f"{args.netnum}|{opt.name}|{job.index.split_version}|{opt.dtype}|{opt.input_size}|ptcp{args.ptcp}|"
+    tag += "baseline-input-v1|"
+    if args.weights:
+        tag += f"weights {Path(args.weights).resolve()}|{Path(args.weights).stat().st_mtime_ns}|"
     tag += f"{src.resolve()}|{src.stat().st_mtime_ns}|{src.stat().st_size}" if src else f"random-seed{args.seed}"
     key = hashlib.sha1(tag.encode()).hexdigest()[:16]
     path = opt.cache_dir / opt.cache_key / "features" / f"{key}.npz"

@@ -20,6 +20,7 @@ slice included, but never a test image. Ask these functions instead of reaching 
 """
 from __future__ import annotations
 
+from config.errors import UserError
 from datasets.index import Index, Sample
 
 
@@ -33,10 +34,18 @@ def fewshot_pool(index: Index) -> list[Sample]:
     return index.pool
 
 
+def _slice(index: Index, what: str, fix: str = "") -> list[Sample]:
+    _labelled(index, what)
+    if not index.val:
+        raise UserError(f"{what} reads the validation slice, and split {index.split_version} has none (every class "
+                        "has fewer than 2 training images, or the split file gives no val rows); "
+                        f"add images{fix} or use a split file with val rows")
+    return list(index.val)
+
+
 def selection_set(index: Index) -> list[Sample]:
     """The ONLY labelled images that model selection and hyper-parameter choices may read."""
-    _labelled(index, "model selection")
-    return list(index.val)
+    return _slice(index, "model selection")
 
 
 def monitor_sets(index: Index) -> tuple[list[Sample], list[Sample]]:
@@ -45,11 +54,13 @@ def monitor_sets(index: Index) -> tuple[list[Sample], list[Sample]]:
     The two are disjoint, and neither holds a test image. Callers subsample the memory
     as they need (e.g. balanced per class).
     """
-    _labelled(index, "a kNN monitor")
-    return index.pool, list(index.val)
+    return index.pool, _slice(index, "the kNN monitor", ", pretrain with --knn-freq 0 (no monitor)")
 
 
 def final_eval_set(index: Index) -> list[Sample]:
     """The test split: read only to compute the final rows, after every choice is made."""
     _labelled(index, "a final evaluation")
+    if not index.test:
+        raise UserError(f"split {index.split_version} has no test images to evaluate on; "
+                        "use a split (or --split-file) with test rows")
     return list(index.test)

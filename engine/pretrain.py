@@ -52,8 +52,12 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--aug", type=int, help="SimCLR: how the two views are made (1-5, see README; default 5)")
     g.add_argument("--aug_p", "--aug-p", dest="aug_p", help="SimCLR: augmentation plan of an augmented view (A-E, S1-S6; default S5)")
     g.add_argument("--loss", help="loss of the pretext (default: the pretext's own, e.g. NTXentLoss for 910)")
-    g.add_argument("--feature_dim", "--feature-dim", dest="feature_dim", type=int, default=128, help="projection output size")
-    g.add_argument("--tau", type=float, default=0.5, help="NT-Xent temperature")
+    g.add_argument("--feature_dim", "--feature-dim", dest="feature_dim", type=int, default=None,
+                   help="projection (or DINO prototype) output size of every method with a projector "
+                        "(default: the method's own, e.g. 128 for 910/911, 8192 for 914/915)")
+    g.add_argument("--tau", type=float, default=None,
+                   help="temperature of every method that has one (default: the method's own: 0.5 for 910, "
+                        "0.2 for 911, the student's 0.1 for 916)")
     g.add_argument("--ckpt_freq", "--ckpt-freq", dest="ckpt_freq", type=int, default=0,
                    help="every N epochs save the backbone <netnum>_<expnum>_<epoch>.pth and the full state for --resume (0: only the final backbone)")
     g.add_argument("--knn-freq", dest="knn_freq", type=int, default=1, help="kNN monitor every N epochs (0: off)")
@@ -69,12 +73,39 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
             for a in probe._actions:
                 owners.setdefault(a.dest, set()).add(name)
                 defaults.setdefault(a.dest, a.default)
-            try:
-                module.add_args(p.add_argument_group(f"pretext {name}"))
-            except argparse.ArgumentError:    # flags shared with a pretext registered earlier
-                pass
+            module.add_args(_NewFlagsOnly(p.add_argument_group(f"pretext {name}"), p))
     p.set_defaults(_pretext_flags={k: (sorted(v), defaults[k]) for k, v in owners.items()})
     return p
+
+
+class _NewFlagsOnly:
+    """An argument group that skips flags already registered by an earlier pretext (shared flags)."""
+
+    def __init__(self, group: argparse._ArgumentGroup, parser: argparse.ArgumentParser) -> None:
+        self.group, self.parser = group, parser
+
+    def add_argument(self, *flags: str, **kwargs) -> argparse.Action | None:
+        if any(f in self.parser._option_string_actions for f in flags):
+            return None
+        return self.group.add_argument(*flags, **kwargs)
+
+
+def resolve_head_flags(args: argparse.Namespace, mode: Mode, module) -> None:
+    """``--tau``/``--feature_dim``: refused where the pretext has no temperature/projector, else
+    defaulted to the pretext's own value (its module's ``TAU`` / ``FEATURE_DIM``)."""
+    for dest, attr, what in (("tau", "TAU", "a temperature"), ("feature_dim", "FEATURE_DIM", "a projector")):
+        own = getattr(module, attr, None)
+        if own is None and getattr(args, dest) is not None:
+            codes = "/".join(str(c) for c, (n, _) in PRETEXTS.items()
+                             if getattr(pretexts.try_load(n), attr, None) is not None)
+            raise UserError(f"--{dest} applies to the modes with {what} ({codes}); --mode {mode.code} "
+                            f"({mode.pretext}) has none: drop it")
+        if getattr(args, dest) is None:
+            setattr(args, dest, own)
+    if args.tau is not None and not 0.005 <= args.tau <= 10:
+        raise UserError(f"--tau {args.tau} is outside 0.005..10; the papers use 0.04-0.5")
+    if args.feature_dim is not None and args.feature_dim < 1:
+        raise UserError(f"--feature_dim {args.feature_dim} must be a positive integer, e.g. 128")
 
 
 @dataclass
@@ -112,11 +143,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     args.loss = args.loss or module.LOSSES[0]
     if args.loss not in module.LOSSES:
         raise UserError(f"--loss {args.loss} does not fit --mode {mode.code} ({mode.pretext}); use {module.LOSSES[0]}")
-    if mode.pretext not in ("simclr", "multitask") and (args.tau != 0.5 or args.feature_dim != 128):
-        raise UserError(f"--tau/--feature_dim shape the contrastive head of modes 910/920; --mode {mode.code} "
-                        f"({mode.pretext}) has none: drop them")
-    if not 0.005 <= args.tau <= 10:
-        raise UserError(f"--tau {args.tau} is outside 0.005..10; SimCLR uses 0.1-0.5")
+    resolve_head_flags(args, mode, module)
     if hasattr(module, "check_args"):
         module.check_args(args)
     if args.sync_bn and not torch.cuda.is_available():
@@ -134,6 +161,8 @@ def prepare(args: argparse.Namespace) -> Plan:
                         f"gets {len(train) // world} of the {len(train)} training images; lower --bs")
     if bs // world < 2:
         raise UserError(f"--bs {bs} leaves {bs // world} image per process; contrastive learning needs at least 2")
+    if hasattr(module, "check_data"):         # e.g. MoCo sizes its queue from the training images
+        module.check_data(args, len(train), bs)
     # optimiser and schedule flags fail here, in the launching process, not inside a worker
     lr = args.lr or opt.lr
     build_optimizer(args.optimizer, [torch.zeros(1, requires_grad=True)], lr, args.momentum, args.wd)
@@ -229,6 +258,7 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
     if rt.distributed and args.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(rt.device)
+    backbone = getattr(model, "kept_backbone", backbone)   # what is monitored and saved (DINO: the teacher)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
     net = (nn.parallel.DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None)
@@ -349,6 +379,8 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.O
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if hasattr(model := getattr(net, "module", net), "on_step_end"):    # EMA teachers, queues, schedules
+            model.on_step_end((epoch * iters + i + 1) / (args.mepoch * iters))
         for k, v in {"loss": value, **stats}.items():
             sums[k] = sums.get(k, 0.0) + float(v)
         batches += 1

@@ -23,31 +23,27 @@ import numpy as np
 
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
-from datasets.index import Index, Sample
+from datasets.index import Index, Sample, scene_key
 
 log = logging.getLogger(__name__)
 
 
-def _scene_key(path: Path, root: Path) -> str:
-    """``<class folder>/<file stem>``, or ``<stem>`` for a file at the top of ``root``."""
-    try:
-        from datasets.index import scene_key          # the data layer's definition, when present
-    except ImportError:
-        rel = Path(path).relative_to(root)
-        return rel.stem if rel.parent == Path(".") else f"{rel.parent.as_posix()}/{rel.stem}"
-    return scene_key(Path(path), Path(root))
-
-
 def scene_keys(samples: Iterable[Sample], roots: Iterable[Path]) -> list[str]:
-    """Sorted, de-duplicated scene keys of ``samples``, each relative to the root that holds it."""
+    """Sorted, de-duplicated scene keys of ``samples``, each relative to the dataset folder that holds it.
+
+    Samples from :func:`datasets.index.build_index` carry their key; others are keyed here.
+    """
     roots = sorted((Path(r).resolve() for r in roots), key=lambda r: -len(r.parts))
     keys = set()
     for s in samples:
+        if s.key:
+            keys.add(s.key)
+            continue
         p = Path(s.path).resolve()
         root = next((r for r in roots if p.is_relative_to(r)), None)
         if root is None:
             raise ValueError(f"{s.path} lies under none of the dataset folders {[str(r) for r in roots]}")
-        keys.add(_scene_key(p, root))
+        keys.add(scene_key(p, root))
     return sorted(keys)
 
 
@@ -55,23 +51,18 @@ def keys_digest(keys: list[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
 
 
-def _split_version(opt: DatasetOpt, index: Index | None) -> str:
-    if index is None:
-        from datasets.index import build_index
-        index = build_index(opt)
-    return str(getattr(index, "split_version", "unknown"))
-
-
 def provenance(opt: DatasetOpt, index: Index, train: list[Sample]) -> dict[str, Any]:
     """The ``provenance`` entry of a pretraining backbone's meta (see the module docstring)."""
-    parts = opt.parts or (opt,)
-    datasets = [{"name": p.name, "split_version": _split_version(p, index if not opt.parts else None),
-                 "root": str(p.root)} for p in parts]
-    keys = scene_keys(train, [p.root for p in parts])
-    return {"datasets": datasets, "scene_keys_sha": keys_digest(keys), "scene_keys": keys,
-            "mean": [float(v) for v in opt.mean] if opt.mean is not None else None,
-            "std": [float(v) for v in opt.std] if opt.std is not None else None,
-            "bands": list(opt.bands)}
+    parts = tuple(zip(opt.parts, index.parts)) if opt.parts else ((opt, index),)
+    keys = scene_keys(train, [o.root for o, _ in parts])
+    return {"datasets": [{"name": o.name, "split_version": i.split_version, "root": str(o.root), **_norm(o)}
+                         for o, i in parts],
+            "scene_keys_sha": keys_digest(keys), "scene_keys": keys, **_norm(opt), "bands": list(opt.bands)}
+
+
+def _norm(opt: DatasetOpt) -> dict[str, list[float] | None]:
+    return {"mean": [float(v) for v in opt.mean] if opt.mean is not None else None,
+            "std": [float(v) for v in opt.std] if opt.std is not None else None}
 
 
 def pretrain_datasets(meta: dict) -> str:
@@ -114,6 +105,9 @@ def check_checkpoint(meta: dict, path: Path, opt: DatasetOpt, index: Index, allo
 
 def _check_normalisation(prov: dict, path: Path, opt: DatasetOpt) -> None:
     bands, mean, std = prov.get("bands"), prov.get("mean"), prov.get("std")
+    if mean is None:       # a pool normalises each dataset with its own statistics: compare with this one's
+        same = [d for d in prov.get("datasets", []) if d.get("name") == opt.name]
+        mean, std = (same[0].get("mean"), same[0].get("std")) if same else (None, None)
     if bands is not None and list(bands) != list(opt.bands):
         log.warning("checkpoint %s was pretrained on bands %s, this run reads %s", path,
                     " ".join(bands), " ".join(opt.bands))

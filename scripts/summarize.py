@@ -149,17 +149,23 @@ def _sort_key(column: str, value: str) -> tuple:
         return (1, 0.0, value)
 
 
-def scored(g: Group, metric: str) -> Scored:
-    """The group's values and, when every row saved them on the same images, its per-image predictions."""
+def scored(g: Group, metric: str, missing: list[str]) -> Scored:
+    """The group's values and, when every row saved them on the same images, its per-image predictions.
+
+    Prediction files a row names but that are gone are appended to ``missing``.
+    """
     values = np.array([_metric(r, metric) for r in g.rows])
     preds = [load_predictions(r.table, r.cells.get("predictions", "")) for r in g.rows]
+    missing += [str(r.table.parent / r.cells["predictions"]) for r, p in zip(g.rows, preds)
+                if p is None and r.cells.get("predictions")]
     if any(p is None for p in preds) or any(p[0] != preds[0][0] for p in preds):
         return Scored(values)
     names = sorted({c for _, t, p in preds for c in (*t, *p)})
     idx = {c: i for i, c in enumerate(names)}
     true = np.array([idx[c] for c in preds[0][1]])
     pred = np.array([[idx[c] for c in p] for _, _, p in preds])
-    return Scored(values, true, pred, len(names))
+    images = tuple(f"{path}\t{label}" for path, label in zip(preds[0][0], preds[0][1]))
+    return Scored(values, true, pred, len(names), images)
 
 
 def _metric(r: Row, metric: str) -> float:
@@ -184,11 +190,15 @@ def summarize(groups: list[Group], metric: str, n_boot: int, boot_seed: int,
               baseline: tuple[str, str] | None, notes: list[str]) -> list[Line]:
     lines = []
     cache: dict[tuple, Scored] = {}
+    missing: list[str] = []
     for g in groups:
-        s = cache.setdefault(g.key, scored(g, metric))
+        s = cache.setdefault(g.key, scored(g, metric, missing))
         lo, hi, over = bootstrap_ci(s, metric, n_boot, boot_seed)
         std = float(np.std(s.values, ddof=1)) if len(s.values) > 1 else math.nan
         lines.append(Line(g, len(s.values), float(np.mean(s.values)), std, (lo, hi), over))
+    if missing:
+        notes.append(f"{len(missing)} prediction file(s) named in the table are missing (e.g. {missing[0]}): "
+                     "the CIs of their runs cover seeds only; keep <table>_predictions/ beside the table")
     if baseline is not None:
         col, value = baseline
         bases = [g for g in groups if g.ident[col] == canon(col, value)]
@@ -220,7 +230,7 @@ def _pair(g: Group, bases: list[Group], metric: str, n_boot: int, boot_seed: int
     lo, hi, over = paired_bootstrap_ci(a, b, metric, n_boot, boot_seed)
     out = {"baseline": base, "n_pairs": len(common), "diff": float(diff.mean()), "diff_ci": (lo, hi),
            "diff_over": over, "p_t": paired_t_p(a.values, b.values), "p_mcnemar": math.nan}
-    if has_images(a, b) and a.num_classes == b.num_classes:
+    if has_images(a, b):
         out["p_mcnemar"] = mcnemar_exact_p(a.pred == a.true, b.pred == b.true)[0]
     return out
 
@@ -229,7 +239,7 @@ def _subset(s: Scored, g: Group, seeds: list[str]) -> Scored:
     pos = [g.seeds().index(x) for x in seeds]
     if s.pred is None:
         return Scored(s.values[pos])
-    return Scored(s.values[pos], s.true, s.pred[pos], s.num_classes)
+    return Scored(s.values[pos], s.true, s.pred[pos], s.num_classes, s.images)
 
 
 def _fmt(v: float, digits: int = 1) -> str:
@@ -253,7 +263,9 @@ def varying(lines: list[Line]) -> tuple[list[str], dict[str, str]]:
 def run_label(ident: dict[str, str], vary: list[str]) -> str:
     proto = ident["probe"] or (f"hos {ident['hos']}" if ident["hos"] else "")
     name = f"{ident['pretext'] or ident['pretrain_expnum'] or '?'} / {PROTOCOL_NAMES.get(ident['probe'] or ident['hos'], proto)}"
-    extra = [f"{c}={ident[c] or '∅'}" for c in vary if c not in ("pretext", "probe", "hos")]
+    # empty cells mean "does not apply" (no checkpoint, no training): left out of the label
+    extra = [f"{c}={ident[c]}" for c in vary if c not in ("pretext", "probe", "hos") and ident[c]
+             and not (c == "pretrain_expnum" and ident[c] == ident["pretext"])]
     return name + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -339,8 +351,11 @@ def plot(lines: list[Line], path: Path, metric: str) -> None:
         hi = [ln.ci[1] for ln in curve]
         if not any(math.isnan(v) for v in lo + hi):
             ax.fill_between(x, lo, hi, color=handle.get_color(), alpha=0.2, linewidth=0)
+            # the band's ends as caps, so a curve with a single labels-per-class point shows its CI too
+            ax.errorbar(x, y, yerr=[np.subtract(y, lo), np.subtract(hi, y)], fmt="none",
+                        ecolor=handle.get_color(), capsize=3, alpha=0.6)
     ax.set_xlabel("labels per class")
-    ax.set_ylabel(metric + ("" if metric == "kappa" else " (%)") + ", shaded: 95 % CI")
+    ax.set_ylabel(metric + ("" if metric == "kappa" else " (%)") + ", band and bars: 95 % CI")
     ticks = sorted({float(ln.group.ident["ts"]) for ln in lines})
     if ticks and min(ticks) > 0:
         ax.set_xscale("log")

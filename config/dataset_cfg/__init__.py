@@ -7,9 +7,9 @@ the user's own imagery) into a :class:`DatasetOpt` is the data layer's job
 
 Per-band mean/std are not constants of a module: they are measured on each dataset's
 training split (``datasets.folder.prepare_dataset``) and cached per split version, so
-no statistic of a test image reaches the normalisation. :data:`IMAGENET_MEAN` /
-:data:`IMAGENET_STD` are the one documented exception: the statistics ImageNet weights
-were trained with, for runs that start from those weights.
+no statistic of a test image reaches the normalisation. ImageNet's mean/std
+(``config/baselines.py``) are the one documented exception: external constants that
+ImageNet weights expect, used only by runs that start from those weights.
 """
 from __future__ import annotations
 
@@ -30,13 +30,6 @@ DEFAULT_CACHE = "~/.cache/rs-ssl"
 RASTER_EXTENSIONS = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 DTYPE_SIZES = {"RGB": 3, "NIR": 1, "SAR": 1, "TEN": 10, "ALL": 12, "MS": 13}
 VAL_FRACTION = 0.1     # share of each class's training split kept as the validation slice
-
-# External constants, NOT measured on any remote-sensing dataset: the per-channel
-# mean/std (R, G, B, in 0-255 units) of ImageNet, which torchvision's ImageNet weights
-# expect. Use them only for runs that start from ImageNet weights; every dataset's own
-# normalisation is measured on its training split.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass

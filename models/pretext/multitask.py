@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from config.dataset_cfg import DatasetOpt
 
 LOSSES = ("MultiTaskLoss", "multitask")
+TAU = 0.5                # exemplar NT-Xent temperature (--tau)
+FEATURE_DIM = 128        # exemplar projection size (--feature_dim)
 TASKS = ("inpaint", "recog", "exemplar")
 DEFAULT_WEIGHTS = (20.0, 1.0, 1.0)
 DECODER_MAX_WIDTH = 256     # decoder channels at a level: min(stage channels, this)

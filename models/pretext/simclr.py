@@ -15,16 +15,18 @@ from models.heads import ProjectionHead
 
 LOSSES = ("NTXentLoss", "ntxent")
 USES_AUG = True          # --aug / --aug_p choose the two views
+TAU = 0.5                # NT-Xent temperature (--tau)
+FEATURE_DIM = 128        # projection size (--feature_dim)
 
 
-def embedding_std(z: Tensor) -> float:
+def embedding_std(z: Tensor) -> Tensor:
     """Mean over dimensions of the batch std of L2-normalised embeddings.
 
     About 1/sqrt(d) for well-spread embeddings (0.088 for d=128); ~0 when the
-    representation collapses.
+    representation collapses. A detached 0-dim tensor: logging it costs no host sync.
     """
     zn = nn.functional.normalize(z.detach().float(), dim=1)
-    return zn.std(dim=0).mean().item()
+    return zn.std(dim=0).mean()
 
 
 class SimCLR(nn.Module):
@@ -34,7 +36,7 @@ class SimCLR(nn.Module):
         self.projector = ProjectionHead(backbone.out_dim, backbone.out_dim, feature_dim)
         self.criterion = NTXentLoss(temperature=tau)
 
-    def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         xa, xb = views
         z = self.projector(self.backbone(torch.cat([xa, xb], dim=0)))
         za, zb = z.chunk(2, dim=0)

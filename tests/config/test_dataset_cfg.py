@@ -3,7 +3,7 @@ import ast
 import subprocess
 import sys
 
-from config.dataset_cfg import IMAGENET_MEAN, IMAGENET_STD, available, option_module
+from config.dataset_cfg import available, option_module
 from tests.conftest import REPO
 
 NO_DATA_LAYER = """
@@ -39,11 +39,6 @@ def test_no_option_module_carries_statistics():
     for name in available():
         mod = option_module(name)
         assert not hasattr(mod, "MEAN") and not hasattr(mod, "STD"), name
-
-
-def test_imagenet_constants_are_the_torchvision_ones_in_0_255_units():
-    assert [round(v / 255, 3) for v in IMAGENET_MEAN] == [0.485, 0.456, 0.406]
-    assert [round(v / 255, 3) for v in IMAGENET_STD] == [0.229, 0.224, 0.225]
 
 
 def test_published_split_list_prefixes():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import main_cls
-from config.dataset_cfg import get_opt
+from datasets.options import get_opt
 from config.errors import UserError
 from datasets.folder import prepare_dataset
 from datasets.index import Sample
@@ -62,8 +62,9 @@ def test_provenance_records_datasets_scene_keys_and_normalisation(demo):
     prov = provenance.provenance(opt, index, index.train[:7])
     expected = sorted(f"{s.path.parent.name}/{s.path.stem}" for s in index.train[:7])
     assert prov["scene_keys"] == expected and prov["scene_keys_sha"] == provenance.keys_digest(expected)
-    assert prov["datasets"] == [{"name": "demo", "split_version": str(getattr(index, "split_version", "unknown")),
-                                 "root": str(opt.root)}]
+    assert prov["datasets"] == [{"name": "demo", "split_version": index.split_version, "root": str(opt.root),
+                                 "mean": prov["mean"], "std": prov["std"]}]
+    assert index.split_version.startswith("v2-")
     assert prov["bands"] == list(opt.bands) and np.allclose(prov["mean"], opt.mean) and np.allclose(prov["std"], opt.std)
 
 
