@@ -74,7 +74,7 @@ def check_pretrain_values(args: argparse.Namespace) -> None:
                                        ("knn_freq", "--knn-freq", 0, "1 (0: no kNN monitor)"),
                                        ("knn_per_class", "--knn-per-class", 1, "200")):
         value = getattr(args, name)
-        if value < least:
+        if value is not None and value < least:      # None: the pretext's own default
             raise UserError(f"{flag} {value} must be >= {least}; pass e.g. {flag} {example}")
 
 
