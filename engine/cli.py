@@ -107,6 +107,10 @@ def base_parser(description: str, script: str) -> argparse.ArgumentParser:
     m.add_argument("--ptcp", type=int, default=0, choices=(0, 1), help="1: start from ImageNet weights")
     m.add_argument("--ckpt", default="ckpt", help="checkpoint folder")
     m.add_argument("--expnum", help="experiment name <timestamp>_<mode name>; default: a new one")
+    if script == "pretrain":
+        m.add_argument("--overwrite", action="store_true",
+                       help="with --expnum E: delete run E's files (checkpoints, log, figures) and write the new run "
+                            "under that name; without it a taken --expnum is refused")
     m.add_argument("--resume", help="pretraining: the full state <ckpt>/<netnum>_<expnum>_state.pth; main_cls.py: a classifier checkpoint to continue training (with --sepoch)")
     m.add_argument("--sepoch", type=int, default=0, help="epochs already done (the schedule starts there)")
     m.add_argument("--cepoch", help="checkpoint epoch (or 'best') of --expnum to start from")

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
@@ -35,10 +33,11 @@ from datasets.options import get_opt
 from datasets.transforms import Normalize, build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
-from engine import probe
-from engine import labels
-from engine import provenance
+from engine import guards, labels, probe, provenance
+from engine.atomic import remove_stale_tmp
 from engine.cli import check_process_flags, setup_logging
+from engine.dist import spawn
+from engine.logger import EpochLog
 from engine.metrics import classification_metrics, format_confusion, save_confusion_png
 from engine.optim import build_optimizer
 from engine.results import append_result, code_version, save_predictions
@@ -80,6 +79,7 @@ class Job:
     expnum: str
     results: Path
     init_meta: dict = field(default_factory=dict)   # the checkpoint's meta (provenance, selected_by)
+    log: Path | None = None    # per-epoch fine-tuning log, the file that claims ``expnum`` (1x/4x)
 
 
 def prepare(args: argparse.Namespace) -> Job:
@@ -88,6 +88,7 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError("--mode is required: 1x train, 2x val, 3x test, 4x finetune (see --list-codes)")
     mode = decode_mode(args.mode, script="cls")
     check_process_flags(args)
+    guards.check_values(args)
     decode_netnum(args.netnum)
     if args.hos not in PROTOCOLS:
         raise UserError(f"--hos {args.hos} is not a protocol; use 0 (all layers), 1 (backbone at lr/5) or 9 (linear probe)")
@@ -131,6 +132,15 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError(f"--ds {args.ds} has no class folders; main_cls.py needs labelled data (class-per-folder)")
     if opt.parts:
         raise UserError(f"--ds {args.ds}: pooled datasets are for pretraining only; evaluate on one dataset")
+    guards.check_input_size(args.netnum, opt.input_size)
+    trains = mode.job in ("train", "finetune") and not args.probe
+    world = (int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ
+             else (args.nproc or max(1, torch.cuda.device_count())) * args.world_size if args.mp_distributed else 1)
+    if trains and args.hos != 9 and (args.bs or opt.batch_size) // world < 2:
+        raise UserError(f"--bs {args.bs or opt.batch_size} gives {(args.bs or opt.batch_size) // world} image(s) to each "
+                        f"of the {world} process(es); BatchNorm needs at least 2 per process: use --bs {2 * world} or more")
+    if mode.job != "val":
+        guards.check_split_files(index.test, opt, "test split")
     init, init_exp, init_ep = None, "", ""
     if mode.job in ("finetune", "val", "test"):
         if args.encoder_cp and mode.job == "finetune":
@@ -188,7 +198,16 @@ def prepare(args: argparse.Namespace) -> Job:
     if args.mp_distributed and torch.cuda.is_available() and (args.nproc or 0) > torch.cuda.device_count():
         raise UserError(f"--nproc {args.nproc} exceeds the {torch.cuda.device_count()} GPU(s) here")
     results = Path(args.results) if args.results else Path("results") / f"{opt.name}.csv"
-    return Job(mode, opt, index, init, init_exp, init_ep, pretext, expnum, results, meta)
+    guards.check_results_table(results)
+    log_file = None
+    if trains:                          # the run's name is claimed last, when nothing else can fail
+        guards.check_writable_folder(Path(args.ckpt), "--ckpt")
+        guards.check_dist_port(args)
+        if os.environ.get("RANK", "0") == "0":
+            remove_stale_tmp(Path(args.ckpt))
+            expnum = ckpt.claim_expnum(Path(args.ckpt), args.netnum, mode.name)
+            log_file = ckpt.log_path(Path(args.ckpt), args.netnum, expnum)
+    return Job(mode, opt, index, init, init_exp, init_ep, pretext, expnum, results, meta, log_file)
 
 
 def check_best(meta: dict, path: Path, cepoch: str | None) -> None:
@@ -210,11 +229,7 @@ def main(args: argparse.Namespace) -> None:
         main_worker(int(os.environ.get("LOCAL_RANK", 0)), None, args, job)
     elif args.mp_distributed:
         nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
-        try:
-            mp.spawn(main_worker, nprocs=nproc, args=(nproc, args, job), join=True)
-        except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
-            log.error("a worker process failed: %s", str(err).strip().splitlines()[-1])
-            sys.exit(1)
+        spawn(main_worker, nproc, (nproc, args, job))
     else:
         main_worker(None, None, args, job)
 
@@ -244,6 +259,10 @@ def build_classifier(args: argparse.Namespace, job: Job) -> nn.Module:
         if "model" not in state:
             raise UserError(f"{classifier} holds a backbone, not a trained classifier; --mode 2x/3x and --resume "
                             "take checkpoints written by --mode 1x/4x")
+        saved_net = str((state.get("meta") or {}).get("netnum", args.netnum))
+        if saved_net != args.netnum:          # e.g. 000000 (resnet18_small) vs 090000 (resnet18): same layer names
+            raise UserError(f"{classifier} is a classifier of --netnum {saved_net} ({decode_netnum(saved_net).backbone}), "
+                            f"not {args.netnum} ({decode_netnum(args.netnum).backbone}); pass --netnum {saved_net}")
         if "backbone.input_adapter.scale" in state["model"] and model.backbone.input_adapter is None:
             model.backbone.set_input_adapter(pretrained.InputAdapter.identity(opt.n_bands))  # filled by the load
         try:
@@ -282,6 +301,10 @@ class ShardSampler(Sampler[int]):
 
 def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namespace, job: Job) -> None:
     rt = init_runtime(local_rank, nproc, args)
+    if rt.distributed and job.mode.job in ("train", "finetune"):    # torchrun: rank 0 alone claimed the name
+        name = [job.expnum]
+        dist.broadcast_object_list(name, src=0)
+        job.expnum = name[0]
     try:
         for ts in args.ts_list:                   # --ts 5,20: every train scale, every seed
             for seed in range(args.seed, args.seed + args.nseeds):
@@ -345,6 +368,7 @@ def fit(model: nn.Module, train: list[Sample], args: argparse.Namespace, job: Jo
     criterion = nn.CrossEntropyLoss()
     frozen = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()} if args.hos == 9 else None
     bar = use_tqdm(rt, args)
+    epoch_log = EpochLog(job.log, resume=True, key=("seed",)) if rt.is_main and job.log is not None else None
     epochs = range(args.sepoch, args.mepoch)       # --sepoch: epochs already done (with --resume)
     if bar:
         from tqdm import tqdm
@@ -369,6 +393,8 @@ def fit(model: nn.Module, train: list[Sample], args: argparse.Namespace, job: Jo
             n += len(y)
         if frozen is not None and epoch == args.sepoch:
             check_frozen(model.backbone, frozen)
+        if epoch_log is not None:
+            epoch_log.add(epoch + 1, {"seed": seed, "loss": total / max(n, 1), "lr": optimizer.param_groups[0]["lr"]})
         if rt.is_main and ((epoch + 1) % max(1, args.mepoch // 5) == 0 or epoch + 1 == args.mepoch):
             log.info("seed %d epoch %d/%d  loss %.4f", seed, epoch + 1, args.mepoch, total / max(n, 1))
 
