@@ -4,10 +4,17 @@ Few-shot studies launch many evaluations at once (seeds x shots x checkpoints) t
 all append to the same ``results/*.csv``.  :func:`append_result` therefore takes an
 exclusive lock and replaces the file atomically, so rows are never interleaved or
 lost and a crash never leaves a half-written table.
+
+A table written by an older version of this project (fewer columns) is migrated in
+place, in the same locked atomic rewrite, the first time a row is appended: its rows
+keep their values, get split version ``unknown`` and empty new cells. A CSV that is not
+a results table is refused. Each row's per-image test predictions live beside the
+table (:func:`save_predictions`), named in its ``predictions`` cell.
 """
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import io
 import json
@@ -22,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from config.errors import UserError
-from engine.atomic import atomic_write
+from engine.atomic import atomic_write, disk_full_error
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +66,7 @@ def code_version(repo: str | os.PathLike | None = None) -> str:
         if out.returncode == 0 and out.stdout.strip():
             changed = subprocess.run(
                 ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
-                 ":(exclude,top)results"], capture_output=True, text=True, timeout=10, check=False)
+                 ":(exclude)results"], capture_output=True, text=True, timeout=10, check=False)
             dirty = changed.returncode != 0 or bool(changed.stdout.strip())
             return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -117,7 +124,8 @@ def append_result(csv_path: str | os.PathLike, row: Mapping[str, Any]) -> None:
     Columns are :data:`RESULT_COLUMNS`; missing ones stay empty, except ``time``
     (now) and ``code_version`` (:func:`code_version`), which are filled in.
     ``per_class`` may be a list or dict and is stored as JSON.  A row with an
-    unknown column is refused (ValueError), so a typo never shifts the table.
+    unknown column is refused (ValueError), so a typo never shifts the table. An
+    older-schema table is migrated first (logged); a foreign CSV is a UserError.
 
     Concurrency: an exclusive ``flock`` on ``<csv_path>.lock`` serialises writers
     (processes on one machine or on a shared filesystem with working locks); the
@@ -188,7 +196,7 @@ def _rewrite_with(path: Path, line: bytes) -> None:
             old += b"\n"
     else:
         old = header
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    mode = path.stat().st_mode & 0o777 if path.exists() else None     # new: what the umask gives
     atomic_write(path, lambda f: (f.write(old), f.write(line)), mode)
 
 
@@ -277,14 +285,20 @@ def save_predictions(table: str | os.PathLike, stem: str, paths: list[str], y_tr
     while True:
         target = folder / f"{safe}_{uuid.uuid4().hex[:8]}.csv"
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)     # the umask applies
         except FileExistsError:
             continue
         break
-    with os.fdopen(fd, "wb") as f:      # the row that names this file is appended only afterwards
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with os.fdopen(fd, "wb") as f:      # the row that names this file is appended only afterwards
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as err:            # a full disk or Ctrl-C: no partial predictions file
+        target.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(target, err) from None
+        raise
     return target.relative_to(table.parent).as_posix()
 
 

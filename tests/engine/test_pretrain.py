@@ -64,9 +64,10 @@ def test_resume_reaches_the_same_weights(demo_root, tmp_path, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(pretrain, "train_one_epoch", crash_after_two)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stop:      # Ctrl-C: exit 130, no traceback
         main_cls_ss_train.main(args_for(demo_root, part, "--mepoch", "3", "--ckpt_freq", "1", "--expnum", "2_pretrain",
                                         "--knn-freq", "0"))
+    assert stop.value.code == 130
     assert not (part / "090000_2_pretrain_3.pth").exists()
     monkeypatch.setattr(pretrain, "train_one_epoch", real)
     main_cls_ss_train.main(args_for(demo_root, part, "--mepoch", "3", "--ckpt_freq", "1", "--knn-freq", "0",
