@@ -168,6 +168,10 @@ def test_user_errors() -> None:
         dino.check_args(namespace(dino, dino_center_momentum=1.0))
     with pytest.raises(UserError, match="--hidden-dim 0"):
         barlow.check_args(namespace(barlow, hidden_dim=0))
+    with pytest.raises(UserError, match="local crops are 28 px .* --netnum 050000 needs at least 32 px"):
+        dino.make_transform(namespace(dino, netnum="050000"), make_opt(13, 64))
+    assert len(dino.make_transform(namespace(dino, netnum="050000", local_crops=0), make_opt(13, 64))(
+        raw_images(1, 13, side=70)[0])) == 2
 
 
 # --- through the entry script ------------------------------------------------------------------
