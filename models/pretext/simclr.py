@@ -15,16 +15,17 @@ from models.heads import ProjectionHead
 
 LOSSES = ("NTXentLoss", "ntxent")
 USES_AUG = True          # --aug / --aug_p choose the two views
+SYNC_BN = True           # the loss couples a batch's images: SyncBatchNorm by default on several GPUs
 
 
-def embedding_std(z: Tensor) -> float:
-    """Mean over dimensions of the batch std of L2-normalised embeddings.
+def embedding_std(z: Tensor) -> Tensor:
+    """Mean over dimensions of the batch std of L2-normalised embeddings (a 0-dim tensor on z's device).
 
     About 1/sqrt(d) for well-spread embeddings (0.088 for d=128); ~0 when the
     representation collapses.
     """
     zn = nn.functional.normalize(z.detach().float(), dim=1)
-    return zn.std(dim=0).mean().item()
+    return zn.std(dim=0).mean()
 
 
 class SimCLR(nn.Module):
@@ -34,7 +35,7 @@ class SimCLR(nn.Module):
         self.projector = ProjectionHead(backbone.out_dim, backbone.out_dim, feature_dim)
         self.criterion = NTXentLoss(temperature=tau)
 
-    def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         xa, xb = views
         z = self.projector(self.backbone(torch.cat([xa, xb], dim=0)))
         za, zb = z.chunk(2, dim=0)
