@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from osgeo import gdal  # noqa: E402
 
-from config.dataset_cfg import get_opt  # noqa: E402
+from datasets.options import get_opt  # noqa: E402
 from datasets.folder import RasterDataset  # noqa: E402
 from datasets.index import build_index  # noqa: E402
 from datasets.reader import read_raw  # noqa: E402

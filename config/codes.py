@@ -30,6 +30,12 @@ PRETEXTS: dict[int, tuple[str, str]] = {
     98: ("colorize", "colorization: predict all bands from one band"),
     990: ("gan", "GAN (MARTA-GAN style), discriminator kept as backbone"),
     991: ("gan_fm", "GAN (MARTA-GAN style) with feature-matching generator loss"),
+    911: ("moco", "MoCo v2: momentum key encoder, queue of negatives, InfoNCE"),
+    912: ("byol", "BYOL: predictor, EMA target on a cosine schedule, symmetric loss"),
+    913: ("simsiam", "SimSiam: predictor, stop-gradient, no negatives"),
+    914: ("barlow", "Barlow Twins: cross-correlation to the identity over the global batch"),
+    915: ("vicreg", "VICReg: invariance / variance / covariance over the global batch"),
+    916: ("dino", "DINO: EMA teacher, centring + sharpening, multi-crop"),
 }
 
 FAMILIES: dict[str, str] = {

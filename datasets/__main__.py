@@ -1,26 +1,48 @@
-"""``python -m datasets --ds NAME``: build (demo), scan, split and print a dataset's summary."""
+"""``python -m datasets --ds NAME``: build (demo), scan, split and print a dataset's summary.
+
+``--export-split FILE.csv`` writes the split as ``path,class,split`` (train / val / test,
+paths relative to the dataset folder) for others to reuse with ``--split-file``.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
-from config.dataset_cfg import get_opt
-from config.errors import exit_on_user_error
+from config.errors import UserError, exit_on_user_error
 from datasets.folder import describe, prepare_dataset
+from datasets.index import split_csv
+from datasets.options import get_opt
+from engine.atomic import atomic_write_text
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ds", default="demo", help="dataset name, a+b, or a folder of your own imagery")
     p.add_argument("--data-root", help="folder holding the datasets (default $RSSSL_DATA or ./data)")
     p.add_argument("--cache-dir", help="where split records and measured statistics go (default $RSSSL_CACHE or ~/.cache/rs-ssl)")
     p.add_argument("--dtype", help="band group: RGB NIR SAR TEN ALL MS")
     p.add_argument("--rgb-bands", help="for your own multispectral imagery: 1-based R,G,B band numbers, e.g. 4,3,2")
+    p.add_argument("--split-file", help="use this split: a path,class,split CSV or a folder of train/val/test lists")
+    p.add_argument("--export-split", metavar="FILE.csv", help="write the split as path,class,split to FILE.csv")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    opt, index = prepare_dataset(get_opt(args.ds, args))
+    opt = get_opt(args.ds, args)
+    if args.export_split and opt.parts:
+        raise UserError(f"--export-split writes the split of one dataset; --ds {args.ds} pools several: "
+                        "export each of them on its own")
+    opt, index = prepare_dataset(opt)
     print(describe(opt, index))
+    if args.export_split:
+        dest = Path(args.export_split).expanduser()
+        if dest.is_dir():
+            raise UserError(f"--export-split {dest} is a folder; give a file name such as {dest / (opt.name + '-split.csv')}")
+        try:
+            atomic_write_text(dest, split_csv(opt, index))
+        except OSError as err:
+            raise UserError(f"--export-split {dest} could not be written ({err.strerror}); pick a writable path") from None
+        print(f"split     written to {dest} ({len(index.train) + len(index.test)} files, {index.split_version})")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Datasets over an :class:`~datasets.index.Index`: reading, optional in-memory cache, statistics.
 
 ``prepare_dataset`` is what the entry scripts call: generate the demo if asked, scan and
-split, and make sure per-band mean/std are known (measured on the training split and
-cached next to the split record when the option module has none, e.g. user imagery).
+split, and measure per-band mean/std on the TRAINING split (never a test image), cached
+next to the split record per split version. Pooled ``a+b`` datasets keep each part's own
+statistics.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from config.dataset_cfg import DatasetOpt
+from config.errors import UserError
 from datasets.index import Index, Sample, build_index
 from datasets.reader import read_raw
 from engine.atomic import atomic_write_text
@@ -121,11 +123,20 @@ def _under(path: Path, root: Path) -> bool:
         return False
 
 
-def band_stats(opt: DatasetOpt, samples: Sequence[Sample], max_files: int = 2000,
-               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and std (raw units) over up to ``max_files`` training files (float64 sums)."""
+STATS_MAX_FILES = 2000
+
+
+def band_stats(opt: DatasetOpt, samples: Sequence[Sample], max_files: int | None = STATS_MAX_FILES,
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-band mean and std (raw units, float64 sums) over ``samples``.
+
+    With more than ``max_files`` files, a seeded random subset of that size is measured
+    (None: all). Returns mean, std and the number of files measured.
+    """
     paths = [s.path for s in samples]
-    if len(paths) > max_files:
+    if not paths:
+        raise UserError(f"{opt.name}: no training files to measure band statistics on")
+    if max_files is not None and len(paths) > max_files:
         rng = np.random.default_rng(seed)
         paths = [paths[i] for i in sorted(rng.choice(len(paths), max_files, replace=False))]
     total = sq = None
@@ -139,40 +150,59 @@ def band_stats(opt: DatasetOpt, samples: Sequence[Sample], max_files: int = 2000
         count += a.shape[1]
     mean = total / count
     std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
-    return mean, std
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        bad = [b for b, m, s in zip(opt.bands, mean, std) if not (np.isfinite(m) and np.isfinite(s))]
+        raise UserError(f"band(s) {', '.join(bad)} of {opt.name} hold NaN or infinite pixel values in the measured "
+                        "files (a nodata value?); fill them in the files or pick other bands with --dtype")
+    return mean, std, len(paths)
+
+
+def stats_path(opt: DatasetOpt, split_version: str) -> Path:
+    """Cache file of the normalisation statistics: one per dataset, split version and band set."""
+    return opt.cache_dir / opt.cache_key / f"stats_{split_version}_{opt.dtype}_{'-'.join(opt.bands)}.json"
 
 
 def _ensure_stats(opt: DatasetOpt, index: Index) -> DatasetOpt:
+    """Per-band mean/std measured on the TRAINING split only, cached per split version."""
     if opt.mean is not None and opt.std is not None:
         return opt
-    path = opt.cache_dir / opt.cache_key / f"stats_{opt.dtype}_{'-'.join(opt.bands)}.json"
+    path = stats_path(opt, index.split_version)
+    st = None
     if path.exists():
-        st = json.loads(path.read_text())
-        mean, std = np.asarray(st["mean"]), np.asarray(st["std"])
+        try:
+            st = json.loads(path.read_text())
+            if st.get("bands") != list(opt.bands) or len(st["mean"]) != opt.n_bands \
+                    or not np.isfinite(np.asarray(st["mean"] + st["std"], dtype=np.float64)).all():
+                st = None
+        except (ValueError, KeyError, TypeError):
+            st = None
+    if st is not None:
+        mean, std = np.asarray(st["mean"], dtype=np.float64), np.asarray(st["std"], dtype=np.float64)
         source = f"cached in {path}"
     else:
-        mine = [s for s in index.train if _under(s.path, opt.root)]
-        mean, std = band_stats(opt, mine)
-        source = f"measured on {min(len(mine), 2000)} training files"
+        mean, std, n = band_stats(opt, index.train)
+        source = f"measured on {n} of the {len(index.train)} training files"
         try:
-            atomic_write_text(path, json.dumps({"bands": list(opt.bands), "mean": mean.tolist(),
-                                                "std": std.tolist(), "files": len(mine)}, indent=1))
+            atomic_write_text(path, json.dumps({
+                "dataset": opt.name, "split_version": index.split_version, "split": "train",
+                "bands": list(opt.bands), "mean": mean.tolist(), "std": std.tolist(),
+                "files": n, "of": len(index.train)}, indent=1))
         except OSError as err:
             log.warning("could not cache band statistics in %s (%s)", path, err)
-    log.info("%s: per-band mean %s, std %s (%s)", opt.name, np.round(mean, 2).tolist(),
-             np.round(std, 2).tolist(), source)
+    log.info("%s: per-band mean %s, std %s (training split %s, %s)", opt.name, np.round(mean, 2).tolist(),
+             np.round(std, 2).tolist(), index.split_version, source)
     return replace(opt, mean=mean, std=std)
 
 
 def prepare_dataset(opt: DatasetOpt) -> tuple[DatasetOpt, Index]:
-    """Generate (demo), scan, split, and fill in per-band statistics where they are missing."""
+    """Generate (demo), scan, split, and measure per-band statistics on the training split."""
     if opt.generate and not opt.root.is_dir():
         from datasets.demo import generate_demo
         log.info("generating the built-in demo dataset in %s", opt.root)
         generate_demo(opt.root)
     index = build_index(opt)
     if opt.parts:
-        parts = tuple(_ensure_stats(p, index) for p in opt.parts)
+        parts = tuple(_ensure_stats(p, sub) for p, sub in zip(opt.parts, index.parts))
         return replace(opt, parts=parts), index
     return _ensure_stats(opt, index), index
 
@@ -183,14 +213,15 @@ def describe(opt: DatasetOpt, index: Index) -> str:
              f"bands     {opt.n_bands} ({opt.dtype}: {' '.join(opt.bands)})"
              + (f", true colour = bands {' '.join(opt.rgb_bands)}" if opt.rgb_index else ""),
              f"input     {opt.input_size} x {opt.input_size}",
-             f"split     train {len(index.train)} / test {len(index.test)} "
-             f"({opt.train_fraction:.0%} per class, fixed)"]
+             f"split     {index.split_version}: train {len(index.train)} (validation slice {len(index.val)}, "
+             f"few-shot pool {len(index.train) - len(index.val)}) / test {len(index.test)} "
+             + (f"(from {opt.split_file})" if opt.split_file else f"({opt.train_fraction:.0%} per class, fixed)")]
     if opt.mean is not None:
-        lines.append("mean      " + " ".join(f"{v:.1f}" for v in opt.mean))
+        lines.append("mean      " + " ".join(f"{v:.1f}" for v in opt.mean) + "  (training split)")
         lines.append("std       " + " ".join(f"{v:.1f}" for v in opt.std))
     if index.classes:
-        tr, te = index.counts("train"), index.counts("test")
+        tr, va, te = index.counts("train"), index.counts("val"), index.counts("test")
         w = max(len(c) for c in index.classes)
-        lines.append(f"{'class':<{w}}  train  test")
-        lines += [f"{c:<{w}}  {tr[c]:>5}  {te[c]:>4}" for c in index.classes]
+        lines.append(f"{'class':<{w}}  train  (val)  test")
+        lines += [f"{c:<{w}}  {tr[c]:>5}  {va[c]:>5}  {te[c]:>4}" for c in index.classes]
     return "\n".join(lines)

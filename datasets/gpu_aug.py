@@ -40,6 +40,7 @@ from datasets.views import OWN_CROP_SCALE, SHARED_CROP_SCALE
 GEOMETRY = {"resize", "resize+30", "crop", "crop40", "fixedcrop"}
 SUPPORTED = GEOMETRY | {"rotate", "color", "noise2", "gray", "blur", "boxblur"}
 GPU_PLANS = tuple(code for code, steps in PLAN_STEPS.items() if set(steps) <= SUPPORTED)
+GPU_AUGS = (1, 2, 3, 4, 5)   # --aug codes made here (6, BYOL's asymmetric pair, runs on the CPU path)
 TRIES = 10                   # RandomResizedCrop's attempts before its central fallback
 
 
@@ -317,9 +318,9 @@ class BatchViews:
 
     def __init__(self, aug: int, plan: str, size: int, mean: Sequence[float], std: Sequence[float],
                  rgb_index: tuple[int, int, int] | None, p: Mapping[str, float] | None = None) -> None:
-        from datasets.transforms import AUG_CODES
-        if aug not in AUG_CODES:
-            raise UserError(f"--aug {aug!r} is unknown; use one of {', '.join(map(str, AUG_CODES))}.")
+        if aug not in GPU_AUGS:
+            raise UserError(f"--gpu-aug makes the views of --aug {', '.join(map(str, GPU_AUGS))}, not --aug {aug!r}; "
+                            "use --no-gpu-aug (the CPU path has every --aug)")
         self.aug, self.size = aug, check_size(size)
         self.plan = BatchPlan(plan, size, mean, std, rgb_index, p)
         self.crop_p = merge_p(p)["crop"]

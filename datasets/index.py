@@ -1,23 +1,43 @@
-"""Scan class-per-folder trees, the ONE fixed train/test split, ``--ts`` and few-shot draws.
+"""Scan class-per-folder trees; the ONE fixed split (train / validation slice / test); few-shot draws.
 
-The split is a pure function of the relative file paths: within each class, files are
-ordered by the SHA-1 of their relative path and the first ``round(0.8 * n)`` go to
-training. It is therefore stratified, identical on every machine and in every process,
-and does not depend on the order the filesystem lists files in. It is written to
-``<cache>/<dataset>/split.csv`` as a record of what every experiment shared.
+The split is keyed by scene: :func:`scene_key` is a file's path below the dataset folder
+without its extension (``"AnnualCrop/AnnualCrop_1"``), so EuroSAT's RGB release (.jpg) and
+its 13-band release (.tif) put every scene on the same side. Within each class, files are
+ordered by the SHA-1 of their scene key; the first ``round(train_fraction * n)`` form the
+training split, the rest the test split. The first ``round(val_fraction * n_train)`` of the
+training split (at least 1 when the class has >= 2 training images) form the validation
+slice. The split is therefore stratified, identical on every machine and process, and the
+same for every ``--ts`` and ``--seed``.
 
-Few-shot subsets are drawn from the TRAINING split only, per class, from one seeded
-permutation per (seed, class): the first k files of the permutation, so for one seed the
-5-shot set is inside the 20-shot set.
+Three sets, three uses (engine/labels.py states the rule for callers):
+
+* ``Index.train``: the whole training split. Pretraining sees these images, without labels.
+* ``Index.val``: the validation slice, the only labels that monitors, ``best`` checkpoints
+  and hyper-parameter choices may read. ``Index.pool`` = train minus val is what few-shot
+  draws come from, so no draw ever holds a validation image.
+* ``Index.test``: read only to compute final results.
+
+``--split-file`` replaces the rule by a published split (datasets/splitfile.py). The split is
+written to ``<cache>/<dataset>/split.csv`` (an imported one to ``split_file-<digest>.csv``),
+as ``path,class,split`` rows, the format ``--export-split`` writes, and named by
+``Index.split_version``: ``v2-<digest>`` for this rule, ``file-<digest>`` for an imported
+split, the digest being that of the sorted ``scene key, class, split`` rows. The same split
+therefore has the same digest whether it was computed here, exported or imported, and for
+the .jpg and .tif releases of a dataset.
+
+Few-shot subsets are drawn per class from one seeded permutation per (seed, class) of the
+pool ordered by scene key: the first k scenes, so for one seed the 5-shot set is inside the
+20-shot set, and the same seed draws the same scenes in every release of a dataset.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
-import logging
 import io
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -27,26 +47,59 @@ from engine.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+SPLITS = ("train", "val", "test")
+RULE_VERSION = "v2"      # v1 (until 2026-12): keyed by relative path incl. extension, no validation slice
+
 
 @dataclass(frozen=True)
 class Sample:
     path: Path
     label: int          # -1 for unlabelled imagery
+    key: str = ""       # scene key (see scene_key); filled by build_index
+
+
+def scene_key(path: Path, root: Path) -> str:
+    """The scene a file shows: ``"<class folder>/<file stem>"`` (``"<stem path>"`` when unlabelled).
+
+    It is the path below the dataset folder without the extension, so the .jpg and .tif of
+    one scene share it, while the folder that holds the dataset does not enter it.
+    """
+    try:
+        rel = Path(path).relative_to(root)
+    except ValueError:
+        raise ValueError(f"{path} is not inside the dataset folder {root}") from None
+    return rel.with_suffix("").as_posix()
 
 
 @dataclass
 class Index:
-    """Files of one dataset and its fixed split."""
+    """Files of one dataset (or a pool of datasets) and its fixed split."""
 
     classes: tuple[str, ...] | None
-    train: list[Sample]
+    train: list[Sample]                      # the WHOLE training split, validation slice included
     test: list[Sample]
+    val: list[Sample] = field(default_factory=list)   # fixed validation slice, a subset of train
+    split_version: str = "unknown"
+    parts: tuple["Index", ...] = ()          # pooled a+b: the index of each dataset
+
+    @property
+    def pool(self) -> list[Sample]:
+        """Training split minus the validation slice: what few-shot draws come from."""
+        if not self.val:
+            return list(self.train)
+        held = {s.path for s in self.val}
+        return [s for s in self.train if s.path not in held]
+
+    def split(self, name: str) -> list[Sample]:
+        """``train``, ``val``, ``pool`` or ``test``."""
+        if name not in ("train", "val", "pool", "test"):
+            raise ValueError(f"unknown split {name!r}")
+        return getattr(self, name)
 
     def counts(self, split: str) -> dict[str, int]:
-        items = self.train if split == "train" else self.test
         names = self.classes or ("(unlabelled)",)
         out = {n: 0 for n in names}
-        for s in items:
+        for s in self.split(split):
             out[names[s.label] if s.label >= 0 else names[0]] += 1
         return out
 
@@ -71,10 +124,6 @@ def detect_layout(root: Path) -> tuple[tuple[str, ...] | None, Path]:
     if depths == {2} and len(dirs) >= 2:
         return tuple(dirs), files[0]
     return None, files[0]
-
-
-def _split_key(rel: str) -> str:
-    return hashlib.sha1(rel.encode("utf-8")).hexdigest()
 
 
 def scan(opt: DatasetOpt) -> dict[int, list[Path]]:
@@ -107,64 +156,129 @@ def scan(opt: DatasetOpt) -> dict[int, list[Path]]:
     return out
 
 
-def split_files(files: list[Path], root: Path, train_fraction: float) -> tuple[list[Path], list[Path]]:
-    """Deterministic split of one class: order by hash of the relative path."""
-    keyed = sorted(files, key=lambda p: _split_key(p.relative_to(root).as_posix()))
-    n_train = int(round(train_fraction * len(keyed)))
-    if len(keyed) >= 2:
-        n_train = min(max(n_train, 1), len(keyed) - 1)   # both sides non-empty
-    return keyed[:n_train], keyed[n_train:]
+def _hash(key: str) -> str:
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()
+
+
+def n_val_of(n_train: int, val_fraction: float) -> int:
+    """Size of a class's validation slice: ``round(val_fraction * n_train)``, at least 1 when
+    the class has >= 2 training images, and always leaving one image to draw shots from."""
+    if n_train < 2 or val_fraction <= 0:
+        return 0
+    return min(max(int(round(val_fraction * n_train)), 1), n_train - 1)
+
+
+def rule_split(keys: Iterable[str], train_fraction: float, val_fraction: float) -> dict[str, str]:
+    """This project's split of ONE class's scene keys: key -> ``train`` / ``val`` / ``test``."""
+    ordered = sorted(set(keys), key=_hash)
+    n_train = int(round(train_fraction * len(ordered)))
+    if len(ordered) >= 2:
+        n_train = min(max(n_train, 1), len(ordered) - 1)   # both sides non-empty
+    n_val = n_val_of(n_train, val_fraction)
+    return {k: ("val" if i < n_val else "train" if i < n_train else "test") for i, k in enumerate(ordered)}
+
+
+def val_slice(keys: Iterable[str], val_fraction: float) -> set[str]:
+    """The validation slice cut from ONE class's training keys (for imported splits without one)."""
+    ordered = sorted(set(keys), key=_hash)
+    return set(ordered[:n_val_of(len(ordered), val_fraction)])
+
+
+def split_digest(rows: Iterable[tuple[str, str, str]]) -> str:
+    """Digest of a split: sorted ``scene key, class, split`` rows (extensions and folder root excluded)."""
+    text = "\n".join(",".join(r) for r in sorted(set(rows)))
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
 
 
 def build_index(opt: DatasetOpt) -> Index:
-    """Scan, split and record the split under the cache dir (pooled datasets: concatenated)."""
+    """Scan, split (rule or ``--split-file``) and record the split under the cache dir."""
     if opt.parts:
-        train: list[Sample] = []
-        test: list[Sample] = []
-        for part in opt.parts:
-            sub = build_index(part)
-            train += [Sample(s.path, -1) for s in sub.train]
-            test += [Sample(s.path, -1) for s in sub.test]
-        return Index(None, train, test)
+        subs = tuple(build_index(part) for part in opt.parts)
+        train = [Sample(s.path, -1, s.key) for sub in subs for s in sub.train]
+        test = [Sample(s.path, -1, s.key) for sub in subs for s in sub.test]
+        return Index(None, train, test, [], "+".join(sub.split_version for sub in subs), subs)
     per_class = scan(opt)
-    train, test = [], []
-    for label, files in per_class.items():
-        tr, te = split_files(files, opt.root, opt.train_fraction)
-        train += [Sample(p, label) for p in tr]
-        test += [Sample(p, label) for p in te]
-    index = Index(opt.classes, train, test)
-    _record_split(opt, index)
+    names = opt.classes or ()
+    samples = [Sample(p, label, scene_key(p, opt.root)) for label, files in per_class.items() for p in files]
+    cls = {s.key: (names[s.label] if s.label >= 0 else "") for s in samples}
+    if opt.split_file is not None:
+        from datasets.splitfile import read_split_file
+        assign = read_split_file(opt.split_file, opt, cls)
+        if opt.classes is not None and "val" not in assign.values():
+            log.info("%s has no validation rows: the validation slice is cut from its training rows "
+                     "(%.0f %% per class, hash-ordered)", opt.split_file, 100 * opt.val_fraction)
+            by_class: dict[str, list[str]] = {}
+            for k, sp in assign.items():
+                if sp == "train":
+                    by_class.setdefault(cls[k], []).append(k)
+            for keys in by_class.values():
+                assign.update({k: "val" for k in val_slice(keys, opt.val_fraction)})
+        prefix = "file"
+    else:
+        assign = {}
+        val_fraction = opt.val_fraction if opt.classes is not None else 0.0
+        for label in per_class:
+            keys = [s.key for s in samples if s.label == label]
+            assign.update(rule_split(keys, opt.train_fraction, val_fraction))
+        prefix = RULE_VERSION
+    samples.sort(key=lambda s: (s.label, s.key, s.path.name))
+    train = [s for s in samples if assign[s.key] in ("train", "val")]
+    val = [s for s in samples if assign[s.key] == "val"]
+    test = [s for s in samples if assign[s.key] == "test"]
+    if not train:
+        raise UserError(f"the split of {opt.root} has no training images; "
+                        "check --split-file or add images")
+    version = f"{prefix}-{split_digest((k, cls[k], sp) for k, sp in assign.items())}"
+    index = Index(opt.classes, train, test, val, version)
+    _record_split(opt, index, "split.csv" if opt.split_file is None else f"split_{version}.csv")
     return index
 
 
-def _record_split(opt: DatasetOpt, index: Index) -> None:
-    path = opt.cache_dir / opt.cache_key / "split.csv"
-    rows = [(s.path.relative_to(opt.root).as_posix(), s.label, "train") for s in index.train]
-    rows += [(s.path.relative_to(opt.root).as_posix(), s.label, "test") for s in index.test]
-    rows.sort()
+def split_rows(opt: DatasetOpt, index: Index) -> list[tuple[str, str, str]]:
+    """``path, class, split`` rows, paths relative to the dataset folder, sorted."""
+    names = opt.classes or ()
+    held = {s.path for s in index.val}
+    rows = []
+    for split, items in (("train", index.train), ("test", index.test)):
+        for s in items:
+            sp = "val" if split == "train" and s.path in held else split
+            rows.append((s.path.relative_to(opt.root).as_posix(), names[s.label] if s.label >= 0 else "", sp))
+    return sorted(rows)
+
+
+def split_csv(opt: DatasetOpt, index: Index) -> str:
+    """The split as a shareable CSV (``--export-split``, and the split record)."""
+    buf = io.StringIO()
+    buf.write(f"# rs-ssl split of {opt.name}: split_version {index.split_version}; "
+              "paths relative to the dataset folder; import with --split-file\n")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "class", "split"])
+    w.writerows(split_rows(opt, index))
+    return buf.getvalue()
+
+
+def _record_split(opt: DatasetOpt, index: Index, name: str) -> None:
+    """Write the split record (the rule's split.csv, or an imported split resolved to the files)."""
+    path = opt.cache_dir / opt.cache_key / name
+    text = split_csv(opt, index)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
-            try:
-                with open(path, newline="") as f:
-                    old = [(r[0], int(r[1]), r[2]) for r in list(csv.reader(f))[1:]]
-            except (ValueError, IndexError):      # a damaged record is rewritten
-                old = []
-            if old == rows:
+            old = path.read_text(errors="replace")
+            if old == text:
                 return
-            log.warning("the file list of %s changed since %s was written; rewriting the split record",
-                        opt.root, path)
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["file", "label", "split"])
-        w.writerows(rows)
-        atomic_write_text(path, buf.getvalue())
+            first = old.split("\n", 1)[0]
+            if "split_version" in first:
+                log.warning("the file list of %s changed since %s was written (%s, now %s); "
+                            "rewriting the split record", opt.root, path,
+                            first.split("split_version ")[-1].split(";")[0], index.split_version)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
     except OSError as err:   # a read-only cache must not stop an experiment
         log.warning("could not record the split in %s (%s)", path, err)
 
 
 def shots_per_class(ts: float, n_available: int) -> int:
-    """``--ts``: <= 1 is a fraction of the class's training split (at least 1 image), > 1 a count."""
+    """``--ts``: <= 1 is a fraction of the class's few-shot pool (at least 1 image), > 1 a count."""
     if ts <= 0:
         raise UserError(f"--ts {ts} must be > 0: a fraction in (0, 1] or a number of images per class")
     if ts <= 1:
@@ -175,14 +289,14 @@ def shots_per_class(ts: float, n_available: int) -> int:
 
 
 def few_shot(train: list[Sample], ts: float, seed: int, classes: tuple[str, ...] | None = None) -> list[Sample]:
-    """Per-class seeded draw from the training split; nested across ``ts`` for one seed."""
+    """Per-class seeded draw from ``train`` (pass ``index.pool``); nested across ``ts`` for one seed."""
     by_class: dict[int, list[Sample]] = {}
     for s in train:
         by_class.setdefault(s.label, []).append(s)
     out: list[Sample] = []
     clamped = []
     for label in sorted(by_class):
-        items = sorted(by_class[label], key=lambda s: s.path.as_posix())
+        items = sorted(by_class[label], key=lambda s: (s.key or s.path.as_posix(), s.path.as_posix()))
         k = shots_per_class(ts, len(items))
         if k > len(items):
             clamped.append((classes[label] if classes and label >= 0 else str(label), len(items)))

@@ -24,7 +24,7 @@ from torchvision.transforms.v2.functional import adjust_hue_image, adjust_satura
 from config.errors import UserError
 
 PLAN_CODES = ("A", "B", "C", "D", "E", "S1", "S2", "S3", "S4", "S5", "S6")
-AUG_CODES = (1, 2, 3, 4, 5)
+AUG_CODES = (1, 2, 3, 4, 5, 6)
 DEFAULT_P = {"crop": 0.8, "rotate": 0.5, "color": 0.8, "noise": 0.0, "gray": 0.2, "blur": 0.5}
 
 # What each --aug_p code does, in order, before the per-band normalisation. The names
@@ -440,26 +440,55 @@ class GaussianBlur:
         return F.conv2d(out, w.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)[0]
 
 
+class Solarize:
+    """With probability ``p``, solarisation for any band count, on NORMALISED values.
+
+    Classic solarisation inverts the pixels above mid-range of a [0, 1] image
+    (``x -> 1 - x`` for ``x >= 0.5``): a reflection about the threshold. Raw
+    multispectral units have no common range, so here the threshold is each band's
+    dataset mean, i.e. 0 after the per-band normalisation, and every band is reflected
+    about it: ``x -> -x`` where ``x >= 0``, i.e. ``x -> -|x|``. For an RGB band whose
+    mean sits near mid-range this is the classic operation. Applied after
+    :class:`Normalize` (:class:`Plan` takes it as ``post``).
+    """
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if not _coin(self.p):
+            return x
+        return -x.abs()
+
+    def __repr__(self) -> str:
+        return f"Solarize(p={self.p})"
+
+
 # ----------------------------------------------------------------------------- plans
 class Plan:
     """A sequence of steps on raw units followed by the per-band normalisation."""
 
-    def __init__(self, code: str, steps: Sequence[Callable[[Tensor], Tensor]], normalize: Normalize) -> None:
-        self.code, self.steps, self.normalize = code, tuple(steps), normalize
+    def __init__(self, code: str, steps: Sequence[Callable[[Tensor], Tensor]], normalize: Normalize,
+                 post: Sequence[Callable[[Tensor], Tensor]] = ()) -> None:
+        self.code, self.steps, self.normalize, self.post = code, tuple(steps), normalize, tuple(post)
 
     def __call__(self, x: Tensor) -> Tensor:
-        """Augment and normalise one ``C x H x W`` image; the input is never modified."""
+        """Augment and normalise one ``C x H x W`` image (then the ``post`` steps); the input is never modified."""
         if x.dim() != 3:
             raise UserError(f"a plan takes one C x H x W image, got shape {tuple(x.shape)}; apply it per sample in the Dataset.")
         self.normalize.check(x)
         x = x.float()
         for step in self.steps:
             x = step(x)
-        return self.normalize(x)
+        x = self.normalize(x)
+        for step in self.post:
+            x = step(x)
+        return x
 
     def __repr__(self) -> str:
         names = ", ".join(type(s).__name__ for s in self.steps)
-        return f"Plan({self.code!r}: {names} -> {self.normalize!r})"
+        post = "".join(f" -> {s!r}" for s in self.post)
+        return f"Plan({self.code!r}: {names} -> {self.normalize!r}{post})"
 
 
 def plain(size: int, mean: Sequence[float], std: Sequence[float]) -> Callable[[Tensor], Tensor]:
@@ -530,11 +559,13 @@ def build_plan(
     std: Sequence[float],
     rgb_index: tuple[int, int, int] | None,
     p: Mapping[str, float] | None = None,
-) -> Callable[[Tensor], Tensor]:
+    solarize: float = 0.0,
+) -> Plan:
     """The ``--aug_p`` plan ``code`` for ``size x size`` outputs, normalised with ``mean``/``std``.
 
     ``rgb_index`` names the red, green, blue band positions for hue/saturation (None:
-    skip them). ``p`` overrides entries of :data:`DEFAULT_P`.
+    skip them). ``p`` overrides entries of :data:`DEFAULT_P`. ``solarize`` > 0 appends
+    :class:`Solarize` with that probability after the normalisation.
     """
     if code not in PLAN_STEPS:
         raise UserError(f"augmentation plan --aug_p {code!r} is unknown; use one of {', '.join(PLAN_CODES)}.")
@@ -546,4 +577,4 @@ def build_plan(
         _make_step(kind, size, probs[STEP_P_KEY[kind]] if kind in STEP_P_KEY else 1.0, norm, triplet)
         for kind in PLAN_STEPS[code]
     ]
-    return Plan(code, steps, norm)
+    return Plan(code, steps, norm, [Solarize(solarize)] if solarize > 0 else [])

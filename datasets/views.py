@@ -1,11 +1,13 @@
-"""What a pretext sees: the two SimCLR views of ``--aug`` and the test-time dihedral views.
+"""What a pretext sees: the two views of ``--aug``, DINO's multi-crop, and the test-time dihedral views.
 
 ``build_views`` pairs the plain view and the ``--aug_p`` plan of :mod:`datasets.transforms`
-as the SPEC's ``--aug`` table says; ``tta_views`` gives the 8 flips/rotations that
+as the SPEC's ``--aug`` table says (``--aug 6``: BYOL's asymmetric pair); ``MultiCrop``
+makes DINO's global and local crops; ``tta_views`` gives the 8 flips/rotations that
 ``--tta`` averages over.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -14,9 +16,17 @@ from torch import Tensor
 from config.errors import UserError
 from datasets.transforms import (
     AUG_CODES,
+    PLAN_STEPS,
+    ColorJitter,
+    GaussianBlur,
+    Grayscale,
     Normalize,
+    Plan,
     RandomResizedCrop,
+    RotateFlip,
+    Solarize,
     check_size,
+    _check_rgb_index,
     build_plan,
     merge_p,
     plain,
@@ -25,6 +35,8 @@ from datasets.transforms import (
 
 SHARED_CROP_SCALE = (0.5, 0.9)     # --aug 1 and 4: the one crop both views start from
 OWN_CROP_SCALE = (0.5, 1.0)        # --aug 3: view a's own random resized crop
+# --aug 6, BYOL's asymmetric views (Grill et al. 2020, table 6): (blur p, solarize p) of view a, view b
+ASYMMETRIC = ((1.0, 0.0), (0.1, 0.2))
 
 
 class _CropView:
@@ -75,11 +87,21 @@ def build_views(
     1: a = plain, b = plan, both from one shared random crop (scale 0.5-0.9);
     2: a = plain, b = plan; 3: a = its own random crop (scale 0.5-1, probability
     ``p["crop"]``, 0.8 by default) else a resize, b = plan; 4: both plan, from one shared
-    random crop; 5: both plan, independent.
+    random crop; 5: both plan, independent; 6: both plan, independent, asymmetric as in
+    BYOL: view a always blurred and never solarised, view b blurred with probability 0.1
+    and solarised (:class:`~datasets.transforms.Solarize`) with probability 0.2.
     """
     if aug not in AUG_CODES:
         raise UserError(f"--aug {aug!r} is unknown; use one of {', '.join(map(str, AUG_CODES))}.")
     size = check_size(size)
+    if aug == 6:
+        if plan in PLAN_STEPS and not {"blur", "boxblur"} & set(PLAN_STEPS[plan]):
+            raise UserError(f"--aug 6 sets the blur probability of each view, but --aug_p {plan} has no blur; "
+                            "use a plan with blur such as S5")
+        (blur_a, sol_a), (blur_b, sol_b) = ASYMMETRIC
+        view_a = build_plan(plan, size, mean, std, rgb_index, {**(p or {}), "blur": blur_a}, solarize=sol_a)
+        view_b = build_plan(plan, size, mean, std, rgb_index, {**(p or {}), "blur": blur_b}, solarize=sol_b)
+        return TwoViews(aug, view_a, view_b, None)
     augmented = build_plan(plan, size, mean, std, rgb_index, p)
     if aug in (1, 2):
         view_a = plain(size, mean, std)
@@ -89,6 +111,58 @@ def build_views(
         view_a = augmented
     shared = SHARED_CROP_SCALE if aug in (1, 4) else None
     return TwoViews(aug, view_a, augmented, shared)
+
+
+GLOBAL_CROP_SCALE = (0.4, 1.0)     # DINO's global crops
+LOCAL_CROP_SCALE = (0.05, 0.4)     # DINO's local crops
+LOCAL_CROP_FRACTION = 3 / 7        # local crop side / input side (96 / 224 in the paper)
+# DINO (Caron et al. 2021, as BYOL): (blur p, solarize p) of global crop 1, global crop 2, the local crops
+MULTICROP_BLUR_SOLARIZE = ((1.0, 0.0), (0.1, 0.2), (0.5, 0.0))
+
+
+def local_crop_size(size: int) -> int:
+    """Side of a DINO local crop: 3/7 of the input side, rounded up (96 at 224, 28 at 64)."""
+    return max(1, math.ceil(size * LOCAL_CROP_FRACTION - 1e-9))
+
+
+class MultiCrop:
+    """DINO's views of one raw image: 2 global crops at the input size, then ``n_local`` local crops.
+
+    Each crop is a random resized crop (always; scale 0.4-1 global, 0.05-0.4 local, the
+    local ones at 3/7 of the side), followed by the S5 steps (rotation/flip, colour,
+    grayscale with the default probabilities) and gaussian blur, normalised; blur and
+    solarisation probabilities are the paper's (:data:`MULTICROP_BLUR_SOLARIZE`). Any band
+    count: hue/saturation act on ``rgb_index`` only, solarisation per band after
+    normalisation (:class:`~datasets.transforms.Solarize`).
+    """
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
+                 rgb_index: tuple[int, int, int] | None, n_local: int = 6,
+                 global_scale: tuple[float, float] = GLOBAL_CROP_SCALE,
+                 local_scale: tuple[float, float] = LOCAL_CROP_SCALE) -> None:
+        if n_local < 0:
+            raise UserError(f"--local-crops {n_local} must be >= 0")
+        size = check_size(size)
+        self.size, self.local_size, self.n_local = size, local_crop_size(size), n_local
+        probs = merge_p(None)
+        norm = Normalize(mean, std)
+        triplet = _check_rgb_index(rgb_index, norm.bands)
+
+        def plan(side: int, scale: tuple[float, float], blur: float, solarize: float) -> Plan:
+            steps = [RandomResizedCrop(side, scale, 1.0), RotateFlip(probs["rotate"]), ColorJitter(probs["color"], triplet),
+                     Grayscale(probs["gray"], norm.mean, norm.std), GaussianBlur(blur, side)]
+            return Plan("multicrop", steps, norm, [Solarize(solarize)] if solarize > 0 else [])
+
+        (b1, s1), (b2, s2), (bl, sl) = MULTICROP_BLUR_SOLARIZE
+        self.global_views = (plan(size, global_scale, b1, s1), plan(size, global_scale, b2, s2))
+        self.local_view = plan(self.local_size, local_scale, bl, sl)
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, ...]:
+        """``2 + n_local`` normalised views: two ``C x size x size``, then ``C x local x local``."""
+        return tuple(v(x) for v in self.global_views) + tuple(self.local_view(x) for _ in range(self.n_local))
+
+    def __repr__(self) -> str:
+        return f"MultiCrop(2 x {self.size}px + {self.n_local} x {self.local_size}px)"
 
 
 def tta_views(x: Tensor) -> list[Tensor]:

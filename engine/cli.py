@@ -48,6 +48,9 @@ def base_parser(description: str, script: str) -> argparse.ArgumentParser:
     g.add_argument("--data-root", "--data_root", dest="data_root", help="folder that holds the datasets (default $RSSSL_DATA or ./data)")
     g.add_argument("--cache-dir", dest="cache_dir", help="split records and measured band statistics (default $RSSSL_CACHE or ~/.cache/rs-ssl)")
     g.add_argument("--dtype", help="band group: RGB (3) NIR (1) SAR (1) TEN (10) ALL (12) MS (13); default: the dataset's")
+    g.add_argument("--split-file", "--split_file", dest="split_file",
+                   help="use this split instead of the built-in one: a path,class,split CSV (python -m datasets --export-split) "
+                        "or a folder of Neumann et al. train/val/test lists (eurosat-train.txt ...)")
     g.add_argument("--rgb-bands", dest="rgb_bands", help="your own multispectral imagery: 1-based R,G,B band numbers, e.g. 4,3,2")
     g.add_argument("--ts", type=float, default=1.0, help="train scale: <=1 fraction of each class's training split, >1 images per class")
     g.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw and of training")

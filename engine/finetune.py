@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,22 +26,27 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
+from config import baselines
 from config.codes import Mode, decode_mode, decode_netnum
-from config.dataset_cfg import DatasetOpt, get_opt
+from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
 from datasets.folder import make_dataset, prepare_dataset
 from datasets.index import Index, Sample, few_shot
-from datasets.transforms import build_plan, plain
+from datasets.options import get_opt
+from datasets.transforms import Normalize, build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
+from engine import labels
+from engine import provenance
 from engine.cli import check_process_flags, setup_logging
 from engine.knn import extract_features, knn_predict
 from engine.metrics import classification_metrics, format_confusion, save_confusion_png
 from engine.optim import build_optimizer
-from engine.results import append_result, code_version
+from engine.results import append_result, code_version, save_predictions
 from engine.runtime import Runtime, init_runtime, move_to, reseed, seed_worker, use_tqdm
 from engine.schedules import LRSchedule
-from models import build_model
+from models import build_model, pretrained
+from models.backbones import SMALL_STEMS
 
 log = logging.getLogger(__name__)
 PROTOCOLS = {0: "all layers", 1: "backbone at lr/5", 9: "linear probe (frozen backbone)"}
@@ -51,12 +56,15 @@ TRAIN_PLAN = "D"   # fine-tuning augmentation: random resized crop + 90-degree r
 def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group("classification")
     g.add_argument("--hos", type=int, default=0, help="0 all layers; 1 backbone at lr/5; 9 linear probe")
-    g.add_argument("--encoder_cp", "--encoder-cp", dest="encoder_cp", help="a backbone checkpoint file to start from (instead of --expnum/--cepoch)")
+    g.add_argument("--encoder_cp", "--encoder-cp", dest="encoder_cp", help="a backbone file to start from (instead of --expnum/--cepoch): one written by pretraining, or SSL4EO-S12 / TorchGeo Sentinel-2 ResNet weights (band order, preprocessing and input size mapped)")
+    g.add_argument("--weights", help="--mode 1x: ImageNet weights from this torchvision state dict file instead of the torch hub cache (implies --ptcp 1)")
     g.add_argument("--loss", default="CrossEntropyLoss", help="classification loss (CrossEntropyLoss)")
     g.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips/rotations")
     g.add_argument("--probe", choices=("logreg", "knn"), help="frozen-feature protocol instead of training: logistic regression (C by cross-validation on the training shots) or weighted kNN")
     g.add_argument("--nseeds", type=int, default=1, help="repeat the few-shot draw for seeds --seed .. --seed+N-1 (one row each, then mean +- std)")
     g.add_argument("--results", help="CSV results table (default results/<ds>.csv)")
+    g.add_argument("--allow-overlap", dest="allow_overlap", action="store_true",
+                   help="evaluate a checkpoint whose pretraining images include test scenes of --ds (refused otherwise; the row records it)")
     return p
 
 
@@ -71,6 +79,7 @@ class Job:
     pretext: str               # what the backbone learnt from: simclr, ..., random, imagenet
     expnum: str
     results: Path
+    init_meta: dict = field(default_factory=dict)   # the checkpoint's meta (provenance, selected_by)
 
 
 def prepare(args: argparse.Namespace) -> Job:
@@ -90,6 +99,13 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError("--probe runs in one process (features once, a classifier per seed); drop --mp-distributed / torchrun")
     if args.probe and args.tta:
         raise UserError("--tta averages a trained classifier over flips; --probe classifies frozen features: drop one")
+    if args.weights:
+        if mode.job != "train":
+            raise UserError(f"--weights gives the ImageNet weights --mode 1x starts from, not --mode {mode.code}; "
+                            "pretrained Sentinel-2 weights go through --encoder_cp FILE with --mode 4x")
+        if not Path(args.weights).is_file():
+            raise UserError(f"--weights {args.weights}: no such file; give a torchvision ImageNet state dict file")
+        args.ptcp = 1
     if mode.job != "finetune" and args.encoder_cp:
         raise UserError(f"--encoder_cp gives the backbone to fine-tune (--mode 4x), not --mode {mode.code}")
     if mode.job == "finetune" and args.ptcp:
@@ -111,7 +127,7 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError(f"--ds {args.ds} has no class folders; main_cls.py needs labelled data (class-per-folder)")
     if opt.parts:
         raise UserError(f"--ds {args.ds}: pooled datasets are for pretraining only; evaluate on one dataset")
-    few_shot(index.train, args.ts, args.seed)     # validates --ts
+    few_shot(index.pool, args.ts, args.seed)      # validates --ts
     init, init_exp, init_ep = None, "", ""
     if mode.job in ("finetune", "val", "test"):
         if args.encoder_cp and mode.job == "finetune":
@@ -132,16 +148,51 @@ def prepare(args: argparse.Namespace) -> Job:
                         "--expnum/--cepoch would go unused: drop them, or use --mode 41 to fine-tune that checkpoint")
     if args.probe and mode.job in ("val", "test"):
         raise UserError(f"--probe works with --mode 1x (random/ImageNet features) or 4x (pretrained features), not {mode.code}")
+    meta: dict = {}
+    native = None                    # the input size a pretrained baseline was trained at
     if mode.job == "train":
         pretext = "imagenet" if args.ptcp else "random"
+        native = baselines.IMAGENET_INPUT_SIZE if args.ptcp else None
+        if args.allow_overlap:
+            raise UserError(f"--allow-overlap lets a pretrained checkpoint see test scenes; --mode {mode.code} "
+                            "starts from random/ImageNet weights: drop it")
+    elif mode.job == "finetune" and (foreign := pretrained.recognise(
+            ckpt.read_checkpoint(init, weights_only=True, hint="pick another file"), init)) is not None:
+        meta, pretext, native = foreign.meta, foreign.pretext, baselines.SSL4EO_INPUT_SIZE
+        if args.allow_overlap:
+            raise UserError(f"{init} holds external weights ({meta['dataset']}) without a scene list, so there is no "
+                            "overlap check to override: drop --allow-overlap")
+        log.info("%s: external %s weights pretrained on %s; whether those scenes overlap the %s test split "
+                 "cannot be checked", init, pretext, meta["dataset"], opt.name)
     else:
-        meta = ckpt.read_checkpoint(init, weights_only=False).get("meta", {})
+        meta = dict(ckpt.read_checkpoint(init, weights_only=False).get("meta") or {})
         pretext = str(meta.get("pretext", meta.get("pretrain", "")))
+        native = meta.get("input_size") if mode.job in ("val", "test") else None   # a classifier keeps its size
+        check_best(meta, init, args.cepoch)
+        external = str(meta.get("pretrain", "")).startswith("ssl4eo-")
+        if mode.job in ("val", "test") and (meta.get("pretrain") in ("random", "imagenet") or external):
+            if args.allow_overlap:
+                raise UserError(f"{init} was trained from {meta['pretrain']} weights, which carry no list of "
+                                f"{opt.name} scenes to check: drop --allow-overlap")
+        else:
+            provenance.check_checkpoint(meta, init, opt, index, args.allow_overlap)
+    if native and args.input_size is None and decode_netnum(args.netnum).backbone not in SMALL_STEMS \
+            and int(native) != opt.input_size:
+        log.info("%s weights: images resized from %d to their native %d px (Corley et al. 2023, 'resize is all "
+                 "you need'); --input_size overrides", pretext, opt.input_size, int(native))
+        opt = replace(opt, input_size=int(native))
     expnum = args.expnum if mode.job in ("val", "test") else ckpt.make_expnum(mode.name)
     if args.mp_distributed and torch.cuda.is_available() and (args.nproc or 0) > torch.cuda.device_count():
         raise UserError(f"--nproc {args.nproc} exceeds the {torch.cuda.device_count()} GPU(s) here")
     results = Path(args.results) if args.results else Path("results") / f"{opt.name}.csv"
-    return Job(mode, opt, index, init, init_exp, init_ep, pretext, expnum, results)
+    return Job(mode, opt, index, init, init_exp, init_ep, pretext, expnum, results, meta)
+
+
+def check_best(meta: dict, path: Path, cepoch: str | None) -> None:
+    """``--cepoch best`` only for a checkpoint chosen on the validation slice (older ones read TEST labels)."""
+    if str(cepoch).strip() == "best" and meta.get("selected_by") != "val-knn":
+        raise UserError(f"{path} was chosen as 'best' by {meta.get('selected_by') or 'kNN accuracy on TEST labels (written before the validation slice)'}, "
+                        "not by the kNN monitor on the validation slice; pass a numbered --cepoch (the last epoch) or re-run pretraining")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -167,18 +218,31 @@ def main(args: argparse.Namespace) -> None:
 
 def build_classifier(args: argparse.Namespace, job: Job) -> nn.Module:
     opt = job.opt
-    model = build_model(args.netnum, opt.n_bands, opt.num_classes, bool(args.ptcp) and job.mode.job == "train",
-                        opt.rgb_index)
+    imagenet = bool(args.ptcp) and job.mode.job == "train"
+    model = build_model(args.netnum, opt.n_bands, opt.num_classes, imagenet, opt.rgb_index,
+                        weights=args.weights if imagenet else None)
+    norm = Normalize(opt.mean, opt.std)           # the pipeline's statistics, std floor included
+    if imagenet and opt.rgb_index is not None and model.backbone.arch not in SMALL_STEMS:
+        targets = pretrained.imagenet_targets(opt.bands, opt.rgb_index, opt.mean)
+        model.backbone.set_input_adapter(pretrained.adapter_for(targets, norm.mean, norm.std))
     if job.mode.job == "finetune":
-        meta = ckpt.load_backbone(job.init, model.backbone)
-        log.info("backbone from %s (pretext %s, epoch %s, dataset %s)", job.init, meta.get("pretext"),
-                 meta.get("epoch"), meta.get("dataset"))
+        foreign = pretrained.recognise(ckpt.read_checkpoint(job.init, weights_only=True), job.init)
+        if foreign is not None:
+            pretrained.load_foreign(foreign, model.backbone, opt.bands)
+            model.backbone.set_input_adapter(
+                pretrained.adapter_for(pretrained.ssl4eo_targets(opt.bands), norm.mean, norm.std))
+        else:
+            meta = ckpt.load_backbone(job.init, model.backbone)
+            log.info("backbone from %s (pretext %s, epoch %s, dataset %s)", job.init, meta.get("pretext"),
+                     meta.get("epoch"), meta.get("dataset"))
     classifier = job.init if job.mode.job in ("val", "test") else (Path(args.resume) if args.resume else None)
     if classifier is not None:
         state = ckpt.read_checkpoint(classifier, weights_only=False)
         if "model" not in state:
             raise UserError(f"{classifier} holds a backbone, not a trained classifier; --mode 2x/3x and --resume "
                             "take checkpoints written by --mode 1x/4x")
+        if "backbone.input_adapter.scale" in state["model"] and model.backbone.input_adapter is None:
+            model.backbone.set_input_adapter(pretrained.InputAdapter.identity(opt.n_bands))  # filled by the load
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as err:
@@ -227,30 +291,26 @@ def run_one(args: argparse.Namespace, job: Job, rt: Runtime, seed: int) -> dict:
     t0 = time.time()
     opt = job.opt
     reseed(seed, 0, rt.rank)
-    train = few_shot(job.index.train, args.ts, seed, opt.classes)
+    train = few_shot(labels.fewshot_pool(job.index), args.ts, seed, opt.classes)
     model = build_classifier(args, job).to(rt.device)
     epochs = 0
     if job.mode.job in ("train", "finetune"):
         epochs = args.mepoch
         fit(model, train, args, job, rt, seed)
-    if job.mode.job == "val":
-        chosen = {s.path for s in train}
-        eval_set = [s for s in job.index.train if s.path not in chosen]
-        if not eval_set:
-            raise UserError(f"--mode {job.mode.code} (val) evaluates the training-split images outside the "
-                            f"--ts {args.ts} draw, and there are none; lower --ts")
-    else:
-        eval_set = job.index.test
+    # the label rule (engine/labels.py): mode 2x scores the fixed validation slice, every other mode the test split
+    eval_set = labels.selection_set(job.index) if job.mode.job == "val" else labels.final_eval_set(job.index)
     y_true, y_pred = evaluate(model, eval_set, args, opt, rt)
     if not rt.is_main:
         return {}
     metrics = report(y_true, y_pred, args, job, seed, len(train), len(eval_set), epochs,
-                     args.lr or opt.lr, time.time() - t0, hos=str(args.hos), probe="")
+                     args.lr or opt.lr, time.time() - t0, hos=str(args.hos), probe="", eval_set=eval_set)
     if job.mode.job in ("train", "finetune"):
         path = ckpt.ckpt_path(Path(args.ckpt), args.netnum, job.expnum + f"_ts{args.ts:g}_s{seed}", epochs)
         path.parent.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_save({"model": model.state_dict(), "meta": {"netnum": args.netnum, "dataset": opt.name,
-                          "ts": args.ts, "seed": seed, "pretrain": job.pretext, "metrics": {k: metrics[k] for k in ("OA", "AA", "kappa", "macro_F1")}}}, path)
+                          "ts": args.ts, "seed": seed, "pretrain": job.pretext, "input_size": opt.input_size,
+                          **({"provenance": job.init_meta["provenance"]} if "provenance" in job.init_meta else {}),
+                          "metrics": {k: metrics[k] for k in ("OA", "AA", "kappa", "macro_F1")}}}, path)
         log.info("classifier saved to %s", path)
     return metrics
 
@@ -352,9 +412,21 @@ def evaluate(model: nn.Module, samples: list[Sample], args: argparse.Namespace, 
 
 
 def report(y_true: np.ndarray, y_pred: np.ndarray, args: argparse.Namespace, job: Job, seed: int,
-           n_train: int, n_test: int, epochs: int, lr: float, seconds: float, hos: str, probe: str) -> dict:
-    """Print the metrics and append one row to the results table."""
+           n_train: int, n_test: int, epochs: int, lr: float, seconds: float, hos: str, probe: str, *,
+           eval_set: list[Sample] | None = None, probe_param: str = "", select_on: str = "",
+           selection_labels: str = "") -> dict:
+    """Print the metrics, save the per-image predictions and append one row to the results table.
+
+    ``eval_set`` lists the images ``y_true``/``y_pred`` belong to, in order (default: the
+    test split). Probes pass what they chose and on which labels: ``probe_param`` (e.g.
+    ``C=0.1``), ``select_on`` (``shots`` or ``val``) and ``selection_labels`` (how many
+    labels the choice read).
+    """
     opt = job.opt
+    samples = job.index.test if eval_set is None else eval_set
+    if not (len(samples) == len(y_true) == len(y_pred) == n_test):
+        raise RuntimeError(f"report: {len(samples)} images, {len(y_true)} labels, {len(y_pred)} predictions, "
+                           f"n_test {n_test}")
     raw = classification_metrics(y_true, y_pred, opt.num_classes, opt.classes)
     m = {"OA": 100 * raw["OA"], "AA": 100 * raw["AA"], "kappa": raw["kappa"], "macro_F1": 100 * raw["macro_f1"],
          "per_class_acc": [100 * a for a in raw["per_class_acc"]], "confusion": raw["confusion"]}
@@ -362,13 +434,32 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, args: argparse.Namespace, job
              opt.name, args.ts, seed, probe or f"hos {hos}", m["OA"], m["AA"], m["kappa"], m["macro_F1"], n_train, n_test)
     log.info("per-class accuracy: %s", ", ".join(f"{c} {a:.1f}" for c, a in zip(opt.classes, m["per_class_acc"])))
     log.info("confusion matrix (rows true, columns predicted):\n%s", format_confusion(m["confusion"], opt.classes))
+    predictions = save_predictions(
+        job.results, f"{opt.name}_{job.mode.code}_{probe or 'hos' + hos}_ts{args.ts:g}_s{seed}",
+        [Path(s.path).relative_to(opt.root).as_posix() for s in samples],
+        [opt.classes[int(t)] for t in y_true], [opt.classes[int(p)] for p in y_pred])
+    trained = job.mode.job in ("train", "finetune") and not probe
+    meta = job.init_meta
+    if job.mode.job == "train":
+        pretrain_datasets, selected_by = ("imagenet" if args.ptcp else ""), ""
+    else:
+        pretrain_datasets = provenance.pretrain_datasets(meta)
+        selected_by = str(meta.get("selected_by") or ("" if job.init_epoch == "" else "epoch"))
     row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "code_version": code_version(), "ds": opt.name,
-           "ts": args.ts, "seed": seed, "mode": job.mode.code, "netnum": args.netnum,
+           "split_version": getattr(job.index, "split_version", "unknown"),
+           "ts": args.ts, "seed": seed, "mode": job.mode.code, "netnum": args.netnum, "pretext": job.pretext,
            "pretrain_expnum": job.init_expnum if job.mode.job != "train" else ("imagenet" if args.ptcp else "random"),
-           "pretrain_epoch": job.init_epoch, "pretext": job.pretext, "hos": hos, "probe": probe, "epochs": epochs, "lr": lr,
+           "pretrain_epoch": job.init_epoch, "pretrain_datasets": pretrain_datasets, "ckpt_selected_by": selected_by,
+           "hos": hos, "probe": probe, "probe_param": probe_param, "select_on": select_on,
+           "selection_labels": selection_labels, "dtype": opt.dtype, "bands": " ".join(opt.bands),
+           "input_size": opt.input_size, "tta": int(bool(args.tta)),
+           "bs": (args.bs or opt.batch_size) if trained else "", "optimizer": args.optimizer if trained else "",
+           "lr": lr if trained else "", "wd": args.wd if trained else "", "epochs": epochs,
+           "aug": TRAIN_PLAN if trained else "", "allow_overlap": int(bool(getattr(args, "allow_overlap", False))),
            "OA": round(m["OA"], 4), "AA": round(m["AA"], 4), "kappa": round(m["kappa"], 5),
            "macro_F1": round(m["macro_F1"], 4), "n_train": n_train, "n_test": n_test,
-           "seconds": round(seconds, 1), "per_class": json.dumps([round(a, 2) for a in m["per_class_acc"]])}
+           "seconds": round(seconds, 1), "per_class": json.dumps([round(a, 2) for a in m["per_class_acc"]]),
+           "predictions": predictions}
     append_result(job.results, row)
     if args.vis:
         png = job.results.parent / "figures" / f"confusion_{opt.name}_{job.mode.code}_{probe or 'hos' + hos}_ts{args.ts:g}_s{seed}.png"
@@ -381,7 +472,10 @@ def probe_features(args: argparse.Namespace, job: Job, rt: Runtime) -> tuple[np.
     """Frozen features of the whole training and test splits, cached on disk by checkpoint."""
     opt = job.opt
     src = job.init
-    tag = f"{args.netnum}|{opt.name}|{opt.dtype}|{opt.input_size}|ptcp{args.ptcp}|"
+    tag = f"{args.netnum}|{opt.name}|{job.index.split_version}|{opt.dtype}|{opt.input_size}|ptcp{args.ptcp}|"
+    tag += "baseline-input-v1|"
+    if args.weights:
+        tag += f"weights {Path(args.weights).resolve()}|{Path(args.weights).stat().st_mtime_ns}|"
     tag += f"{src.resolve()}|{src.stat().st_mtime_ns}|{src.stat().st_size}" if src else f"random-seed{args.seed}"
     key = hashlib.sha1(tag.encode()).hexdigest()[:16]
     path = opt.cache_dir / opt.cache_key / "features" / f"{key}.npz"
@@ -434,14 +528,18 @@ def run_probe(args: argparse.Namespace, job: Job) -> None:
     pos = {s.path: i for i, s in enumerate(job.index.train)}
     for seed in range(args.seed, args.seed + args.nseeds):
         t0 = time.time()
-        chosen = np.array([pos[s.path] for s in few_shot(job.index.train, args.ts, seed, job.opt.classes)])
+        chosen = np.array([pos[s.path] for s in few_shot(job.index.pool, args.ts, seed, job.opt.classes)])
         if args.probe == "logreg":
             pred, c = logreg_predict(ftr[chosen], ytr[chosen], fte, seed)
             log.info("logistic regression: C = %g chosen by cross-validation on the %d training shots", c, len(chosen))
+            chosen_param, select_on = f"C={c:g}", "shots"
         else:
+            k = min(20, len(chosen))
             pred = knn_predict(torch.from_numpy(ftr[chosen]), torch.from_numpy(ytr[chosen]), torch.from_numpy(fte),
-                               job.opt.num_classes, k=min(20, len(chosen))).numpy()
-        report(yte, pred, args, job, seed, len(chosen), len(yte), 0, 0.0, time.time() - t0, hos="", probe=args.probe)
+                               job.opt.num_classes, k=k).numpy()
+            chosen_param, select_on = f"k={k}", ""
+        report(yte, pred, args, job, seed, len(chosen), len(yte), 0, 0.0, time.time() - t0, hos="", probe=args.probe,
+               probe_param=chosen_param, select_on=select_on, selection_labels=str(len(chosen)) if select_on else "")
 
 
 def run(argv: list[str] | None, parser: argparse.ArgumentParser) -> None:

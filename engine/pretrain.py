@@ -25,16 +25,19 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import models.pretext as pretexts
 from config.codes import PRETEXTS, Mode, decode_mode, decode_netnum
-from config.dataset_cfg import DatasetOpt, get_opt
+from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
 from datasets.folder import RasterDataset, make_dataset, prepare_dataset
 from datasets.index import Index, Sample, few_shot
+from datasets.options import get_opt
 from datasets.transforms import plain
 from engine import checkpoint as ckpt
 from engine.cli import check_process_flags, setup_logging
 from engine.knn import balanced_subsample, knn_accuracy
+from engine.labels import monitor_sets
 from engine.logger import EpochLog
 from engine.optim import build_optimizer
+from engine.provenance import provenance
 from engine.runtime import (PerSampleSeed, Runtime, SeededSampler, TrainingDiverged, init_runtime, move_to,
                             reseed, sample_seed, use_tqdm)
 from engine.schedules import LRSchedule
@@ -49,8 +52,12 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--aug", type=int, help="SimCLR: how the two views are made (1-5, see README; default 5)")
     g.add_argument("--aug_p", "--aug-p", dest="aug_p", help="SimCLR: augmentation plan of an augmented view (A-E, S1-S6; default S5)")
     g.add_argument("--loss", help="loss of the pretext (default: the pretext's own, e.g. NTXentLoss for 910)")
-    g.add_argument("--feature_dim", "--feature-dim", dest="feature_dim", type=int, default=128, help="projection output size")
-    g.add_argument("--tau", type=float, default=0.5, help="NT-Xent temperature")
+    g.add_argument("--feature_dim", "--feature-dim", dest="feature_dim", type=int, default=None,
+                   help="projection (or DINO prototype) output size of every method with a projector "
+                        "(default: the method's own, e.g. 128 for 910/911, 8192 for 914/915)")
+    g.add_argument("--tau", type=float, default=None,
+                   help="temperature of every method that has one (default: the method's own: 0.5 for 910, "
+                        "0.2 for 911, the student's 0.1 for 916)")
     g.add_argument("--ckpt_freq", "--ckpt-freq", dest="ckpt_freq", type=int, default=0,
                    help="every N epochs save the backbone <netnum>_<expnum>_<epoch>.pth and the full state for --resume (0: only the final backbone)")
     g.add_argument("--no-sync-bn", dest="no_sync_bn", action="store_true",
@@ -75,12 +82,39 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
             for a in probe._actions:
                 owners.setdefault(a.dest, set()).add(name)
                 defaults.setdefault(a.dest, a.default)
-            try:
-                module.add_args(p.add_argument_group(f"pretext {name}"))
-            except argparse.ArgumentError:    # flags shared with a pretext registered earlier
-                pass
+            module.add_args(_NewFlagsOnly(p.add_argument_group(f"pretext {name}"), p))
     p.set_defaults(_pretext_flags={k: (sorted(v), defaults[k]) for k, v in owners.items()})
     return p
+
+
+class _NewFlagsOnly:
+    """An argument group that skips flags already registered by an earlier pretext (shared flags)."""
+
+    def __init__(self, group: argparse._ArgumentGroup, parser: argparse.ArgumentParser) -> None:
+        self.group, self.parser = group, parser
+
+    def add_argument(self, *flags: str, **kwargs) -> argparse.Action | None:
+        if any(f in self.parser._option_string_actions for f in flags):
+            return None
+        return self.group.add_argument(*flags, **kwargs)
+
+
+def resolve_head_flags(args: argparse.Namespace, mode: Mode, module) -> None:
+    """``--tau``/``--feature_dim``: refused where the pretext has no temperature/projector, else
+    defaulted to the pretext's own value (its module's ``TAU`` / ``FEATURE_DIM``)."""
+    for dest, attr, what in (("tau", "TAU", "a temperature"), ("feature_dim", "FEATURE_DIM", "a projector")):
+        own = getattr(module, attr, None)
+        if own is None and getattr(args, dest) is not None:
+            codes = "/".join(str(c) for c, (n, _) in PRETEXTS.items()
+                             if getattr(pretexts.try_load(n), attr, None) is not None)
+            raise UserError(f"--{dest} applies to the modes with {what} ({codes}); --mode {mode.code} "
+                            f"({mode.pretext}) has none: drop it")
+        if getattr(args, dest) is None:
+            setattr(args, dest, own)
+    if args.tau is not None and not 0.005 <= args.tau <= 10:
+        raise UserError(f"--tau {args.tau} is outside 0.005..10; the papers use 0.04-0.5")
+    if args.feature_dim is not None and args.feature_dim < 1:
+        raise UserError(f"--feature_dim {args.feature_dim} must be a positive integer, e.g. 128")
 
 
 @dataclass
@@ -116,11 +150,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     args.loss = args.loss or module.LOSSES[0]
     if args.loss not in module.LOSSES:
         raise UserError(f"--loss {args.loss} does not fit --mode {mode.code} ({mode.pretext}); use {module.LOSSES[0]}")
-    if mode.pretext not in ("simclr", "multitask") and (args.tau != 0.5 or args.feature_dim != 128):
-        raise UserError(f"--tau/--feature_dim shape the contrastive head of modes 910/920; --mode {mode.code} "
-                        f"({mode.pretext}) has none: drop them")
-    if not 0.005 <= args.tau <= 10:
-        raise UserError(f"--tau {args.tau} is outside 0.005..10; SimCLR uses 0.1-0.5")
+    resolve_head_flags(args, mode, module)
     if hasattr(module, "check_args"):
         module.check_args(args)
     if args.sync_bn and args.no_sync_bn:
@@ -140,6 +170,8 @@ def prepare(args: argparse.Namespace) -> Plan:
                         f"gets {len(train) // world} of the {len(train)} training images; lower --bs")
     if bs // world < 2:
         raise UserError(f"--bs {bs} leaves {bs // world} image per process; contrastive learning needs at least 2")
+    if hasattr(module, "check_data"):         # e.g. MoCo sizes its queue from the training images
+        module.check_data(args, len(train), bs)
     # optimiser and schedule flags fail here, in the launching process, not inside a worker
     lr = args.lr or opt.lr
     build_optimizer(args.optimizer, [torch.zeros(1, requires_grad=True)], lr, args.momentum, args.wd)
@@ -171,11 +203,12 @@ def prepare(args: argparse.Namespace) -> Plan:
 def resolve_gpu_aug(args: argparse.Namespace, module, opt: DatasetOpt) -> bool:
     """``--gpu-aug`` as asked, or by default: with a GPU, for pretexts whose views are ``--aug`` plans
     that the batched path implements; a request it cannot honour is a user error."""
-    from datasets.gpu_aug import GPU_PLANS
+    from datasets.gpu_aug import GPU_AUGS, GPU_PLANS
     uses_aug = getattr(module, "USES_AUG", False)
-    plan_code = args.aug_p or "S5"
+    plan_code, aug = args.aug_p or "S5", aug_code(args, module)
     if args.gpu_aug is None:
-        return bool(torch.cuda.is_available() and uses_aug and not opt.parts and plan_code in GPU_PLANS)
+        return bool(torch.cuda.is_available() and uses_aug and not opt.parts and plan_code in GPU_PLANS
+                    and aug in GPU_AUGS)
     if args.gpu_aug:
         if not uses_aug:
             raise UserError(f"--gpu-aug makes the --aug/--aug_p views of SimCLR-style pretexts; --mode {args.mode} "
@@ -184,15 +217,19 @@ def resolve_gpu_aug(args: argparse.Namespace, module, opt: DatasetOpt) -> bool:
             raise UserError(f"--gpu-aug normalises a batch with one set of band statistics; --ds {args.ds} pools "
                             "datasets with their own: drop --gpu-aug")
         module.make_transform(args, opt)            # the plan exists on the CPU path ...
-        build_batch_views(args, opt)                # ... and on the device (plan A does not)
+        build_batch_views(args, opt, module)        # ... and on the device (plan A and --aug 6 do not)
     return bool(args.gpu_aug)
 
 
-def build_batch_views(args: argparse.Namespace, opt: DatasetOpt):
+def aug_code(args: argparse.Namespace, module) -> int:
+    """``--aug``, or the pretext's default (its module's ``AUG``, else 5)."""
+    return getattr(module, "AUG", 5) if args.aug is None else args.aug
+
+
+def build_batch_views(args: argparse.Namespace, opt: DatasetOpt, module):
     """The batched views of ``--aug``/``--aug_p`` (the defaults of the pretext's make_transform)."""
     from datasets.gpu_aug import BatchViews
-    return BatchViews(5 if args.aug is None else args.aug, args.aug_p or "S5", opt.input_size, opt.mean, opt.std,
-                      opt.rgb_index)
+    return BatchViews(aug_code(args, module), args.aug_p or "S5", opt.input_size, opt.mean, opt.std, opt.rgb_index)
 
 
 DEVICE_STREAM = 2**32      # sample_seed "index" of the device augmentation (above every image index)
@@ -274,6 +311,7 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
             log.info("BatchNorm synchronised across the %d processes (SyncBatchNorm%s)", rt.world,
                      "" if args.sync_bn else "; --no-sync-bn keeps it per process")
     model.to(rt.device)
+    backbone = getattr(model, "kept_backbone", backbone)   # what is monitored and saved (DINO: the teacher)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
     net = (nn.parallel.DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None)
@@ -283,7 +321,7 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
     if args.gpu_aug:      # the workers only decode; the views are made on the device
         dataset = RasterDataset(plan.train, opt, None, cache=args.pin_memory, threads=max(1, args.workers) * 2,
                                 as_float=False)
-        augment = DeviceAugment(build_batch_views(args, opt), args.seed, rt.rank)
+        augment = DeviceAugment(build_batch_views(args, opt, module), args.seed, rt.rank)
         if rt.is_main:
             log.info("--gpu-aug: views made on %s in batches (datasets/gpu_aug.py)", rt.device)
     else:
@@ -317,7 +355,8 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
             "pretext": mode.pretext, "expnum": expnum, "dataset": opt.name, "input_size": opt.input_size,
             "mean": [float(v) for v in opt.mean] if opt.mean is not None else None,
             "std": [float(v) for v in opt.std] if opt.std is not None else None,
-            "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}}
+            "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
+            "provenance": provenance(opt, plan.index, plan.train)}
     last_good, train_seconds = None, 0.0
     try:
         for epoch in range(start_epoch, args.mepoch):
@@ -470,18 +509,6 @@ def train_one_epoch(net: nn.Module, loader: Iterable, optimizer: torch.optim.Opt
             "lower --lr, raise --tau or add --warmup")
     out = {k: m / max(total_batches, 1) for k, m in zip(keys + hkeys, means)}
     return {**out, "lr": optimizer.param_groups[0]["lr"], "img_per_s": total_images / seconds, "seconds": seconds}
-
-
-try:
-    from engine.labels import monitor_sets
-except ImportError:        # until engine/labels.py (the label rule, helper "data") lands on main
-    def monitor_sets(index: Index) -> tuple[list[Sample], list[Sample]]:
-        val = getattr(index, "val", None)
-        if val:
-            held = {s.path for s in val}
-            return [s for s in index.train if s.path not in held], list(val)
-        log.warning("this index has no validation slice: the kNN monitor falls back to the test split")
-        return list(index.train), list(index.test)
 
 
 MONITOR_BUDGET = 0.05      # --knn-freq auto: the monitor's share of the training time

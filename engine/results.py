@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import subprocess
+import uuid
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -26,29 +27,41 @@ from engine.atomic import atomic_write
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS: tuple[str, ...] = (
-    "time", "code_version", "ds", "ts", "seed", "mode", "netnum", "pretrain_expnum", "pretrain_epoch",
-    "pretext", "hos", "probe", "epochs", "lr", "OA", "AA", "kappa", "macro_F1", "n_train", "n_test", "seconds",
-    "per_class",
+    "time", "code_version", "ds", "split_version", "ts", "seed", "mode", "netnum", "pretext", "pretrain_expnum",
+    "pretrain_epoch", "pretrain_datasets", "ckpt_selected_by", "hos", "probe", "probe_param", "select_on",
+    "selection_labels", "dtype", "bands", "input_size", "tta", "bs", "optimizer", "lr", "wd", "epochs", "aug",
+    "allow_overlap", "OA", "AA", "kappa", "macro_F1", "n_train", "n_test", "seconds", "per_class", "predictions",
 )
+"""Every row names what made it: data and split, the pretraining run and what selected its
+checkpoint, the protocol and which labels chose its hyper-parameters, the input, the
+optimisation, the overlap override, the metrics, and the file of its per-image predictions."""
+
+# What an older table must hold to be ours (and so migrated, never refused).
+_OUR_CORE = ("time", "code_version", "ds", "ts", "seed", "OA")
+UNKNOWN_SPLIT = "unknown"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_NAME = "rs-ssl"
 
 
 def code_version(repo: str | os.PathLike | None = None) -> str:
-    """``git describe --always --dirty`` of the repository, else the package version.
+    """``git describe --always`` of the repository (``-dirty`` when tracked code changed), else the package version.
 
-    Recorded with every result so a number can be traced to the code that made it;
-    ``-dirty`` flags runs made with uncommitted changes.
+    Recorded with every result so a number can be traced to the code that made it.
+    ``-dirty`` flags runs made with uncommitted changes to tracked files OUTSIDE
+    ``results/``: the tables there are data that experiments append to, so a sweep
+    does not mark its own later rows dirty.
     """
     root = Path(repo) if repo is not None else REPO_ROOT
     try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=10, check=False,
-        )
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always"],
+                             capture_output=True, text=True, timeout=10, check=False)
         if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
+            changed = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                 ":(exclude,top)results"], capture_output=True, text=True, timeout=10, check=False)
+            dirty = changed.returncode != 0 or bool(changed.stdout.strip())
+            return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
     return _package_version(root)
@@ -131,20 +144,157 @@ def append_result(csv_path: str | os.PathLike, row: Mapping[str, Any]) -> None:
     log.info("appended a result row to %s", path)
 
 
+def _header(data: bytes) -> list[str]:
+    return next(csv.reader([data.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")]), [])
+
+
+def is_result_table(header: list[str]) -> bool:
+    """A header this project wrote, now or in an older version: every column known, the core present."""
+    return set(_OUR_CORE) <= set(header) and set(header) <= set(RESULT_COLUMNS) and len(set(header)) == len(header)
+
+
+def migrate_rows(header: list[str], rows: list[list[str]]) -> list[dict[str, str]]:
+    """Rows of an older-schema table in today's columns: new cells empty, the split version unknown."""
+    out = []
+    for values in rows:
+        row = {c: "" for c in RESULT_COLUMNS}
+        row.update(zip(header, values))
+        if "split_version" not in header:
+            row["split_version"] = UNKNOWN_SPLIT
+        out.append(row)
+    return out
+
+
+def _foreign(path: Path, header: list[str]) -> UserError:
+    return UserError(f"{path} is not a results table of this project (its columns start "
+                     f"{', '.join(header[:4]) or 'with nothing'}); pass another --results file or move it away")
+
+
 def _rewrite_with(path: Path, line: bytes) -> None:
-    """Write the old table plus ``line`` to a temporary file and rename it into place."""
+    """Write the old table plus ``line`` to a temporary file and rename it into place.
+
+    A table of an older schema (ours, other columns) is migrated in the same atomic
+    rewrite: its rows move to today's columns, with split version ``unknown``.
+    """
     header = _csv_line(list(RESULT_COLUMNS))
     old = path.read_bytes() if path.exists() else b""
     if old:
-        first = next(csv.reader([old.split(b"\n", 1)[0].decode("utf-8").rstrip("\r")]), [])
+        first = _header(old)
         if tuple(first) != RESULT_COLUMNS:
-            raise UserError(
-                f"results table {path} has other columns than this version writes; "
-                "rename it (or pass another results file) and re-run"
-            )
+            if not is_result_table(first):
+                raise _foreign(path, first)
+            old = _migrated(path, old, first)
         if not old.endswith(b"\n"):
             old += b"\n"
     else:
         old = header
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     atomic_write(path, lambda f: (f.write(old), f.write(line)), mode)
+
+
+def _migrated(path: Path, old: bytes, first: list[str]) -> bytes:
+    records = list(csv.reader(io.StringIO(old.decode("utf-8"))))[1:]
+    bad = [i + 2 for i, r in enumerate(records) if r and len(r) != len(first)]
+    if bad:
+        raise UserError(f"{path} line {bad[0]} has another number of cells than its header; "
+                        "repair that line (or move the table away) and re-run")
+    rows = migrate_rows(first, [r for r in records if r])
+    log.warning("results table %s had an older schema (%d columns): migrated its %d row(s) to the %d "
+                "columns of this version, split_version '%s' and new cells empty",
+                path, len(first), len(rows), len(RESULT_COLUMNS), UNKNOWN_SPLIT)
+    return _csv_line(list(RESULT_COLUMNS)) + b"".join(
+        _csv_line([r[c] for c in RESULT_COLUMNS]) for r in rows)
+
+
+def migrate_table(csv_path: str | os.PathLike) -> int:
+    """Migrate an older-schema table in place (under the lock, atomically); returns its row count.
+
+    A table already in today's schema is left untouched; a foreign CSV is a UserError.
+    """
+    path = Path(csv_path)
+    lock_path = path.with_name(path.name + ".lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            old = path.read_bytes()
+            first = _header(old)
+            if tuple(first) == RESULT_COLUMNS:
+                return len(read_table(path))
+            if not is_result_table(first):
+                raise _foreign(path, first)
+            new = _migrated(path, old, first)
+            atomic_write(path, lambda f: f.write(new), path.stat().st_mode & 0o777)
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    return len(read_table(path))
+
+
+def read_table(csv_path: str | os.PathLike) -> list[dict[str, str]]:
+    """Rows of a results table as dicts of today's columns (older schemas read as migrated).
+
+    Empty, foreign or malformed files are a UserError in one sentence that names the file.
+    """
+    path = Path(csv_path)
+    if not path.is_file():
+        raise UserError(f"results file {path} not found; run main_cls.py first or check the path")
+    data = path.read_bytes()
+    if not data.strip():
+        raise UserError(f"results file {path} is empty; pass a table written by main_cls.py")
+    try:
+        records = list(csv.reader(io.StringIO(data.decode("utf-8"))))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"results file {path} is not a readable CSV ({err}); pass a table written by main_cls.py") from None
+    first = records[0]
+    if not is_result_table(first):
+        raise _foreign(path, first)
+    body = [r for r in records[1:] if r]
+    for i, r in enumerate(records[1:]):
+        if r and len(r) != len(first):
+            raise UserError(f"results file {path} line {i + 2} has {len(r)} cells but the header has "
+                            f"{len(first)}; repair that line or drop it")
+    return migrate_rows(first, body)
+
+
+def save_predictions(table: str | os.PathLike, stem: str, paths: list[str], y_true: list[str],
+                     y_pred: list[str]) -> str:
+    """Write one row's per-image predictions beside ``table``; returns the path relative to the table's folder.
+
+    ``<table stem>_predictions/<stem>_<random>.csv`` with columns ``path,true,pred``
+    (path relative to the dataset folder, class names). The file name is created
+    exclusively, so concurrent runs never overwrite each other's predictions.
+    """
+    if not (len(paths) == len(y_true) == len(y_pred)):
+        raise ValueError(f"predictions: {len(paths)} paths, {len(y_true)} labels, {len(y_pred)} predictions")
+    table = Path(table)
+    folder = table.parent / f"{table.stem}_predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "true", "pred"])
+    w.writerows(zip(paths, y_true, y_pred))
+    data = buf.getvalue().encode("utf-8")
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in stem)
+    while True:
+        target = folder / f"{safe}_{uuid.uuid4().hex[:8]}.csv"
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        break
+    with os.fdopen(fd, "wb") as f:      # the row that names this file is appended only afterwards
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return target.relative_to(table.parent).as_posix()
+
+
+def load_predictions(table: str | os.PathLike, rel: str) -> tuple[list[str], list[str], list[str]] | None:
+    """``(paths, true, pred)`` of a row's ``predictions`` cell, or None when it has none or the file is gone."""
+    if not rel:
+        return None
+    path = Path(table).parent / rel
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]

@@ -1,4 +1,10 @@
-"""Loss functions: NT-Xent (SimCLR, distributed-aware) and the pretext losses."""
+"""Loss functions: NT-Xent (SimCLR, distributed-aware) and the losses of the other methods."""
+from losses.barlow import BarlowTwinsLoss
+from losses.byol import BYOLLoss
+from losses.dino import DINOLoss
+from losses.infonce import InfoNCELoss
 from losses.ntxent import NTXentLoss
+from losses.simsiam import SimSiamLoss
+from losses.vicreg import VICRegLoss
 
-__all__ = ["NTXentLoss"]
+__all__ = ["NTXentLoss", "InfoNCELoss", "BYOLLoss", "SimSiamLoss", "BarlowTwinsLoss", "VICRegLoss", "DINOLoss"]

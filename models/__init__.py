@@ -1,6 +1,8 @@
 """Networks: backbones built from ``--netnum``, heads, and the scene classifier."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import Tensor, nn
 
 from models.backbones import Backbone, build_backbone
@@ -25,16 +27,17 @@ class SceneNet(nn.Module):
 
 
 def build_model(netnum: str, in_channels: int, num_classes: int, ptcp: bool = False,
-                rgb_index: tuple[int, int, int] | None = None) -> SceneNet:
+                rgb_index: tuple[int, int, int] | None = None, weights: str | Path | None = None) -> SceneNet:
     """The classifier ``--netnum`` names, with a new ``num_classes``-way linear last layer.
 
     Family 0: backbone + global average pool + linear head. Family 9: the plain
     torchvision classifier whose last layer is the head (RGB only). ``ptcp`` and
-    ``rgb_index`` are as in :func:`build_backbone`; the head is always freshly initialised.
+    ``rgb_index`` and ``weights`` are as in :func:`build_backbone`; the head is always freshly
+    initialised.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    backbone, dim = build_backbone(netnum, in_channels, ptcp=ptcp, rgb_index=rgb_index)
+    backbone, dim = build_backbone(netnum, in_channels, ptcp=ptcp, rgb_index=rgb_index, weights=weights)
     return SceneNet(backbone, nn.Linear(dim, num_classes))
 
 

@@ -10,10 +10,13 @@ for ``in_channels`` bands. Family 9 (plain torchvision model): the torchvision
 classifier up to its last layer (e.g. VGG's 4096-d fully connected layers), RGB only.
 
 ImageNet weights (``--ptcp 1``) are the torchvision ``IMAGENET1K_V1`` weights, the
-classic ones most remote-sensing papers compare against. For a band count other than
-3, the RGB filters of the first conv go to the input positions of the R, G, B bands
-and every other band's filters are zero, so the pretrained network initially sees
-exactly the RGB image and learns to use the other bands during training.
+classic ones most remote-sensing papers compare against, read from the torch hub cache or,
+with ``--weights FILE``, from a torchvision state dict given by path. For a band count
+other than 3, the RGB filters of the first conv go to the input positions of the R, G, B
+bands and every other band's filters are zero, so the pretrained network initially sees
+exactly the RGB image and learns to use the other bands during training. Their input
+preprocessing (ImageNet statistics) is the backbone's ``input_adapter``
+(:mod:`models.pretrained`), set by whoever knows the dataset's units.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import torch
 import torchvision.models as tvm
 from torch import Tensor, nn
 
+from config.baselines import IMAGENET_MEAN, IMAGENET_STD
 from config.codes import BACKBONES, decode_netnum
 from config.errors import UserError
 
@@ -42,9 +46,8 @@ SMALL_STEMS: dict[str, str] = {
 }
 
 # GoogLeNet's ImageNet weights were ported from TensorFlow and expect inputs scaled to
-# [-1, 1]; torchvision converts ImageNet-standardised input with these (its transform_input).
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+# [-1, 1]; torchvision converts ImageNet-standardised input with IMAGENET_MEAN/STD (its
+# transform_input).
 
 
 class ChannelAffine(nn.Module):
@@ -72,6 +75,9 @@ class Backbone(nn.Module):
             torchvision classifier minus its last layer for family 9).
         out_dim: ``D``, the feature size a head takes.
         arch: backbone name, e.g. ``resnet50``.
+        input_adapter: None, or a per-band module applied first that turns the pipeline's
+            standardised input into a pretrained baseline's own preprocessing
+            (:class:`models.pretrained.InputAdapter`); its buffers are saved with the weights.
     """
 
     def __init__(self, stem: nn.Module, stages: Sequence[nn.Module], channels: Sequence[int],
@@ -83,9 +89,16 @@ class Backbone(nn.Module):
         self.pool = pool
         self.out_dim = out_dim
         self.arch = arch
+        self.register_module("input_adapter", None)
+
+    def set_input_adapter(self, adapter: nn.Module | None) -> None:
+        """Put ``adapter`` in front of the stem (None removes it)."""
+        self.input_adapter = adapter
 
     def feature_maps(self, x: Tensor) -> list[Tensor]:
         """Outputs of every stage, from fine to coarse (for skip connections)."""
+        if self.input_adapter is not None:
+            x = self.input_adapter(x)
         x = self.stem(x)
         maps = []
         for stage in self.stages:
@@ -158,17 +171,28 @@ def imagenet_state_dict(arch: str) -> dict[str, Tensor]:
         ) from err
 
 
-def _torchvision_model(arch: str, ptcp: bool) -> nn.Module:
-    """The torchvision classifier ``arch`` (RGB, 1000 classes), with ImageNet weights if ``ptcp``."""
+def _torchvision_model(arch: str, ptcp: bool, weights: str | Path | None = None) -> nn.Module:
+    """The torchvision classifier ``arch`` (RGB, 1000 classes), with ImageNet weights if ``ptcp``.
+
+    ``weights``: a torchvision state dict file to read them from instead of the hub cache.
+    """
     kwargs = {"aux_logits": False, "init_weights": not ptcp} if arch == "googlenet" else {}
     model = getattr(tvm, arch)(weights=None, **kwargs)
     if ptcp:
-        state = imagenet_state_dict(arch)
+        if weights is not None:
+            from models.pretrained import read_state_dict_file
+            state = read_state_dict_file(weights, "--weights file")
+        else:
+            state = imagenet_state_dict(arch)
         if arch == "googlenet":
             state = {k: v for k, v in state.items() if not k.startswith("aux")}
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
+            first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+            if weights is not None:
+                raise UserError(f"--weights {weights} is not torchvision's {arch} state dict ({first}); give the "
+                                f"ImageNet weights file of {arch} or the --netnum of the network it holds") from None
             raise UserError(
                 f"--ptcp 1: the cached ImageNet weights file for {arch} does not match the network ({err}); "
                 f"delete it from $TORCH_HOME/hub/checkpoints and place the torchvision file there"
@@ -246,13 +270,14 @@ def _googlenet_input_transform(in_channels: int, rgb_index: tuple[int, int, int]
     """
     scale, shift = torch.ones(in_channels), torch.zeros(in_channels)
     for i, band in enumerate(rgb_index or ()):
-        scale[band] = _IMAGENET_STD[i] / 0.5
-        shift[band] = (_IMAGENET_MEAN[i] - 0.5) / 0.5
+        scale[band] = IMAGENET_STD[i] / 0.5
+        shift[band] = (IMAGENET_MEAN[i] - 0.5) / 0.5
     return ChannelAffine(scale, shift)
 
 
 def build_backbone(netnum: str, in_channels: int, ptcp: bool = False,
-                   rgb_index: tuple[int, int, int] | None = None) -> tuple[Backbone, int]:
+                   rgb_index: tuple[int, int, int] | None = None,
+                   weights: str | Path | None = None) -> tuple[Backbone, int]:
     """Build the backbone that ``--netnum`` names, for ``in_channels`` input bands.
 
     Args:
@@ -262,6 +287,8 @@ def build_backbone(netnum: str, in_channels: int, ptcp: bool = False,
             keep them everywhere except their rebuilt stem.
         rgb_index: input positions of the R, G, B bands (e.g. ``(3, 2, 1)`` for EuroSAT's 13
             bands), where the ImageNet RGB filters are placed; default ``(0, 1, 2)`` for 3 bands.
+        weights: with ``ptcp``, a torchvision ImageNet state dict file to read instead of
+            the torch hub cache (``--weights FILE``).
 
     Returns:
         The :class:`Backbone` and its feature size ``D``.
@@ -278,7 +305,9 @@ def build_backbone(netnum: str, in_channels: int, ptcp: bool = False,
     arch = SMALL_STEMS.get(code.backbone, code.backbone)
     small = code.backbone in SMALL_STEMS
     idx = _check_rgb_index(rgb_index, in_channels) if ptcp and not small else None
-    model = _torchvision_model(arch, ptcp)
+    if weights is not None and not ptcp:
+        raise ValueError("weights= is the file of the ImageNet weights: it needs ptcp=True")
+    model = _torchvision_model(arch, ptcp, weights)
     old = _first_conv(model, arch)
     if small:
         _set_first_conv(model, arch, _new_conv(old, in_channels, kernel_size=3, stride=1, padding=1))

@@ -26,3 +26,26 @@ class ProjectionHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Project N x in_dim features to N x out_dim."""
         return self.net(x)
+
+
+def mlp(dims: list[int], bn: bool = True, bias: bool = True, last_bn: bool = False,
+        last_bn_affine: bool = True, last_bias: bool = True, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """Linear layers ``dims[0] -> dims[1] -> ... -> dims[-1]`` as the SSL papers build their heads.
+
+    Hidden layers are Linear -> (BatchNorm1d) -> activation; the last layer is a plain
+    Linear, optionally followed by a BatchNorm1d (SimSiam's projector ends with one
+    without affine parameters). With ``bn`` the hidden Linear layers carry no bias
+    (the BatchNorm shift replaces it), as in the reference implementations.
+    """
+    if len(dims) < 2:
+        raise ValueError(f"an MLP needs at least an input and an output size, got {dims}")
+    layers: list[nn.Module] = []
+    for a, b in zip(dims[:-2], dims[1:-1]):
+        layers.append(nn.Linear(a, b, bias=bias and not bn))
+        if bn:
+            layers.append(nn.BatchNorm1d(b))
+        layers.append(act())
+    layers.append(nn.Linear(dims[-2], dims[-1], bias=last_bias))
+    if last_bn:
+        layers.append(nn.BatchNorm1d(dims[-1], affine=last_bn_affine))
+    return nn.Sequential(*layers)

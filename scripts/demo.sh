@@ -5,7 +5,7 @@
 #   3. few-shot evaluation at 5 and 20 labels per class over 3 seeds:
 #      SimCLR features vs random-init features (logistic-regression probe), and random
 #      init trained end to end
-#   4. the summary table (mean +- std over seeds)
+#   4. the summary table (mean, std and 95 % CI over seeds and test images; differences to random init)
 # Everything goes to ./data, ./ckpt/demo and ./runs/demo (none of it is tracked by git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,4 +38,5 @@ for ts in 5 20; do
 done
 
 echo "== 4/4 summary"
-"$PY" scripts/summarize.py "$RES" --out "$RUN/summary"
+# --include-dirty: the demo summarises its own fresh rows also when the checkout has local changes
+"$PY" scripts/summarize.py "$RES" --out "$RUN/summary" --baseline pretext=random --include-dirty

@@ -1,96 +1,408 @@
-"""Summarise results CSVs: mean +- std over seeds per method x labels per class.
+"""Summarise results tables: one line per run identity and labels per class, with honest uncertainty.
 
-    python scripts/summarize.py results/euroms.csv [more.csv ...] --out results/euroms_summary
+    python scripts/summarize.py results/euroms.csv [more.csv ...] [--out PREFIX] [--metric OA]
+        [--baseline pretext=random] [--include-dirty] [--boot 2000] [--boot-seed 0]
 
-writes <out>.md (markdown table), <out>.csv and <out>.png (accuracy against labels per
-class, error bars = std over seeds) and prints the markdown table.
+Rows are grouped by everything that made them (IDENTITY: dataset, split version, mode,
+network, pretext, pretraining run/epoch/datasets, what chose the checkpoint, protocol,
+probe and what its parameter was chosen on, bands, input size, tta, batch size,
+optimiser, lr, wd, epochs, augmentation, overlap override, code version, labels per
+class); the seeds of a group are its replicates. Nothing else is pooled: two
+checkpoints, two learning rates or two split versions are two lines. A repeated
+(identity, seed) keeps its latest row; rows of dirty trees (code_version ending in
+``-dirty``) are left out unless --include-dirty. Both are reported on stderr.
+
+Each line: n seeds, mean, std over seeds, and a 95 % percentile-bootstrap CI over
+seeds AND test images (from the per-image predictions saved beside the table; see
+scripts/summary_stats.py); "CI over" says "seeds" where a row has no predictions.
+``--baseline COLUMN=VALUE`` adds the paired difference to the baseline run with the
+same dataset, split, network, labels per class, protocol and input, seed by seed:
+mean difference, its bootstrap CI, the paired t-test over seeds and the exact McNemar
+test on the per-image predictions pooled over seeds.
+
+Writes <out>.md, <out>.csv (every identity column) and <out>.png (label-efficiency
+curves with CI bands) and prints the markdown.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from config.errors import UserError  # noqa: E402
+from engine.results import load_predictions, read_table  # noqa: E402
+from scripts.summary_stats import (METRICS, Scored, bootstrap_ci, has_images, mcnemar_exact_p,  # noqa: E402
+                                   paired_bootstrap_ci, paired_t_p)
+
+IDENTITY: tuple[str, ...] = (
+    "ds", "split_version", "mode", "netnum", "pretext", "pretrain_expnum", "pretrain_epoch", "pretrain_datasets",
+    "ckpt_selected_by", "hos", "probe", "probe_kind", "select_on", "dtype", "bands", "input_size", "tta", "bs",
+    "optimizer", "lr", "wd", "epochs", "aug", "allow_overlap", "code_version", "ts",
+)
+# what a baseline run must share with the run it is compared to (plus the seed: the same draw)
+PAIR_KEYS: tuple[str, ...] = ("ds", "split_version", "ts", "netnum", "hos", "probe", "probe_kind", "select_on",
+                              "dtype", "bands", "input_size", "tta")
+PROTOCOL_NAMES = {"0": "fine-tune all", "1": "fine-tune, backbone lr/5", "9": "linear probe",
+                  "logreg": "logistic regression", "knn": "kNN"}
 
 
-def method_label(row: pd.Series) -> str:
-    init = str(row.get("pretext") or row.get("pretrain_expnum") or "random")
-    if isinstance(row.get("probe"), str) and row["probe"]:
-        proto = row["probe"]
-    else:
-        proto = f"hos {int(float(row['hos']))}"           # pandas reads the column as float
-    names = {"hos 0": "fine-tune all", "hos 1": "fine-tune, backbone lr/5", "hos 9": "linear probe",
-             "logreg": "logistic regression", "knn": "kNN"}
-    return f"{init} / {names.get(proto, proto)}"
+@dataclass
+class Row:
+    cells: dict[str, str]
+    table: Path
+    order: int
 
 
-def summarize(frames: list[pd.DataFrame], metric: str = "OA") -> pd.DataFrame:
-    df = pd.concat(frames, ignore_index=True)
-    for col in ("probe", "pretext"):
-        if col not in df:
-            df[col] = ""
-    df["probe"] = df["probe"].fillna("")
-    df["method"] = df.apply(method_label, axis=1)
-    g = df.groupby(["ds", "method", "ts"])[metric].agg(["mean", "std", "count"]).reset_index()
-    g["std"] = g["std"].fillna(0.0)
-    return g
+@dataclass
+class Group:
+    key: tuple[str, ...]
+    rows: list[Row] = field(default_factory=list)      # one per seed, sorted by seed
+
+    @property
+    def ident(self) -> dict[str, str]:
+        return dict(zip(IDENTITY, self.key))
+
+    def seeds(self) -> list[str]:
+        return [r.cells["seed"] for r in self.rows]
 
 
-def to_markdown(g: pd.DataFrame, metric: str) -> str:
+def canon(column: str, value: str) -> str:
+    """One spelling per value: 5 / 5.0 / 5.00 and 1e-3 / 0.001 group together."""
+    value = (value or "").strip()
+    if column in ("netnum", "code_version", "pretrain_expnum", "bands", "split_version"):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return format(number, ".10g") if math.isfinite(number) else value
+
+
+def identity(cells: dict[str, str]) -> tuple[str, ...]:
+    derived = dict(cells)
+    param = cells.get("probe_param", "")
+    derived["probe_kind"] = param.split("=", 1)[0] if "=" in param else param
+    return tuple(canon(c, derived.get(c, "")) for c in IDENTITY)
+
+
+def load(paths: list[Path], include_dirty: bool, notes: list[str]) -> list[Row]:
+    rows: list[Row] = []
+    dirty = 0
+    for path in paths:
+        for cells in read_table(path):
+            if cells["code_version"].endswith("-dirty") and not include_dirty:
+                dirty += 1
+                continue
+            rows.append(Row(cells, path, len(rows)))
+    if dirty:
+        notes.append(f"left out {dirty} row(s) of dirty trees (code_version ending in -dirty); "
+                     "--include-dirty keeps them")
+    if not rows:
+        raise UserError(f"no rows left to summarise in {', '.join(map(str, paths))}"
+                        + ("" if include_dirty or not dirty else " (all from dirty trees; pass --include-dirty)"))
+    return rows
+
+
+def group(rows: list[Row], notes: list[str]) -> list[Group]:
+    """Rows by identity, one per seed: a repeated (identity, seed) keeps the latest (by time, then position)."""
+    latest: dict[tuple, Row] = {}
+    repeated = 0
+    for r in rows:
+        k = (identity(r.cells), r.cells["seed"])
+        if k in latest:
+            repeated += 1
+            if (r.cells["time"], r.order) < (latest[k].cells["time"], latest[k].order):
+                continue
+        latest[k] = r
+    if repeated:
+        notes.append(f"{repeated} repeated (identity, seed) row(s): kept the latest row of each")
+    groups: dict[tuple, Group] = {}
+    for (ident, _), r in latest.items():
+        groups.setdefault(ident, Group(ident)).rows.append(r)
+    for g in groups.values():
+        g.rows.sort(key=lambda r: _seed_order(r.cells["seed"]))
+    unknown = sum(1 for g in groups.values() if g.ident["split_version"] == "unknown")
+    if unknown:
+        notes.append(f"{unknown} group(s) come from rows with split_version 'unknown' (written before split "
+                     "versions were recorded): they form their own groups, never pooled with versioned rows")
+    return sorted(groups.values(), key=lambda g: tuple(_sort_key(c, v) for c, v in zip(IDENTITY, g.key)))
+
+
+def _seed_order(seed: str) -> tuple:
+    try:
+        return (0, float(seed), seed)
+    except ValueError:
+        return (1, 0.0, seed)
+
+
+def _sort_key(column: str, value: str) -> tuple:
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def scored(g: Group, metric: str, missing: list[str]) -> Scored:
+    """The group's values and, when every row saved them on the same images, its per-image predictions.
+
+    Prediction files a row names but that are gone are appended to ``missing``.
+    """
+    values = np.array([_metric(r, metric) for r in g.rows])
+    preds = [load_predictions(r.table, r.cells.get("predictions", "")) for r in g.rows]
+    missing += [str(r.table.parent / r.cells["predictions"]) for r, p in zip(g.rows, preds)
+                if p is None and r.cells.get("predictions")]
+    if any(p is None for p in preds) or any(p[0] != preds[0][0] for p in preds):
+        return Scored(values)
+    names = sorted({c for _, t, p in preds for c in (*t, *p)})
+    idx = {c: i for i, c in enumerate(names)}
+    true = np.array([idx[c] for c in preds[0][1]])
+    pred = np.array([[idx[c] for c in p] for _, _, p in preds])
+    return Scored(values, true, pred, len(names))
+
+
+def _metric(r: Row, metric: str) -> float:
+    try:
+        return float(r.cells[metric])
+    except ValueError:
+        raise UserError(f"{r.table}: a row has {metric} {r.cells[metric]!r}, not a number; repair or drop that row") from None
+
+
+@dataclass
+class Line:
+    group: Group
+    n: int
+    mean: float
+    std: float
+    ci: tuple[float, float]
+    over: str
+    paired: dict = field(default_factory=dict)
+
+
+def summarize(groups: list[Group], metric: str, n_boot: int, boot_seed: int,
+              baseline: tuple[str, str] | None, notes: list[str]) -> list[Line]:
     lines = []
-    for ds, part in g.groupby("ds"):
-        ts_values = sorted(part["ts"].unique())
-        head = f"| {ds}: {metric} (%), mean ± std over seeds | " + " | ".join(f"{t:g} labels/class" for t in ts_values) + " |"
-        lines += [head, "|" + "---|" * (len(ts_values) + 1)]
-        for method, rows in part.groupby("method", sort=False):
-            cells = []
-            for t in ts_values:
-                r = rows[rows["ts"] == t]
-                cells.append(f"{r['mean'].iloc[0]:.1f} ± {r['std'].iloc[0]:.1f} (n={int(r['count'].iloc[0])})" if len(r) else "")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
+    cache: dict[tuple, Scored] = {}
+    missing: list[str] = []
+    for g in groups:
+        s = cache.setdefault(g.key, scored(g, metric, missing))
+        lo, hi, over = bootstrap_ci(s, metric, n_boot, boot_seed)
+        std = float(np.std(s.values, ddof=1)) if len(s.values) > 1 else math.nan
+        lines.append(Line(g, len(s.values), float(np.mean(s.values)), std, (lo, hi), over))
+    if missing:
+        notes.append(f"{len(missing)} prediction file(s) named in the table are missing (e.g. {missing[0]}): "
+                     "the CIs of their runs cover seeds only; keep <table>_predictions/ beside the table")
+    if baseline is not None:
+        col, value = baseline
+        bases = [g for g in groups if g.ident[col] == canon(col, value)]
+        if not bases:
+            notes.append(f"--baseline {col}={value}: no group has that value; no paired differences")
+        for line in lines:
+            if line.group in bases:
+                continue
+            line.paired = _pair(line.group, bases, metric, n_boot, boot_seed, cache)
+    return lines
 
 
-def plot(g: pd.DataFrame, path: Path, metric: str) -> None:
+def _pair(g: Group, bases: list[Group], metric: str, n_boot: int, boot_seed: int, cache: dict) -> dict:
+    """The paired comparison of ``g`` with its baseline run; 'note' says why there is none."""
+    cands = [b for b in bases if all(b.ident[k] == g.ident[k] for k in PAIR_KEYS) and set(b.seeds()) & set(g.seeds())]
+    if not cands:
+        return {"note": "no baseline run with the same data, split, network, ts, protocol and seeds"}
+    others = [c for c in IDENTITY if c not in PAIR_KEYS]
+    score = [sum(b.ident[c] == g.ident[c] for c in others) for b in cands]
+    best = [b for b, s in zip(cands, score) if s == max(score)]
+    if len(best) > 1:
+        return {"note": f"{len(best)} baseline runs match equally well (they differ in "
+                        f"{', '.join(c for c in others if len({b.ident[c] for b in best}) > 1)}); "
+                        "summarise them separately"}
+    base = best[0]
+    common = sorted(set(g.seeds()) & set(base.seeds()), key=_seed_order)
+    a, b = _subset(cache[g.key], g, common), _subset(cache[base.key], base, common)
+    diff = a.values - b.values
+    lo, hi, over = paired_bootstrap_ci(a, b, metric, n_boot, boot_seed)
+    out = {"baseline": base, "n_pairs": len(common), "diff": float(diff.mean()), "diff_ci": (lo, hi),
+           "diff_over": over, "p_t": paired_t_p(a.values, b.values), "p_mcnemar": math.nan}
+    if has_images(a, b) and a.num_classes == b.num_classes:
+        out["p_mcnemar"] = mcnemar_exact_p(a.pred == a.true, b.pred == b.true)[0]
+    return out
+
+
+def _subset(s: Scored, g: Group, seeds: list[str]) -> Scored:
+    pos = [g.seeds().index(x) for x in seeds]
+    if s.pred is None:
+        return Scored(s.values[pos])
+    return Scored(s.values[pos], s.true, s.pred[pos], s.num_classes)
+
+
+def _fmt(v: float, digits: int = 1) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _p(v: float) -> str:
+    if math.isnan(v):
+        return "–"
+    return f"{v:.3f}" if v >= 0.001 else f"{v:.1e}"
+
+
+def varying(lines: list[Line]) -> tuple[list[str], dict[str, str]]:
+    """Identity columns that differ between lines (shown per line) and the common ones (shown once)."""
+    cols = [c for c in IDENTITY if c not in ("ds", "ts")]
+    vary = [c for c in cols if len({ln.group.ident[c] for ln in lines}) > 1]
+    common = {c: lines[0].group.ident[c] for c in cols if c not in vary and lines[0].group.ident[c] != ""}
+    return vary, common
+
+
+def run_label(ident: dict[str, str], vary: list[str]) -> str:
+    proto = ident["probe"] or (f"hos {ident['hos']}" if ident["hos"] else "")
+    name = f"{ident['pretext'] or ident['pretrain_expnum'] or '?'} / {PROTOCOL_NAMES.get(ident['probe'] or ident['hos'], proto)}"
+    extra = [f"{c}={ident[c] or '∅'}" for c in vary if c not in ("pretext", "probe", "hos")]
+    return name + (f" ({', '.join(extra)})" if extra else "")
+
+
+def to_markdown(lines: list[Line], metric: str, n_boot: int, boot_seed: int, baseline: tuple[str, str] | None) -> str:
+    unit = "" if metric == "kappa" else " (%)"
+    digits = 3 if metric == "kappa" else 1
+    out = [f"95 % CI: percentile bootstrap, {n_boot} resamples (seed {boot_seed}), over seeds and test images "
+           "(one image resample shared by all seeds of a run); 'CI over: seeds' where per-image predictions are missing.",
+           ""]
+    if baseline:
+        out[0] += (f" Δ: mean paired difference to the {baseline[0]}={baseline[1]} run with the same seeds, CI as above; "
+                   "p (t): paired t-test over seeds; p (McNemar): exact McNemar test on per-image predictions "
+                   "pooled over seeds.")
+    by_ds: dict[str, list[Line]] = defaultdict(list)
+    for ln in lines:
+        by_ds[ln.group.ident["ds"]].append(ln)
+    for ds, part in by_ds.items():
+        vary, common = varying(part)
+        out.append(f"**{ds}**, {metric}{unit}; common to every line: "
+                   + ", ".join(f"{k}={v}" for k, v in common.items()))
+        out.append("")
+        head = ["run", "labels/class", "n", "mean", "std", "95 % CI", "CI over"]
+        if baseline:
+            head += [f"Δ vs {baseline[1]}", "Δ 95 % CI", "p (t)", "p (McNemar)", "pairs"]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for ln in part:
+            ident = ln.group.ident
+            cells = [run_label(ident, vary), ident["ts"], str(ln.n), _fmt(ln.mean, digits), _fmt(ln.std, digits),
+                     f"[{_fmt(ln.ci[0], digits)}, {_fmt(ln.ci[1], digits)}]" if not math.isnan(ln.ci[0]) else "–",
+                     ln.over]
+            if baseline:
+                pr = ln.paired
+                if "diff" in pr:
+                    cells += [f"{pr['diff']:+.{digits}f}", f"[{pr['diff_ci'][0]:+.{digits}f}, {pr['diff_ci'][1]:+.{digits}f}]"
+                              if not math.isnan(pr["diff_ci"][0]) else "–", _p(pr["p_t"]), _p(pr["p_mcnemar"]),
+                              str(pr["n_pairs"])]
+                else:
+                    cells += ["(baseline)" if not pr else pr["note"], "", "", "", ""]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def to_csv(lines: list[Line], path: Path, baseline: tuple[str, str] | None) -> None:
+    import csv
+    head = [*IDENTITY, "n", "mean", "std", "ci_low", "ci_high", "ci_over", "seeds"]
+    if baseline:
+        head += ["baseline_expnum", "diff", "diff_ci_low", "diff_ci_high", "p_paired_t", "p_mcnemar", "n_pairs", "note"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(head)
+        for ln in lines:
+            row = [*ln.group.key, ln.n, ln.mean, ln.std, ln.ci[0], ln.ci[1], ln.over, " ".join(ln.group.seeds())]
+            if baseline:
+                pr = ln.paired
+                if "diff" in pr:
+                    row += [pr["baseline"].ident["pretrain_expnum"], pr["diff"], *pr["diff_ci"], pr["p_t"],
+                            pr["p_mcnemar"], pr["n_pairs"], ""]
+                else:
+                    row += ["", "", "", "", "", "", "", pr.get("note", "baseline")]
+            w.writerow(row)
+
+
+def plot(lines: list[Line], path: Path, metric: str) -> None:
+    """Label-efficiency curves: mean against labels per class, shaded 95 % CI, one curve per run (identity minus ts)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (_, method), rows in g.groupby(["ds", "method"]):
-        rows = rows.sort_values("ts")
-        ax.errorbar(rows["ts"], rows["mean"], yerr=rows["std"], marker="o", capsize=3, label=f"{method}")
+    curves: dict[tuple, list[Line]] = defaultdict(list)
+    ts_col = IDENTITY.index("ts")
+    for ln in lines:
+        curves[ln.group.key[:ts_col] + ln.group.key[ts_col + 1:]].append(ln)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    vary, _ = varying(lines)
+    for curve in curves.values():
+        curve.sort(key=lambda ln: float(ln.group.ident["ts"]))
+        x = [float(ln.group.ident["ts"]) for ln in curve]
+        y = [ln.mean for ln in curve]
+        label = run_label(curve[0].group.ident, [c for c in vary if c != "ts"])
+        (handle,) = ax.plot(x, y, marker="o", label=label if len(label) < 80 else label[:77] + "...")
+        lo = [ln.ci[0] for ln in curve]
+        hi = [ln.ci[1] for ln in curve]
+        if not any(math.isnan(v) for v in lo + hi):
+            ax.fill_between(x, lo, hi, color=handle.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("labels per class")
-    ax.set_ylabel(f"{metric} (%)")
-    ax.set_xscale("log")
-    ax.set_xticks(sorted(g["ts"].unique()))
+    ax.set_ylabel(metric + ("" if metric == "kappa" else " (%)") + ", shaded: 95 % CI")
+    ticks = sorted({float(ln.group.ident["ts"]) for ln in lines})
+    if ticks and min(ticks) > 0:
+        ax.set_xscale("log")
+    ax.set_xticks(ticks)
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def parse_baseline(text: str | None) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    col, sep, value = text.partition("=")
+    if not sep or col not in IDENTITY or col in PAIR_KEYS:
+        allowed = [c for c in IDENTITY if c not in PAIR_KEYS]
+        raise UserError(f"--baseline {text!r} must be COLUMN=VALUE with COLUMN one of {', '.join(allowed)} "
+                        "(e.g. --baseline pretext=random)")
+    return col, value
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("csv", nargs="+", type=Path)
     p.add_argument("--out", type=Path, help="output prefix (default: first CSV without .csv + _summary)")
-    p.add_argument("--metric", default="OA", choices=("OA", "AA", "kappa", "macro_F1"))
+    p.add_argument("--metric", default="OA", choices=METRICS)
+    p.add_argument("--baseline", help="COLUMN=VALUE of the runs to compare against, e.g. pretext=random")
+    p.add_argument("--include-dirty", dest="include_dirty", action="store_true",
+                   help="keep rows whose code_version ends in -dirty (uncommitted code changes)")
+    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--boot-seed", dest="boot_seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     args = p.parse_args(argv)
-    missing = [str(c) for c in args.csv if not c.is_file()]
-    if missing:
-        print(f"error: results file(s) {', '.join(missing)} not found; run main_cls.py first", file=sys.stderr)
+    try:
+        if args.boot < 100:
+            raise UserError(f"--boot {args.boot} is too few resamples for a 95 % interval; use 1000 or more")
+        baseline = parse_baseline(args.baseline)
+        notes: list[str] = []
+        groups = group(load(args.csv, args.include_dirty, notes), notes)
+        lines = summarize(groups, args.metric, args.boot, args.boot_seed, baseline, notes)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    g = summarize([pd.read_csv(c) for c in args.csv], args.metric)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     out = args.out or args.csv[0].with_name(args.csv[0].stem + "_summary")
-    md = to_markdown(g, args.metric)
+    md = to_markdown(lines, args.metric, args.boot, args.boot_seed, baseline)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(md)
-    g.to_csv(out.with_suffix(".csv"), index=False)
-    plot(g, out.with_suffix(".png"), args.metric)
+    to_csv(lines, out.with_suffix(".csv"), baseline)
+    plot(lines, out.with_suffix(".png"), args.metric)
     print(md)
     print(f"written: {out.with_suffix('.md')}, {out.with_suffix('.csv')}, {out.with_suffix('.png')}")
     return 0

@@ -1,34 +1,200 @@
-"""scripts/summarize.py: mean +- std per method x labels per class."""
+"""scripts/summarize.py: grouping by run identity, dirty and repeated rows, CIs and paired tests."""
 from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pandas as pd
+import pytest
 
-from engine.results import RESULT_COLUMNS, append_result
+from engine.results import append_result, save_predictions
+from scripts import summarize, summary_stats
 from tests.conftest import run_script
 
+BASE = {"ds": "euroms", "split_version": "v2-abc", "mode": 41, "netnum": "000000", "pretext": "simclr",
+        "pretrain_expnum": "26001_pretrain", "pretrain_epoch": 100, "probe": "logreg", "probe_param": "C=1",
+        "select_on": "shots", "dtype": "MS", "input_size": 64, "code_version": "abc1234"}
 
-def test_summary_table_values(tmp_path):
+
+def add(path, **over):
+    append_result(path, {**BASE, **over})
+
+
+def summary(tmp_path, capsys, *args):
+    code = summarize.main([*map(str, args), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "s.csv", dtype=str, keep_default_na=False) if code == 0 else None
+    return code, table, err
+
+
+def test_runs_differing_in_checkpoint_or_lr_are_never_pooled(tmp_path, capsys):
     path = tmp_path / "r.csv"
-    for ts, seed, oa, probe, hos, pre in [(5, 0, 50.0, "logreg", "", "simclr"), (5, 1, 60.0, "logreg", "", "simclr"),
-                                          (20, 0, 80.0, "logreg", "", "simclr"), (5, 0, 40.0, "", "0", "random"),
-                                          (5, 1, 44.0, "", "0", "random")]:
-        append_result(path, {"ds": "euroms", "ts": ts, "seed": seed, "OA": oa, "probe": probe, "hos": hos,
-                             "pretext": pre, "mode": 41})
+    for seed, (a, b, c) in enumerate([(50, 70, 40), (60, 72, 44)]):
+        add(path, seed=seed, ts=5, OA=a)
+        add(path, seed=seed, ts=5, OA=b, pretrain_epoch=200)                     # another checkpoint
+        add(path, seed=seed, ts=5, OA=c, probe="", probe_param="", hos=0, lr=1e-3, mode=41)
+        add(path, seed=seed, ts=5, OA=c + 10, probe="", probe_param="", hos=0, lr=1e-4, mode=41)
+    code, t, _ = summary(tmp_path, capsys, path)
+    assert code == 0 and len(t) == 4
+    got = {(r["pretrain_epoch"], r["lr"]): (int(r["n"]), float(r["mean"]), float(r["std"])) for _, r in t.iterrows()}
+    assert got == {("100", ""): (2, 55.0, pytest.approx(50 ** 0.5)), ("200", ""): (2, 71.0, pytest.approx(2 ** 0.5)),
+                   ("100", "0.001"): (2, 42.0, pytest.approx(8 ** 0.5)), ("100", "0.0001"): (2, 52.0, pytest.approx(8 ** 0.5))}
+    md = (tmp_path / "s.md").read_text()
+    assert "pretrain_epoch=200" in md and "lr=0.0001" in md and (tmp_path / "s.png").stat().st_size > 5000
+
+
+def test_repeated_seed_keeps_the_latest_row_and_says_so(tmp_path, capsys):
+    path = tmp_path / "r.csv"
+    add(path, seed=0, ts=5, OA=10.0, time="2026-01-01 10:00:00")
+    add(path, seed=0, ts=5.0, OA=30.0, time="2026-01-02 10:00:00")               # the rerun (ts spelt 5.0)
+    add(path, seed=0, ts=5, OA=20.0, time="2026-01-01 12:00:00")
+    add(path, seed=1, ts=5, OA=50.0)
+    code, t, err = summary(tmp_path, capsys, path)
+    assert code == 0 and len(t) == 1 and t.iloc[0]["n"] == "2" and float(t.iloc[0]["mean"]) == 40.0
+    assert "2 repeated (identity, seed) row(s): kept the latest" in err
+
+
+def test_dirty_rows_left_out_unless_asked(tmp_path, capsys):
+    path = tmp_path / "r.csv"
+    add(path, seed=0, ts=5, OA=50.0)
+    add(path, seed=1, ts=5, OA=90.0, code_version="abc1234-dirty")
+    code, t, err = summary(tmp_path, capsys, path)
+    assert code == 0 and len(t) == 1 and float(t.iloc[0]["mean"]) == 50.0 and "left out 1 row(s) of dirty trees" in err
+    code, t, _ = summary(tmp_path, capsys, path, "--include-dirty")
+    assert sorted(t["code_version"]) == ["abc1234", "abc1234-dirty"]
+
+
+def test_split_versions_never_pooled_and_migrated_rows_are_their_own_group(tmp_path, capsys):
+    path = tmp_path / "old.csv"
+    old_cols = ["time", "code_version", "ds", "ts", "seed", "mode", "netnum", "pretrain_expnum", "pretrain_epoch",
+                "pretext", "hos", "probe", "epochs", "lr", "OA", "AA", "kappa", "macro_F1", "n_train", "n_test",
+                "seconds", "per_class"]
+    with open(path, "w", newline="") as f:          # an older-schema table, not yet migrated
+        w = csv.writer(f)
+        w.writerow(old_cols)
+        w.writerow(["2026-11-22 12:00:00", "abc1234", "euroms", "5.0", "0", "41", "000000", "26001_pretrain", "100",
+                    "simclr", "", "logreg", "0", "0.0", "40.0", "", "", "", "50", "94", "1", "[]"])
+    new = tmp_path / "new.csv"
+    add(new, seed=0, ts=5, OA=60.0)
+    add(new, seed=0, ts=5, OA=80.0, split_version="v2-def")
+    code, t, err = summary(tmp_path, capsys, path, new)
+    assert code == 0
+    assert sorted(zip(t["split_version"], t["mean"].astype(float))) == [("unknown", 40.0), ("v2-abc", 60.0),
+                                                                          ("v2-def", 80.0)]
+    assert "split_version 'unknown'" in err
+
+
+def test_seed_bootstrap_ci_is_exact_on_two_values():
+    # the mean of 2 seeds resampled with replacement is 50, 55 or 60 with probability 1/4, 1/2, 1/4:
+    # the 2.5 % and 97.5 % quantiles are exactly 50 and 60
+    lo, hi, over = summary_stats.bootstrap_ci(summary_stats.Scored(np.array([50.0, 60.0])), "OA", 4000, seed=3)
+    assert (lo, hi, over) == (50.0, 60.0, "seeds")
+
+
+def _preds(tmp_path, table, correct: np.ndarray, stem: str) -> str:
+    n = len(correct)
+    true = [f"c{i % 4}" for i in range(n)]
+    pred = [t if ok else f"c{(i + 1) % 4}" for i, (t, ok) in enumerate(zip(true, correct))]
+    return save_predictions(table, stem, [f"{t}/img{i}.tif" for i, t in enumerate(true)], true, pred)
+
+
+def test_image_bootstrap_matches_the_binomial_closed_form(tmp_path, capsys):
+    """Three seeds with identical predictions: only the test images vary, so the CI is p +- 1.96 sqrt(p(1-p)/N)."""
+    path, n, p = tmp_path / "r.csv", 400, 0.7
+    correct = np.arange(n) % 10 < 7
+    rel = _preds(tmp_path, path, correct, "x")
+    for seed in range(3):
+        add(path, seed=seed, ts=5, OA=100 * p, predictions=rel)
+    code, t, _ = summary(tmp_path, capsys, path, "--boot", "4000")
+    half = 100 * 1.96 * (p * (1 - p) / n) ** 0.5                                       # 4.49 points
+    r = t.iloc[0]
+    assert code == 0 and r["ci_over"] == "seeds+images"
+    assert float(r["ci_low"]) == pytest.approx(70 - half, abs=0.5) and float(r["ci_high"]) == pytest.approx(70 + half, abs=0.5)
+    (tmp_path / rel).unlink()                                     # the table copied without its predictions
+    code, t, err = summary(tmp_path, capsys, path)
+    assert code == 0 and t.iloc[0]["ci_over"] == "seeds" and float(t.iloc[0]["ci_low"]) == 70.0
+    assert "3 prediction file(s) named in the table are missing" in err
+
+
+def test_ci_covers_seeds_and_images_wider_than_either(tmp_path):
+    rng = np.random.default_rng(0)
+    true = np.arange(200) % 4
+    pred = np.where(rng.random((5, 200)) < np.array([[0.6], [0.7], [0.65], [0.75], [0.55]]), true, (true + 1) % 4)
+    values = 100 * (pred == true).mean(1)
+    both = summary_stats.bootstrap_ci(summary_stats.Scored(values, true, pred, 4), "OA", 2000, 0)
+    seeds = summary_stats.bootstrap_ci(summary_stats.Scored(values), "OA", 2000, 0)
+    one = summary_stats.bootstrap_ci(summary_stats.Scored(values[:1], true, pred[:1], 4), "OA", 2000, 0)
+    assert both[2] == "seeds+images" and seeds[2] == "seeds" and one[2] == "seeds+images"
+    assert both[1] - both[0] > seeds[1] - seeds[0] and both[1] - both[0] > 0
+
+
+def test_weighted_metrics_match_engine_metrics():
+    from engine.metrics import classification_metrics
+    rng = np.random.default_rng(1)
+    t, p = rng.integers(0, 5, 60), rng.integers(0, 5, 60)
+    m = classification_metrics(t, p, 5)
+    conf = summary_stats._weighted_confusions(t, p, np.ones((1, 60)), 5)
+    got = {k: float(summary_stats.metric_from_confusion(conf, k)[0]) for k in summary_stats.METRICS}
+    assert got == pytest.approx({"OA": 100 * m["OA"], "AA": 100 * m["AA"], "kappa": m["kappa"],
+                                 "macro_F1": 100 * m["macro_f1"]})
+
+
+def test_paired_tests_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    a = np.array([55.3, 61.2, 58.9, 49.5, 60.1])
+    b = np.array([50.1, 58.0, 59.4, 44.2, 55.0])
+    assert summary_stats.paired_t_p(a, b) == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9)
+    rng = np.random.default_rng(2)
+    ca, cb = rng.random(3000) < 0.72, rng.random(3000) < 0.69
+    p, n10, n01 = summary_stats.mcnemar_exact_p(ca, cb)
+    assert p == pytest.approx(stats.binomtest(min(n10, n01), n10 + n01, 0.5).pvalue, rel=1e-9)
+
+
+def test_baseline_paired_difference(tmp_path, capsys):
+    path = tmp_path / "r.csv"
+    rng = np.random.default_rng(4)
+    oa_ssl, oa_rnd = [], []
+    for seed in range(4):
+        c_ssl, c_rnd = rng.random(120) < 0.75, rng.random(120) < 0.6
+        oa_ssl.append(100 * c_ssl.mean())
+        oa_rnd.append(100 * c_rnd.mean())
+        add(path, seed=seed, ts=5, OA=oa_ssl[-1], predictions=_preds(tmp_path, path, c_ssl, f"s{seed}"))
+        add(path, seed=seed, ts=5, OA=oa_rnd[-1], mode=11, pretext="random", pretrain_expnum="random",
+            pretrain_epoch="", predictions=_preds(tmp_path, path, c_rnd, f"r{seed}"))
+    add(path, seed=0, ts=20, OA=90.0)                                   # no random run at 20 labels
+    code, t, _ = summary(tmp_path, capsys, path, "--baseline", "pretext=random")
+    assert code == 0
+    row = t[(t["pretext"] == "simclr") & (t["ts"] == "5")].iloc[0]
+    d = np.array(oa_ssl) - np.array(oa_rnd)
+    assert float(row["diff"]) == pytest.approx(d.mean()) and row["n_pairs"] == "4"
+    assert float(row["p_paired_t"]) == pytest.approx(summary_stats.paired_t_p(np.array(oa_ssl), np.array(oa_rnd)))
+    assert float(row["diff_ci_low"]) < d.mean() < float(row["diff_ci_high"]) and 0 <= float(row["p_mcnemar"]) <= 1
+    assert "no baseline run" in t[t["ts"] == "20"].iloc[0]["note"]
+    assert "p (McNemar)" in (tmp_path / "s.md").read_text()
+
+
+@pytest.mark.parametrize("text, match", [("", "is empty"), ("epoch,loss\n1,2\n", "not a results table"),
+                                         ("time,code_version,ds,ts,seed,OA\n1,2\n", "line 2 has 2 cells")])
+def test_bad_tables_exit_2_in_one_sentence(tmp_path, capsys, text, match):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    code, _, err = summary(tmp_path, capsys, path)
+    assert code == 2 and match in err and err.count("\n") == 1
+
+
+def test_bad_baseline_and_missing_file_exit_2(tmp_path, capsys):
+    path = tmp_path / "r.csv"
+    add(path, seed=0, ts=5, OA=50.0)
+    code, _, err = summary(tmp_path, capsys, path, "--baseline", "ts=5")
+    assert code == 2 and "--baseline 'ts=5' must be COLUMN=VALUE" in err
+    code, _, err = summary(tmp_path, capsys, tmp_path / "none.csv")
+    assert code == 2 and "not found" in err
+
+
+def test_script_runs_from_the_command_line(tmp_path):
+    path = tmp_path / "r.csv"
+    add(path, seed=0, ts=5, OA=50.0)
+    add(path, seed=1, ts=5, OA=60.0)
     r = run_script(["scripts/summarize.py", str(path), "--out", str(tmp_path / "s")], timeout=120)
     assert r.returncode == 0, r.stderr
-    md = (tmp_path / "s.md").read_text()
-    assert "| simclr / logistic regression | 55.0 ± 7.1 (n=2) | 80.0 ± 0.0 (n=1) |" in md
-    assert "| random / fine-tune all | 42.0 ± 2.8 (n=2) |  |" in md
-    g = pd.read_csv(tmp_path / "s.csv")
-    row = g[(g["method"] == "simclr / logistic regression") & (g["ts"] == 5)].iloc[0]
-    assert abs(row["mean"] - 55.0) < 1e-9 and abs(row["std"] - 50 ** 0.5) < 1e-9 and row["count"] == 2
-    assert (tmp_path / "s.png").stat().st_size > 5000
-    with open(path) as f:
-        assert next(csv.reader(f)) == list(RESULT_COLUMNS)
-
-
-def test_missing_file_exits_2(tmp_path):
-    r = run_script(["scripts/summarize.py", str(tmp_path / "none.csv")], timeout=120)
-    assert r.returncode == 2 and "not found" in r.stderr
+    assert "| simclr / logistic regression | 5 | 2 | 55.0 | 7.1 | [50.0, 60.0] | seeds |" in r.stdout

@@ -1,16 +1,22 @@
-"""Dataset option modules and :func:`get_opt`, which turns ``--ds`` plus flags into options.
+"""Dataset option modules (static tables) and :class:`DatasetOpt`, the options of one dataset.
 
-``--ds`` is one of the option modules here (``opt_<name>.py``), several joined with ``+``
-to pool them for pretraining (``aid+nr``), or a path to the user's own imagery (a
-class-per-folder tree, or a folder of unlabelled images for pretraining only).
-Flags given on the command line override the module's defaults.
+One module per dataset (``opt_<name>.py``): class table, bands, input size, defaults.
+Nothing here touches the files: turning ``--ds`` (a module name, ``a+b``, or a folder of
+the user's own imagery) into a :class:`DatasetOpt` is the data layer's job
+(:func:`datasets.options.get_opt`), and this package imports nothing from ``datasets``.
+
+Per-band mean/std are not constants of a module: they are measured on each dataset's
+training split (``datasets.folder.prepare_dataset``) and cached per split version, so
+no statistic of a test image reaches the normalisation. ImageNet's mean/std
+(``config/baselines.py``) are the one documented exception: external constants that
+ImageNet weights expect, used only by runs that start from those weights.
 """
 from __future__ import annotations
 
 import importlib
 import os
 import pkgutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,6 +29,7 @@ DEFAULT_DATA_ROOT = "./data"
 DEFAULT_CACHE = "~/.cache/rs-ssl"
 RASTER_EXTENSIONS = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 DTYPE_SIZES = {"RGB": 3, "NIR": 1, "SAR": 1, "TEN": 10, "ALL": 12, "MS": 13}
+VAL_FRACTION = 0.1     # share of each class's training split kept as the validation slice
 
 
 @dataclass
@@ -38,12 +45,15 @@ class DatasetOpt:
     bands: tuple[str, ...]                   # selected bands, in model-input order
     dtype: str
     rgb_bands: tuple[str, str, str] | None
-    mean: np.ndarray | None                  # per selected band, raw units (None: measure)
+    mean: np.ndarray | None                  # per selected band, raw units; None until measured
     std: np.ndarray | None
     input_size: int
     batch_size: int
     lr: float
     train_fraction: float = 0.8
+    val_fraction: float = VAL_FRACTION
+    split_lists: str = ""                    # file-name prefix of the Neumann et al. split lists
+    split_file: Path | None = None           # --split-file: a CSV or a folder of split lists
     url: str = ""
     generate: bool = False                   # the built-in demo: generate when missing
     cache_dir: Path = field(default_factory=lambda: Path(DEFAULT_CACHE).expanduser())
@@ -87,7 +97,8 @@ def available() -> list[str]:
     return sorted(m.name[4:] for m in pkgutil.iter_modules([str(pkg)]) if m.name.startswith("opt_"))
 
 
-def _module(name: str) -> ModuleType:
+def option_module(name: str) -> ModuleType:
+    """The option module of a named dataset (``--ds NAME``)."""
     if name not in available():
         raise UserError(
             f"--ds {name!r} is not a known dataset; use one of {', '.join(available())}, "
@@ -109,111 +120,3 @@ def cache_root(args: Any = None) -> Path:
     return Path(_flag(args, "cache_dir") or os.environ.get("RSSSL_CACHE") or DEFAULT_CACHE).expanduser()
 
 
-def _select_bands(name: str, band_names: tuple[str, ...], dtypes: dict[str, tuple[str, ...]],
-                  dtype: str | None, default: str) -> tuple[str, tuple[str, ...]]:
-    dtype = (dtype or default).upper()
-    if dtype not in DTYPE_SIZES:
-        raise UserError(f"--dtype {dtype!r} is not a band group; use one of {', '.join(DTYPE_SIZES)}")
-    if dtype not in dtypes:
-        raise UserError(f"--dtype {dtype} is not available for --ds {name}; it offers {', '.join(dtypes)}")
-    return dtype, tuple(dtypes[dtype])
-
-
-def _from_module(name: str, args: Any) -> DatasetOpt:
-    mod = _module(name)
-    if _flag(args, "rgb_bands"):
-        raise UserError(f"--rgb-bands is for your own imagery; --ds {name} knows its true-colour bands: drop it")
-    root = data_root(args)
-    found = next((root / d for d in mod.DIRNAMES if (root / d).is_dir()), None)
-    generate = bool(getattr(mod, "GENERATE", False))
-    if found is None:
-        if not generate:
-            tried = ", ".join(str(root / d) for d in mod.DIRNAMES)
-            raise UserError(
-                f"dataset {name} not found: looked in {tried}; get it from {mod.URL}, unpack it "
-                "there, or point --data-root (or $RSSSL_DATA) at the folder that holds it")
-        found = root / mod.DIRNAMES[0]
-    dtype, bands = _select_bands(name, mod.BAND_NAMES, mod.DTYPES, _flag(args, "dtype"), mod.DEFAULT_DTYPE)
-    idx = [mod.BAND_NAMES.index(b) for b in bands]
-    mean = None if mod.MEAN is None else np.asarray(mod.MEAN, dtype=np.float64)[idx]
-    std = None if mod.STD is None else np.asarray(mod.STD, dtype=np.float64)[idx]
-    return DatasetOpt(
-        name=name, title=mod.TITLE, root=found, classes=tuple(mod.CLASSES),
-        extensions=tuple(mod.EXTENSIONS), band_names=tuple(mod.BAND_NAMES), bands=bands,
-        dtype=dtype, rgb_bands=tuple(mod.RGB_BANDS) if mod.RGB_BANDS else None,
-        mean=mean, std=std, input_size=int(mod.INPUT_SIZE), batch_size=int(mod.BATCH_SIZE),
-        lr=float(mod.LR), train_fraction=float(mod.TRAIN_FRACTION), url=mod.URL,
-        generate=generate, cache_dir=cache_root(args))
-
-
-def _from_path(path: Path, args: Any) -> DatasetOpt:
-    """The user's own imagery: band count, names and statistics come from the data."""
-    from datasets.index import detect_layout  # local import: datasets depends on config
-    from datasets.reader import probe
-
-    if not path.is_dir():
-        raise UserError(f"--ds {path} is not a folder; give a class-per-folder tree or a folder of images")
-    classes, first = detect_layout(path)
-    info = probe(first)
-    band_names = tuple(f"B{i + 1}" for i in range(info.bands))
-    dtypes = {"MS": band_names} if info.bands != 3 else {"RGB": band_names}
-    if info.bands == 1:
-        dtypes = {"NIR": band_names, "SAR": band_names}
-    default = next(iter(dtypes))
-    dt = _flag(args, "dtype")
-    if dt and dt.upper() not in dtypes:
-        raise UserError(f"--dtype {dt} does not fit {path}: its files have {info.bands} band(s); "
-                        f"leave --dtype out or use {default}")
-    dtype, bands = (dt.upper(), band_names) if dt else (default, band_names)
-    rgb = _flag(args, "rgb_bands")
-    rgb_bands = None
-    if rgb:
-        try:
-            ids = [int(v) for v in str(rgb).split(",")]
-            rgb_bands = tuple(band_names[i - 1] for i in ids)
-        except (ValueError, IndexError):
-            raise UserError(f"--rgb-bands {rgb!r} must be three 1-based band numbers such as 4,3,2 "
-                            f"within 1..{info.bands}") from None
-        if len(rgb_bands) != 3:
-            raise UserError(f"--rgb-bands {rgb!r} must name exactly three bands, e.g. 4,3,2")
-    elif info.bands == 3:
-        rgb_bands = band_names
-    size = info.height if info.height == info.width else min(info.height, info.width)
-    return DatasetOpt(
-        name=path.name or "user", title=f"user imagery at {path}", root=path,
-        classes=classes, extensions=RASTER_EXTENSIONS, band_names=band_names, bands=bands,
-        dtype=dtype, rgb_bands=rgb_bands, mean=None, std=None, input_size=size,
-        batch_size=64, lr=1e-3, url="", cache_dir=cache_root(args))
-
-
-def _apply_flags(opt: DatasetOpt, args: Any) -> DatasetOpt:
-    over = {}
-    for flag, attr in (("input_size", "input_size"), ("bs", "batch_size"), ("lr", "lr")):
-        value = _flag(args, flag)
-        if value is not None:
-            over[attr] = value
-    if "input_size" in over and int(over["input_size"]) < 8:
-        raise UserError(f"--input_size {over['input_size']} is too small; use at least 8 pixels")
-    return replace(opt, **over) if over else opt
-
-
-def get_opt(ds: str, args: Any = None) -> DatasetOpt:
-    """Options for ``--ds``: module defaults, then the flags given on the command line."""
-    ds = str(ds).strip()
-    if not ds:
-        raise UserError(f"--ds is empty; use one of {', '.join(available())} or a folder path")
-    looks_like_path = os.sep in ds or ds.startswith(".") or Path(ds).is_dir() and ds not in available()
-    if looks_like_path:
-        return _apply_flags(_from_path(Path(ds).expanduser(), args), args)
-    if "+" in ds:
-        parts = tuple(_apply_flags(_from_module(p, args), args) for p in ds.split("+") if p)
-        if len(parts) < 2:
-            raise UserError(f"--ds {ds!r}: join at least two dataset names with '+', e.g. aid+nr")
-        nb = {p.n_bands for p in parts}
-        if len(nb) != 1:
-            raise UserError(f"--ds {ds}: the pooled datasets have different band counts "
-                            f"({', '.join(f'{p.name} {p.n_bands}' for p in parts)}); pick a --dtype they share, e.g. RGB")
-        first = parts[0]
-        return replace(first, name=ds, title=" + ".join(p.title for p in parts), classes=None,
-                       mean=None, std=None, parts=parts, rgb_bands=first.rgb_bands)
-    return _apply_flags(_from_module(ds, args), args)

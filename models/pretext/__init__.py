@@ -13,7 +13,20 @@ and redundancy-reduction losses do: on GPUs with several processes BatchNorm is 
 synchronised unless ``--no-sync-bn``), ``add_args(group)`` (its own command-line flags), ``check_args(args)``
 (raise UserError on bad values, before any worker starts) and
 ``build_optimizer(args, model, lr) -> Optimizer`` (when ``--optimizer`` does not fit, e.g.
-a GAN's Adam with betas 0.5/0.999 and separate generator/discriminator groups).
+a GAN's Adam with betas 0.5/0.999 and separate generator/discriminator groups),
+``check_data(args, n_train, global_bs)`` (checks that need the training-set size, e.g.
+MoCo's queue length), and the constants ``TAU`` / ``FEATURE_DIM`` (the method's default
+temperature and projector size; absent or None: ``--tau`` / ``--feature_dim`` are refused).
+
+The built model may have
+  ``on_step_end(progress)``: called by the epoch loop after every ``optimizer.step()``
+      with ``progress`` = global step / total steps in (0, 1]; EMA teachers, momentum
+      schedules and queues update there. Their state lives in buffers and submodules
+      (teacher parameters with ``requires_grad=False``), so the training state saved for
+      ``--resume`` holds it and a resumed run is bit-identical;
+  ``kept_backbone``: the backbone that is monitored and saved, when it is not the one
+      passed to ``build`` (DINO keeps its EMA teacher, as the paper evaluates).
+Stats returned by ``forward`` are detached 0-dim tensors (no host sync in the step).
 Adding a pretext = one module here + one row in config/codes.py.
 """
 from __future__ import annotations
@@ -33,6 +46,13 @@ def implemented() -> list[int]:
         if importlib.util.find_spec(f"models.pretext.{name}") is not None:
             out.append(code)
     return out
+
+
+def try_load(name: str) -> ModuleType | None:
+    """The pretext module called ``name``, or None when it does not exist."""
+    if importlib.util.find_spec(f"models.pretext.{name}") is None:
+        return None
+    return importlib.import_module(f"models.pretext.{name}")
 
 
 def load(mode: Mode) -> ModuleType:

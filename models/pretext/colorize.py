@@ -4,15 +4,34 @@ The view is the image after light augmentation (plan D: random resized crop, the
 rotation/flip), per-band normalised; that is the target. The input is ONE normalised
 band, ``--color-band`` (a band name such as ``B08``, or its 0-based position among the
 selected bands), by default the mean of the normalised red, green and blue bands (band 0
-when the band selection has no RGB triplet). It is repeated to every input channel, so
-the backbone keeps the dataset's band count and its checkpoint loads into main_cls.py.
-The decoder (:mod:`models.pretext.decoder`) reconstructs all bands from the last stage;
-the loss is the MSE over all pixels and bands.
+when the band selection has no RGB triplet). The decoder (:mod:`models.pretext.decoder`)
+reconstructs all bands from the last stage; the loss is the MSE over all pixels and bands.
+
+The network has a 1-BAND STEM during pretraining: the first conv's only trainable weight
+is ``stem_weight`` (C_out x 1 x k x k). The backbone handed over (saved, monitored,
+fine-tuned in main_cls.py) has the dataset's band count, and its first conv is that
+1-band stem placed on the SOURCE bands and divided by their number:
+
+    W[:, s] = stem_weight / |S|   for every source band s in S,   W[:, c] = 0 elsewhere,
+
+so on a real C-band image it computes ``stem_weight * mean_S(x)``: exactly the input it
+was pretrained on (the mean of the normalised source bands). The kept backbone therefore
+gives, on real images, the features of the 1-band network on its own input; its
+BatchNorm statistics match, and a frozen probe evaluates what the pretext learned. Other
+bands start at zero (as the RGB filters of ``--ptcp 1`` do) and are learned by fine-tuning.
+Replicating the stem over all C bands with weight 1/C would instead feed the mean of all
+bands, a different image with other statistics than the pretext saw.
+
+During pretraining the input band is repeated on every channel and the first conv uses
+``W`` computed from ``stem_weight`` (differentiably), which is the 1-band network:
+``sum_s W[:, s] * g = stem_weight * g``. After every optimiser step the conv's saved
+weight is refreshed from ``stem_weight`` (``on_step_end``).
 """
 from __future__ import annotations
 
 import argparse
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -60,13 +79,64 @@ class ColorizeView:
         return f"ColorizeView({self.plan!r}, source={self.source})"
 
 
-class Colorize(nn.Module):
-    """One band, repeated to every input channel -> backbone -> decoder -> all bands, MSE."""
+def first_conv(backbone: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
+    """The input conv of ``backbone``: (its parent module, its attribute name, the conv)."""
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.Conv2d):
+            parent_name, _, attr = name.rpartition(".")
+            return backbone.get_submodule(parent_name), attr, module
+    raise UserError("--mode 98 needs a backbone with a convolutional first layer")
 
-    def __init__(self, backbone: nn.Module, n_bands: int, input_size: int) -> None:
+
+def expand_stem(stem_weight: Tensor, source: tuple[int, ...], n_bands: int) -> Tensor:
+    """The C-band first-conv weight of a 1-band stem: ``stem_weight / |S|`` on the source bands, 0 elsewhere."""
+    w = stem_weight.new_zeros(stem_weight.shape[0], n_bands, *stem_weight.shape[2:])
+    idx = torch.tensor(source, device=stem_weight.device)
+    return w.index_copy(1, idx, (stem_weight / len(source)).expand(-1, len(source), -1, -1))
+
+
+class ExpandedStemConv(nn.Conv2d):
+    """The backbone's first conv in colorization pretraining: its weight is the 1-band stem expanded.
+
+    ``weight`` (C bands, no gradient) is what the checkpoint holds; ``forward`` computes it
+    from the pretext's ``stem_weight`` so that the gradient reaches the 1-band stem.
+    """
+
+    def bind(self, stem_weight: nn.Parameter, source: tuple[int, ...]) -> None:
+        object.__setattr__(self, "_stem_weight", stem_weight)      # owned by the pretext, not saved here
+        self.source = tuple(source)
+        self.weight.requires_grad_(False)
+        self.refresh()
+
+    def expanded(self) -> Tensor:
+        return expand_stem(self._stem_weight, self.source, self.in_channels)
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Copy the expanded stem into ``weight`` (what is saved, and what main_cls.py loads)."""
+        self.weight.copy_(self.expanded())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.expanded(), self.bias)
+
+
+class Colorize(nn.Module):
+    """One band (1-band stem) -> backbone -> decoder -> all bands, MSE."""
+
+    def __init__(self, backbone: nn.Module, n_bands: int, input_size: int, source: tuple[int, ...] = (0,)) -> None:
         super().__init__()
         self.backbone = backbone
         self.n_bands = n_bands
+        parent, attr, conv = first_conv(backbone)
+        # the 1-band stem, initialised so that it answers a gray image as the C-band conv did
+        self.stem_weight = nn.Parameter(conv.weight.detach()[:, list(source)].sum(dim=1, keepdim=True).clone())
+        stem = ExpandedStemConv(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+        if conv.bias is not None:
+            stem.bias = conv.bias
+        stem.bind(self.stem_weight, source)
+        setattr(parent, attr, stem)
+        object.__setattr__(self, "_stem", stem)         # reachable, but saved once (under backbone.)
         self.decoder = build_decoder(backbone, n_bands, n_bands, input_size)
 
     def predict(self, gray: Tensor) -> tuple[Tensor, Tensor]:
@@ -74,7 +144,7 @@ class Colorize(nn.Module):
         fmap = self.backbone.feature_maps(gray.expand(-1, self.n_bands, -1, -1))[-1]
         return self.decoder(fmap, gray.shape[-2:]), fmap
 
-    def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         gray, target = views
         pred, fmap = self.predict(gray)
         loss = F.mse_loss(pred.float(), target.float())
@@ -83,6 +153,10 @@ class Colorize(nn.Module):
         # graph, so DistributedDataParallel finds a gradient for every parameter
         loss = loss + 0.0 * z.sum()
         return loss, {"emb_std": embedding_std(z)}
+
+    def on_step_end(self, progress: float) -> None:
+        """The saved C-band first conv follows the 1-band stem after every optimiser step."""
+        self._stem.refresh()
 
 
 def vis_rows(model: Colorize, views: tuple[Tensor, Tensor]) -> list[list[Tensor]]:
@@ -93,7 +167,7 @@ def vis_rows(model: Colorize, views: tuple[Tensor, Tensor]) -> list[list[Tensor]
 
 
 def build(args: argparse.Namespace, opt, backbone: nn.Module) -> Colorize:
-    return Colorize(backbone, opt.n_bands, opt.input_size)
+    return Colorize(backbone, opt.n_bands, opt.input_size, source_bands(opt, getattr(args, "color_band", None)))
 
 
 def make_transform(args: argparse.Namespace, opt) -> ColorizeView:

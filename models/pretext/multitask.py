@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 LOSSES = ("MultiTaskLoss", "multitask")
 SYNC_BN = True           # exemplar contrast couples a batch's images: SyncBatchNorm by default on several GPUs
+TAU = 0.5                # exemplar NT-Xent temperature (--tau)
+FEATURE_DIM = 128        # exemplar projection size (--feature_dim)
 TASKS = ("inpaint", "recog", "exemplar")
 DEFAULT_WEIGHTS = (20.0, 1.0, 1.0)
 DECODER_MAX_WIDTH = 256     # decoder channels at a level: min(stage channels, this)

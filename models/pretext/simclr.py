@@ -16,13 +16,15 @@ from models.heads import ProjectionHead
 LOSSES = ("NTXentLoss", "ntxent")
 USES_AUG = True          # --aug / --aug_p choose the two views
 SYNC_BN = True           # the loss couples a batch's images: SyncBatchNorm by default on several GPUs
+TAU = 0.5                # NT-Xent temperature (--tau)
+FEATURE_DIM = 128        # projection size (--feature_dim)
 
 
 def embedding_std(z: Tensor) -> Tensor:
-    """Mean over dimensions of the batch std of L2-normalised embeddings (a 0-dim tensor on z's device).
+    """Mean over dimensions of the batch std of L2-normalised embeddings.
 
     About 1/sqrt(d) for well-spread embeddings (0.088 for d=128); ~0 when the
-    representation collapses.
+    representation collapses. A detached 0-dim tensor: logging it costs no host sync.
     """
     zn = nn.functional.normalize(z.detach().float(), dim=1)
     return zn.std(dim=0).mean()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from config.errors import UserError
-from datasets.transforms import AUG_CODES, DEFAULT_P, plain
+from datasets.transforms import AUG_CODES, DEFAULT_P, Solarize, plain
 from datasets.views import build_views, tta_views
 
 SIZE = 64
@@ -84,8 +84,10 @@ def test_views_are_reproducible_with_a_seed() -> None:
 
 
 def test_unknown_codes_raise_user_error() -> None:
-    with pytest.raises(UserError, match="--aug 6.*1, 2, 3, 4, 5"):
-        build_views(6, "S5", SIZE, MEAN, STD, RGB)
+    with pytest.raises(UserError, match="--aug 7.*1, 2, 3, 4, 5, 6"):
+        build_views(7, "S5", SIZE, MEAN, STD, RGB)
+    with pytest.raises(UserError, match="--aug 6 .*--aug_p S4 has no blur"):
+        build_views(6, "S4", SIZE, MEAN, STD, RGB)
     with pytest.raises(UserError, match="'Z'"):
         build_views(1, "Z", SIZE, MEAN, STD, RGB)
 
@@ -107,3 +109,56 @@ def test_tta_views_are_the_eight_dihedral_variants() -> None:
     assert all(sum(torch.equal(f, v) for v in out) == 1 for f in flipped)
     with pytest.raises(UserError, match=r"\(3, 8, 8\)"):
         tta_views(x[0])
+
+
+def test_solarize_reflects_each_normalised_band_about_its_mean() -> None:
+    x = torch.tensor([[[-2.0, -0.5], [0.0, 1.5]]]).repeat(13, 1, 1)
+    assert torch.equal(Solarize(1.0)(x), -x.abs())
+    assert torch.equal(Solarize(0.0)(x), x)
+
+
+def test_aug6_is_byols_asymmetric_pair() -> None:
+    """View a: always blurred, never solarised; view b: blurred 10 %, solarised 20 % of the time."""
+    from datasets.views import ASYMMETRIC
+    assert ASYMMETRIC == ((1.0, 0.0), (0.1, 0.2))
+    pair = build_views(6, "S5", SIZE, MEAN, STD, RGB, {"blur": 0.5})   # aug 6 sets the blur itself
+    blur_a, blur_b = pair.view_a.steps[-1], pair.view_b.steps[-1]
+    assert type(blur_a).__name__ == type(blur_b).__name__ == "GaussianBlur" and (blur_a.p, blur_b.p) == (1.0, 0.1)
+    assert pair.view_a.post == () and [type(s).__name__ for s in pair.view_b.post] == ["Solarize"]
+    assert pair.view_b.post[0].p == 0.2 and pair.shared_crop is None
+    # what comes out: with the other steps off, view b is the plain view or (20 %) its solarisation
+    expected = plain(SIZE, MEAN, STD)(image())
+    solarised = plain_b = 0
+    runs = 100
+    for seed in range(runs):
+        torch.manual_seed(seed)
+        _, b = build_views(6, "S5", SIZE, MEAN, STD, RGB, {**ZERO_P, "blur": 0.0})(image())
+        solarised += int((b <= 0).all())
+        plain_b += int(torch.allclose(b, expected, atol=1e-3))
+    assert 0.08 * runs < solarised < 0.35 * runs
+    assert 0.55 * runs < plain_b <= 0.8 * runs          # neither solarised nor (noticeably) blurred
+
+
+@pytest.mark.parametrize("bands,size,local", [(13, 64, 28), (3, 224, 96), (1, 32, 14)])
+def test_multicrop_shapes_for_any_band_count(bands: int, size: int, local: int) -> None:
+    from datasets.views import MultiCrop, local_crop_size
+    assert local_crop_size(size) == local
+    mean, std = [1000.0] * bands, [300.0] * bands
+    rgb = (3, 2, 1) if bands == 13 else ((0, 1, 2) if bands == 3 else None)
+    torch.manual_seed(0)
+    views = MultiCrop(size, mean, std, rgb, n_local=3)(torch.rand(bands, 80, 80) * 2000)
+    assert [tuple(v.shape) for v in views] == [(bands, size, size)] * 2 + [(bands, local, local)] * 3
+    assert all(torch.isfinite(v).all() for v in views)
+    assert len(MultiCrop(size, mean, std, rgb, n_local=0)(torch.rand(bands, 80, 80))) == 2
+
+
+def test_multicrop_crop_scales() -> None:
+    """Global crops cover 40-100 % of the image, local ones 5-40 % (checked on the crop boxes drawn)."""
+    from datasets import views as V
+    assert V.GLOBAL_CROP_SCALE == (0.4, 1.0) and V.LOCAL_CROP_SCALE == (0.05, 0.4)
+    mc = V.MultiCrop(64, [0.0] * 2, [1.0] * 2, None, n_local=1)
+    assert mc.global_views[0].steps[0].scale == (0.4, 1.0) and mc.global_views[0].steps[0].p == 1.0
+    assert mc.local_view.steps[0].scale == (0.05, 0.4) and mc.local_view.steps[0].size == 28
+    blur = [type(s).__name__ for s in mc.global_views[1].steps][-1]
+    assert blur == "GaussianBlur" and [v.steps[-1].p for v in (*mc.global_views, mc.local_view)] == [1.0, 0.1, 0.5]
+    assert [len(v.post) for v in (*mc.global_views, mc.local_view)] == [0, 1, 0]

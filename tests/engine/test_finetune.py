@@ -10,6 +10,7 @@ import pytest
 import main_cls
 import main_cls_ss_train
 from engine import finetune
+from engine.cli import base_parser
 from tests.conftest import run_script
 
 NET = "090000"
@@ -48,6 +49,14 @@ def test_finetune_round_trip_writes_a_result_row(demo_root, pretrained, tmp_path
     assert 0 <= float(r["OA"]) <= 100 and -1 <= float(r["kappa"]) <= 1
     per_class = np.array(eval(r["per_class"].replace("null", "float('nan')")))
     assert per_class.shape == (6,) and abs(per_class.mean() - float(r["AA"])) < 0.05
+    assert (r["optimizer"], r["wd"], r["bs"], r["aug"], r["tta"], r["epochs"]) == ("adam", "0.0", "16", "D", "0", "3")
+    assert r["input_size"] == "32" and r["dtype"] and len(r["bands"].split()) == 13 and r["allow_overlap"] == "0"
+    assert r["pretrain_datasets"].startswith("demo@") and r["ckpt_selected_by"] in ("epoch", "last")
+    assert r["split_version"] and r["probe"] == "" and r["probe_param"] == ""
+    with open(res.parent / r["predictions"], newline="") as f:
+        preds = list(csv.DictReader(f))
+    assert len(preds) == 12 and all(not Path(p["path"]).is_absolute() and "/" in p["path"] for p in preds)
+    assert 100 * np.mean([p["true"] == p["pred"] for p in preds]) == pytest.approx(float(r["OA"]), abs=1e-3)
 
 
 def test_linear_probe_guard_catches_a_changing_backbone(demo_root, pretrained, tmp_path, monkeypatch):
@@ -114,7 +123,14 @@ def test_train_then_test_and_val_modes(demo_root, tmp_path):
     train_row, test_row, val_row = rows(res)
     assert train_row["pretrain_expnum"] == "random" and test_row["mode"] == "31"
     assert train_row["OA"] == test_row["OA"]                    # the saved classifier reproduces its score
-    assert int(val_row["n_test"]) == 6 * 8 - 6 * 3             # training split minus the 3-shot draw
+    # mode 2x scores the fixed validation slice (engine/labels.py), not the training images outside the draw
+    job = finetune.prepare(finetune.add_args(base_parser("t", script="cls")).parse_args(
+        cls_args(demo_root, ck, res, "--mode", "21", "--ts", "3", "--expnum", expnum, "--cepoch", "2")))
+    val = {s.path.relative_to(job.opt.root).as_posix() for s in job.index.val}
+    assert len(val) == 6 and int(val_row["n_test"]) == 6     # 8 training images per class -> 1 in the slice
+    with open(res.parent / val_row["predictions"], newline="") as f:
+        assert {r["path"] for r in csv.DictReader(f)} == val
+    assert val_row["split_version"] == test_row["split_version"] == job.index.split_version
 
 
 def test_resume_continues_a_classifier(demo_root, tmp_path, caplog):

@@ -174,7 +174,8 @@ def test_contrastive_flags_fail_for_other_pretexts(demo_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main_cls_ss_train.main(argv + ["--mode", "96", "--tau", "0.1"])
     assert e.value.code == 2
-    assert "--tau/--feature_dim shape the contrastive head of modes 910/920" in capsys.readouterr().err
+    assert "--tau applies to the modes with a temperature (910/920/911/916); --mode 96 (inpaint) has none" \
+        in capsys.readouterr().err
 
 
 def test_missing_data_root_exits_2(tmp_path, capsys):

@@ -21,12 +21,11 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_columns_in_contract_order():
-    assert RESULT_COLUMNS[:3] == ("time", "code_version", "ds")
-    assert RESULT_COLUMNS[-2:] == ("seconds", "per_class")
-    assert len(RESULT_COLUMNS) == 22
-    # what the backbone learnt from sits next to the pretraining run it came from
-    i = RESULT_COLUMNS.index("pretrain_epoch")
-    assert RESULT_COLUMNS[i + 1] == "pretext" and RESULT_COLUMNS[i - 1] == "pretrain_expnum"
+    assert RESULT_COLUMNS == (
+        "time", "code_version", "ds", "split_version", "ts", "seed", "mode", "netnum", "pretext", "pretrain_expnum",
+        "pretrain_epoch", "pretrain_datasets", "ckpt_selected_by", "hos", "probe", "probe_param", "select_on",
+        "selection_labels", "dtype", "bands", "input_size", "tta", "bs", "optimizer", "lr", "wd", "epochs", "aug",
+        "allow_overlap", "OA", "AA", "kappa", "macro_F1", "n_train", "n_test", "seconds", "per_class", "predictions")
 
 
 def test_new_file_gets_header_and_row(tmp_path):
@@ -54,7 +53,7 @@ def test_unknown_column_is_refused(tmp_path):
 def test_foreign_header_is_a_user_error(tmp_path):
     path = tmp_path / "r.csv"
     path.write_text("a,b\n1,2\n")
-    with pytest.raises(UserError, match="other columns"):
+    with pytest.raises(UserError, match="not a results table of this project"):
         append_result(path, {"ds": "aid", "code_version": "x"})
     assert path.read_text() == "a,b\n1,2\n"
 
@@ -132,3 +131,91 @@ def test_code_version_falls_back_to_package_version(tmp_path, monkeypatch):
 
 def _not_installed(name: str) -> str:
     raise results.metadata.PackageNotFoundError(name)
+
+
+OLD_COLUMNS = ("time", "code_version", "ds", "ts", "seed", "mode", "netnum", "pretrain_expnum", "pretrain_epoch",
+               "pretext", "hos", "probe", "epochs", "lr", "OA", "AA", "kappa", "macro_F1", "n_train", "n_test",
+               "seconds", "per_class")
+
+
+def _old_table(path: Path) -> list[list[str]]:
+    old = [["2026-11-22 12:34:03", "3e910d5", "euroms", "5.0", "0", "11", "090000", "random", "", "random", "",
+            "logreg", "0", "0.0", "46.8085", "46.5556", "0.40873", "45.6406", "50", "94", "1.7", "[30.0, 40.0]"],
+           ["2026-11-22 12:35:03", "3e910d5-dirty", "euroms", "20.0", "1", "41", "090000", "2632_pretrain", "50",
+            "simclr", "9", "", "100", "0.001", "60.5", "61.0", "0.5", "59.0", "200", "94", "3.0", "[1.0, 2.0]"]]
+    with open(path, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([list(OLD_COLUMNS), *old])
+    return old
+
+
+def test_old_schema_table_is_migrated_in_place_keeping_its_rows(tmp_path, caplog):
+    path = tmp_path / "euroms.csv"
+    old = _old_table(path)
+    with caplog.at_level("WARNING"):
+        append_result(path, {"ds": "euroms", "split_version": "v2-abc", "seed": 3, "code_version": "new"})
+    assert "older schema" in caplog.text and "migrated its 2 row(s)" in caplog.text
+    with open(path, newline="") as f:
+        assert next(csv.reader(f)) == list(RESULT_COLUMNS)
+    got = _rows(path)
+    assert len(got) == 3
+    for values, row in zip(old, got):
+        assert {c: row[c] for c in OLD_COLUMNS} == dict(zip(OLD_COLUMNS, values))
+        assert row["split_version"] == "unknown"
+        assert all(row[c] == "" for c in RESULT_COLUMNS if c not in OLD_COLUMNS and c != "split_version")
+    assert got[2]["split_version"] == "v2-abc" and got[2]["seed"] == "3"
+    assert results.read_table(path) == got
+
+
+def test_migrate_table_and_read_table(tmp_path):
+    path = tmp_path / "t.csv"
+    old = _old_table(path)
+    assert [r["OA"] for r in results.read_table(path)] == [v[14] for v in old]   # reads old schemas as migrated
+    assert results.migrate_table(path) == 2
+    first = path.read_bytes()
+    assert first.startswith(",".join(RESULT_COLUMNS).encode())
+    assert results.migrate_table(path) == 2 and path.read_bytes() == first       # already migrated: untouched
+
+
+@pytest.mark.parametrize("text, match", [("", "is empty"), ("\n\n", "is empty"),
+                                         ("a,b\n1,2\n", "not a results table"),
+                                         ("time,code_version,ds,ts,seed,OA,accuracy\n", "not a results table"),
+                                         ("time,code_version,ds,ts,seed,OA\n1,2,3\n", "line 2 has 3 cells")])
+def test_read_table_refuses_bad_files_in_one_sentence(tmp_path, text, match):
+    path = tmp_path / "x.csv"
+    path.write_text(text)
+    with pytest.raises(UserError, match=match):
+        results.read_table(path)
+
+
+def test_foreign_table_with_result_like_columns_is_still_refused(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("epoch,loss,lr\n1,2.0,0.1\n")
+    with pytest.raises(UserError, match="not a results table"):
+        append_result(path, {"ds": "aid", "code_version": "x"})
+    assert path.read_text() == "epoch,loss,lr\n1,2.0,0.1\n"
+
+
+def test_code_version_ignores_changes_under_results(tmp_path):
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "t.csv").write_text("h\n")
+    _git(tmp_path, "add", "a.py", "results/t.csv")
+    _git(tmp_path, "commit", "-q", "-m", "first")
+    head = _git(tmp_path, "rev-parse", "--short", "HEAD")
+    (tmp_path / "results" / "t.csv").write_text("h\n1\n")          # an experiment appended a row
+    (tmp_path / "results" / "new_predictions").mkdir()
+    (tmp_path / "results" / "new_predictions" / "p.csv").write_text("path,true,pred\n")
+    assert code_version(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")                     # tracked code changed
+    assert code_version(tmp_path) == f"{head}-dirty"
+
+
+def test_predictions_saved_beside_the_table_never_overwritten(tmp_path):
+    table = tmp_path / "res" / "aid.csv"
+    a = results.save_predictions(table, "aid_41_logreg_ts5_s0", ["c1/x.tif", "c2/y.tif"], ["c1", "c2"], ["c1", "c1"])
+    b = results.save_predictions(table, "aid_41_logreg_ts5_s0", ["c1/x.tif"], ["c1"], ["c2"])
+    assert a != b and a.startswith("aid_predictions/aid_41_logreg_ts5_s0_") and a.endswith(".csv")
+    assert (table.parent / a).read_text() == "path,true,pred\nc1/x.tif,c1,c1\nc2/y.tif,c2,c1\n"
+    assert results.load_predictions(table, b) == (["c1/x.tif"], ["c1"], ["c2"])
+    assert results.load_predictions(table, "") is None

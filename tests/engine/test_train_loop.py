@@ -65,9 +65,18 @@ def setup(code: int, n_batches: int = 3, bs: int = 4, size: int = 32, lr: float 
     """Model, optimizer, schedule and pre-collated batches of mode ``code`` (views made before any count)."""
     torch.manual_seed(0)
     args = pretrain_args(code, *extra)
-    module = pretexts.load(decode_mode(code, "pretrain"))
+    mode = decode_mode(code, "pretrain")
+    module = pretexts.load(mode)
+    pretrain.resolve_head_flags(args, mode, module)
+    if args.feature_dim is not None:                # tiny heads: the test is about the loop, not the method
+        args.feature_dim = 32
+    for dest, value in (("hidden_dim", 32), ("local_crops", 2)):
+        if hasattr(args, dest):
+            setattr(args, dest, value)
     if hasattr(module, "check_args"):
         module.check_args(args)
+    if hasattr(module, "check_data"):
+        module.check_data(args, n_batches * bs * 4, bs)
     opt = make_opt(BANDS, size)
     backbone, _ = build_backbone("000000", BANDS)
     model = module.build(args, opt, backbone)
@@ -99,7 +108,8 @@ def test_device_augmentation_adds_no_host_sync(monkeypatch):
     args, model, optimizer, schedule, _ = setup(910)
     raw = raw_images(12, BANDS, side=40)
     batches = [(raw[i:i + 4], torch.zeros(4, dtype=torch.long), torch.arange(i, i + 4)) for i in range(0, 12, 4)]
-    augment = pretrain.DeviceAugment(pretrain.build_batch_views(args, make_opt(BANDS, 32)), 0, 0)
+    module = pretexts.load(decode_mode(910, "pretrain"))
+    augment = pretrain.DeviceAugment(pretrain.build_batch_views(args, make_opt(BANDS, 32), module), 0, 0)
     with count_host_syncs(monkeypatch) as calls:
         stats = pretrain.train_one_epoch(model, batches, optimizer, schedule, 0, Runtime(torch.device("cpu")), args,
                                          None, augment=augment)

@@ -61,7 +61,8 @@ def test_views_and_forward_shapes(name: str, bands: int) -> None:
     net = pretext(name, bands)
     loss, stats = net(views)
     assert loss.dim() == 0 and torch.isfinite(loss) and loss.item() > 0
-    assert "emb_std" in stats and all(isinstance(v, float) for v in stats.values())
+    assert "emb_std" in stats and all(isinstance(v, float) or (torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad)
+                                      for v in stats.values())
     assert 0 < stats["emb_std"] < 1
     assert net.backbone is not None and len(views[0]) == 4      # what the engine counts as images
     if name.startswith("jigsaw"):
@@ -346,3 +347,45 @@ def test_vis_rows(name: str, bands: int, monkeypatch) -> None:
         assert torch.equal(torch.stack([r[2] for r in rows]), image)
         assert module.VIS_COLUMNS == jc.VIS_COLUMNS and module.vis_rows is jc.vis_rows
         assert "perms" not in net.state_dict()                                 # checkpoints are unchanged
+
+
+def test_colorize_hands_over_its_1band_stem_placed_on_the_source_bands() -> None:
+    """Pretraining trains a 1-band stem; the saved 13-band backbone computes exactly that network."""
+    net = pretext("colorize", 13, netnum="000000")
+    stem = net.backbone.stem[0]
+    assert net.stem_weight.shape[1] == 1 and not stem.weight.requires_grad
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert "stem_weight" in trainable and "backbone.stem.0.weight" not in trainable
+    gray, target = batch_of("colorize", 13, 4)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    net((gray, target))[0].backward()
+    assert net.stem_weight.grad.abs().sum() > 0
+    before = net.stem_weight.detach().clone()
+    optimizer.step()
+    net.on_step_end(0.5)
+    assert not torch.equal(net.stem_weight, before)
+
+    # the hand-over: a fresh 13-band classifier loads the saved backbone
+    classifier = build_model("000000", 13, 6)
+    classifier.backbone.load_state_dict(net.backbone.state_dict(), strict=True)
+    w = classifier.backbone.stem[0].weight
+    rgb = [3, 2, 1]                                            # make_opt(13): the source bands
+    for band in range(13):
+        expected = net.stem_weight.detach() / 3 if band in rgb else torch.zeros_like(net.stem_weight)
+        torch.testing.assert_close(w[:, band:band + 1], expected, rtol=0, atol=0)
+
+    # the 1-band network, built independently: a 1-band backbone with the stem weight
+    one_band, _ = build_backbone("000000", 1)
+    state = {k: v for k, v in net.backbone.state_dict().items()}
+    state["stem.0.weight"] = net.stem_weight.detach()
+    one_band.load_state_dict(state, strict=True)
+    classifier.eval(), one_band.eval()
+    with torch.no_grad():
+        g = gray[:2]
+        torch.testing.assert_close(classifier.backbone(g.expand(-1, 13, -1, -1)), one_band(g), rtol=1e-4, atol=1e-5)
+        # on real 13-band images: the 1-band network on the mean of the source bands, what it was trained on
+        x = target[:2]
+        torch.testing.assert_close(classifier.backbone(x), one_band(x[:, rgb].mean(1, keepdim=True)),
+                                   rtol=1e-4, atol=1e-5)
+        # and not the network fed the mean of all bands (the 1/bands replication would compute that)
+        assert not torch.allclose(classifier.backbone(x), one_band(x.mean(1, keepdim=True)), atol=1e-3)

@@ -1,0 +1,66 @@
+"""The label rule: which labels each part of the harness may read, written once.
+
+Every dataset has one fixed split (datasets/index.py) into a training split, a fixed
+validation slice inside it, and a test split:
+
+* **Few-shot training** reads the labels of the shots only, drawn from
+  :func:`fewshot_pool` (training split minus validation slice). Few-shot hyper-parameters
+  chosen by cross-validation use those shots and nothing else.
+* **Model selection** -- the kNN monitor during pretraining, the ``best`` checkpoint,
+  ``--cepoch best``, hyper-parameter choices that are not cross-validated on the shots
+  (``--select-on val``), mode 2x (val) -- reads only :func:`selection_set`, the
+  validation slice. :func:`monitor_sets` is the monitor's memory (labelled pool images)
+  and queries (the slice).
+* **The test split** (:func:`final_eval_set`) is read only to compute the final rows
+  (OA, AA, kappa, F1, per-class accuracy) after every choice above has been made.
+
+Pretraining itself reads no labels and may see every training image, the validation
+slice included, but never a test image. Ask these functions instead of reaching into
+``Index`` fields, so a reader can check the rule in one place.
+"""
+from __future__ import annotations
+
+from config.errors import UserError
+from datasets.index import Index, Sample
+
+
+def _labelled(index: Index, what: str) -> None:
+    if index.classes is None:
+        raise ValueError(f"{what} needs labels; this index is unlabelled imagery (or a pool) for pretraining only")
+
+
+def fewshot_pool(index: Index) -> list[Sample]:
+    """What few-shot draws come from: the training split minus the validation slice."""
+    return index.pool
+
+
+def _slice(index: Index, what: str) -> list[Sample]:
+    _labelled(index, what)
+    if not index.val:
+        raise UserError(f"{what} reads the validation slice, and split {index.split_version} has none (every class "
+                        "has fewer than 2 training images, or the split file gives no val rows); "
+                        "add images or use a split file with val rows")
+    return list(index.val)
+
+
+def selection_set(index: Index) -> list[Sample]:
+    """The ONLY labelled images that model selection and hyper-parameter choices may read."""
+    return _slice(index, "model selection")
+
+
+def monitor_sets(index: Index) -> tuple[list[Sample], list[Sample]]:
+    """(memory, queries) of a kNN monitor: labelled pool images, and the validation slice.
+
+    The two are disjoint, and neither holds a test image. Callers subsample the memory
+    as they need (e.g. balanced per class).
+    """
+    return index.pool, _slice(index, "a kNN monitor")
+
+
+def final_eval_set(index: Index) -> list[Sample]:
+    """The test split: read only to compute the final rows, after every choice is made."""
+    _labelled(index, "a final evaluation")
+    if not index.test:
+        raise UserError(f"split {index.split_version} has no test images to evaluate on; "
+                        "use a split (or --split-file) with test rows")
+    return list(index.test)

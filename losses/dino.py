@@ -1,0 +1,68 @@
+"""The DINO loss: cross-entropy from the centred, sharpened teacher to the student, multi-crop."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.dist import is_dist, world_size
+
+
+class DINOLoss(nn.Module):
+    r"""Self-distillation with no labels (Caron et al., ICCV 2021, eq. 3-4 and Algorithm 1).
+
+    For teacher outputs ``t_g`` of the global crops and student outputs ``s_v`` of every
+    crop (K prototypes each),
+
+    .. math::
+
+        P_t = \mathrm{softmax}\big((t_g - c) / \tau_t\big), \quad
+        \log P_s = \log\mathrm{softmax}(s_v / \tau_s), \quad
+        L = \frac{1}{|\{(g, v): v \ne g\}|} \sum_{g} \sum_{v \ne g}
+            \frac{1}{N} \sum_i -P_{t,i} \cdot \log P_{s,i},
+
+    then the centre moves to the batch mean of the teacher outputs,
+    ``c <- m c + (1 - m) mean_i t_{g,i}`` (over both global crops and ALL processes:
+    the one cross-sample term). Centring (``c``) and sharpening (``tau_t`` < ``tau_s``)
+    together avoid collapse. ``c`` is a buffer, saved with the model.
+
+    Args:
+        out_dim: K, the number of prototypes.
+        teacher_temp, student_temp: ``tau_t`` (0.04) and ``tau_s`` (0.1, ``--tau``).
+        center_momentum: ``m`` (0.9).
+    """
+
+    def __init__(self, out_dim: int, teacher_temp: float = 0.04, student_temp: float = 0.1,
+                 center_momentum: float = 0.9) -> None:
+        super().__init__()
+        self.teacher_temp, self.student_temp, self.center_momentum = teacher_temp, student_temp, center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(self, student: list[Tensor], teacher: list[Tensor], update_center: bool = True) -> Tensor:
+        """``student``: one N x K output per crop, global crops first; ``teacher``: one per global crop."""
+        dtype = torch.promote_types(student[0].dtype, torch.float32)     # float32 at least (bf16 under --amp)
+        log_ps = [F.log_softmax(s.to(dtype) / self.student_temp, dim=1) for s in student]
+        with torch.no_grad():
+            pt = [F.softmax((t.to(dtype) - self.center) / self.teacher_temp, dim=1) for t in teacher]
+        total, n_terms = 0.0, 0
+        for g, p in enumerate(pt):
+            for v, lp in enumerate(log_ps):
+                if v == g:
+                    continue
+                total = total + (-(p * lp).sum(dim=1)).mean()
+                n_terms += 1
+        if update_center:
+            self.update_center(teacher)
+        return total / n_terms
+
+    @torch.no_grad()
+    def update_center(self, teacher: list[Tensor]) -> None:
+        """EMA of the teacher outputs' mean over the global batch (all processes)."""
+        t = torch.cat(teacher).to(self.center.dtype)
+        batch_sum = t.sum(dim=0, keepdim=True)
+        count = torch.tensor(float(len(t)), device=t.device)
+        if is_dist() and world_size() > 1:
+            dist.all_reduce(batch_sum)
+            dist.all_reduce(count)
+        self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)

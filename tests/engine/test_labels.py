@@ -1,0 +1,56 @@
+"""The label rule: who may read which labels (engine/labels.py) and that main_cls follows it."""
+import csv
+
+import pytest
+
+import main_cls
+from datasets.index import build_index
+from datasets.options import get_opt
+from engine import labels
+from tests.datasets.trees import class_tree
+
+SIZES = {"Fields": 12, "Forest": 20, "Water": 7}
+
+
+def test_each_use_gets_its_own_set(tmp_path):
+    idx = build_index(get_opt(str(class_tree(tmp_path / "mine", SIZES))))
+    memory, queries = labels.monitor_sets(idx)
+    test = set(labels.final_eval_set(idx))
+    assert set(queries) == set(labels.selection_set(idx)) == set(idx.val) and len(queries) == 1 + 2 + 1
+    assert set(memory) == set(labels.fewshot_pool(idx)) == set(idx.train) - set(idx.val)
+    assert not set(memory) & set(queries) and not (set(memory) | set(queries)) & test
+    assert test == set(idx.test) and len(test) == 2 + 4 + 1
+
+
+def test_unlabelled_imagery_has_no_selection_or_evaluation_set(tmp_path):
+    from tests.datasets.trees import write_tif
+    for i in range(6):
+        write_tif(tmp_path / "mine" / f"img_{i}.tif", 3, i)
+    idx = build_index(get_opt(str(tmp_path / "mine")))
+    assert labels.fewshot_pool(idx) == idx.train
+    for ask in (labels.selection_set, labels.monitor_sets, labels.final_eval_set):
+        with pytest.raises(ValueError, match="needs labels"):
+            ask(idx)
+
+
+def test_main_cls_trains_on_the_pool_only(demo_root, tmp_path):
+    """--ts 1 is the whole few-shot pool: 7 of the 8 training images per class (1 is the slice)."""
+    res = tmp_path / "r.csv"
+    main_cls.main(["--ds", "demo", "--data-root", str(demo_root), "--netnum", "090000", "--input_size", "16",
+                   "--workers", "0", "--ckpt", str(tmp_path / "ck"), "--results", str(res), "--no-progress",
+                   "--bs", "16", "--mode", "11", "--ts", "1", "--mepoch", "1"])
+    with open(res, newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert int(row["n_train"]) == 6 * 7 and row["split_version"].startswith("v2-")
+
+
+def test_empty_slice_or_test_split_is_a_user_error(tmp_path):
+    from config.errors import UserError
+    idx = build_index(get_opt(str(class_tree(tmp_path / "mine", {"A": 2, "B": 2}))))   # 1 train + 1 test each
+    assert idx.val == [] and len(idx.test) == 2
+    for ask in (labels.selection_set, labels.monitor_sets):
+        with pytest.raises(UserError, match="has none"):
+            ask(idx)
+    idx.test = []
+    with pytest.raises(UserError, match="no test images"):
+        labels.final_eval_set(idx)

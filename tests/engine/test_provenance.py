@@ -1,0 +1,148 @@
+"""Checkpoint provenance: what pretraining saw, and main_cls.py's overlap, 'best' and normalisation checks."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import main_cls
+from datasets.options import get_opt
+from config.errors import UserError
+from datasets.folder import prepare_dataset
+from datasets.index import Sample
+from engine import checkpoint as ckpt
+from engine import finetune, provenance
+from engine.cli import base_parser
+from models import build_model
+
+NET = "090000"
+EXP = "20186093531_pretrain"
+
+
+def parse(root: Path, ck: Path, *extra: str):
+    parser = finetune.add_args(base_parser("t", script="cls"))
+    return parser.parse_args(["--ds", "demo", "--data-root", str(root), "--netnum", NET, "--input_size", "32",
+                              "--workers", "0", "--ckpt", str(ck), "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def demo(demo_root):
+    return prepare_dataset(get_opt("demo", parse(demo_root, Path("ck"))))
+
+
+def write_backbone(ck: Path, tag: str, meta_over: dict) -> Path:
+    path = ckpt.ckpt_path(ck, NET, EXP, tag)
+    model = build_model(NET, 13, 6)
+    meta = {"netnum": NET, "in_channels": 13, "bands": [], "mode": 910, "pretext": "simclr", "epoch": 1,
+            "expnum": EXP, "dataset": "demo", "args": {}, **meta_over}
+    ckpt.save_backbone(path, model.backbone.state_dict(), meta)
+    return path
+
+
+def with_keys(prov: dict, keys: list[str]) -> dict:
+    keys = sorted(set(keys))
+    return {**prov, "scene_keys": keys, "scene_keys_sha": provenance.keys_digest(keys)}
+
+
+def test_scene_keys_match_across_releases_and_pools(tmp_path):
+    rgb, ms = tmp_path / "EuroSAT", tmp_path / "EuroSAT_MS"
+    a = [Sample(rgb / "Forest" / "Forest_1.jpg", 1), Sample(rgb / "River" / "River_7.jpg", 2)]
+    b = [Sample(ms / "Forest" / "Forest_1.tif", 1), Sample(ms / "Pasture" / "Pasture_3.tif", 0)]
+    assert provenance.scene_keys(a, [rgb]) == ["Forest/Forest_1", "River/River_7"]
+    # a pool holds both releases: each file is keyed relative to its own dataset folder
+    assert provenance.scene_keys(a + b, [rgb, ms]) == ["Forest/Forest_1", "Pasture/Pasture_3", "River/River_7"]
+    with pytest.raises(ValueError, match="none of the dataset folders"):
+        provenance.scene_keys(b, [rgb])
+
+
+def test_provenance_records_datasets_scene_keys_and_normalisation(demo):
+    opt, index = demo
+    prov = provenance.provenance(opt, index, index.train[:7])
+    expected = sorted(f"{s.path.parent.name}/{s.path.stem}" for s in index.train[:7])
+    assert prov["scene_keys"] == expected and prov["scene_keys_sha"] == provenance.keys_digest(expected)
+    assert prov["datasets"] == [{"name": "demo", "split_version": index.split_version, "root": str(opt.root),
+                                 "mean": prov["mean"], "std": prov["std"]}]
+    assert index.split_version.startswith("v2-")
+    assert prov["bands"] == list(opt.bands) and np.allclose(prov["mean"], opt.mean) and np.allclose(prov["std"], opt.std)
+
+
+def test_pretraining_writes_provenance_main_cls_accepts_it(demo, demo_root, tmp_path):
+    """The real hand-over: main_cls_ss_train.py writes provenance of its training images only."""
+    import main_cls_ss_train
+    opt, index = demo
+    ck = tmp_path / "ck"
+    main_cls_ss_train.main(["--mode", "910", "--ds", "demo", "--data-root", str(demo_root), "--netnum", NET,
+                            "--input_size", "32", "--bs", "16", "--mepoch", "1", "--workers", "0", "--ckpt", str(ck),
+                            "--expnum", EXP, "--knn-freq", "0", "--no-progress"])
+    meta = ckpt.read_checkpoint(ckpt.ckpt_path(ck, NET, EXP, 1))["meta"]
+    assert meta["provenance"]["scene_keys"] == provenance.scene_keys(index.train, [opt.root])
+    job = finetune.prepare(parse(demo_root, ck, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
+    assert job.init_meta["provenance"]["scene_keys_sha"] == meta["provenance"]["scene_keys_sha"]
+
+
+def test_overlap_with_the_test_split_is_refused_unless_allowed(demo, demo_root, tmp_path, capsys):
+    opt, index = demo
+    ck = tmp_path / "ck"
+    prov = provenance.provenance(opt, index, index.train)
+    leaked = with_keys(prov, prov["scene_keys"] + provenance.scene_keys(index.test[:3], [opt.root]))
+    write_backbone(ck, "1", {"provenance": leaked})
+    with pytest.raises(UserError, match=r"pretrained on 3 of the 12 test scenes of --ds demo.*--allow-overlap"):
+        finetune.prepare(parse(demo_root, ck, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
+    with pytest.raises(SystemExit) as exit_:
+        main_cls.main(["--ds", "demo", "--data-root", str(demo_root), "--netnum", NET, "--ckpt", str(ck),
+                       "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1", "--probe", "knn"])
+    assert exit_.value.code == 2 and "test scenes" in capsys.readouterr().err
+    res = tmp_path / "r.csv"
+    main_cls.main(["--ds", "demo", "--data-root", str(demo_root), "--netnum", NET, "--input_size", "32",
+                   "--workers", "0", "--ckpt", str(ck), "--no-progress", "--results", str(res), "--mode", "41",
+                   "--ts", "2", "--expnum", EXP, "--cepoch", "1", "--probe", "knn", "--allow-overlap"])
+    with open(res, newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["allow_overlap"] == "1" and row["pretrain_datasets"].startswith("demo@")
+
+
+def test_altered_scene_keys_are_refused(demo, demo_root, tmp_path):
+    opt, index = demo
+    prov = provenance.provenance(opt, index, index.train)
+    write_backbone(tmp_path, "1", {"provenance": {**prov, "scene_keys": prov["scene_keys"][1:]}})
+    with pytest.raises(UserError, match="do not match their recorded digest"):
+        finetune.prepare(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
+
+
+def test_old_checkpoint_without_provenance_is_accepted_with_a_notice(demo_root, tmp_path, caplog):
+    write_backbone(tmp_path, "1", {})
+    with caplog.at_level("WARNING"):
+        job = finetune.prepare(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
+    assert job.init is not None and "has no provenance" in caplog.text
+
+
+def test_other_normalisation_warns(demo, demo_root, tmp_path, caplog):
+    opt, index = demo
+    prov = provenance.provenance(opt, index, index.train)
+    write_backbone(tmp_path, "1", {"provenance": {**prov, "mean": [m + 100.0 for m in prov["mean"]]}})
+    with caplog.at_level("WARNING"):
+        finetune.prepare(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
+    assert "this run normalises with" in caplog.text
+    caplog.clear()
+    write_backbone(tmp_path, "2", {"provenance": prov})
+    with caplog.at_level("WARNING"):
+        finetune.prepare(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "2"))
+    assert "normalises" not in caplog.text
+
+
+def test_cepoch_best_needs_a_validation_slice_choice(demo, demo_root, tmp_path):
+    opt, index = demo
+    prov = provenance.provenance(opt, index, index.train)
+    write_backbone(tmp_path, "best", {"provenance": prov})                 # written before the slice existed
+    with pytest.raises(UserError, match="not by the kNN monitor on the validation slice"):
+        finetune.prepare(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "best"))
+    write_backbone(tmp_path, "best", {"provenance": prov, "selected_by": "val-knn", "selected_epoch": 1})
+    job = finetune.prepare(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "best"))
+    assert job.init_meta["selected_by"] == "val-knn"
+
+
+def test_allow_overlap_without_a_checkpoint_is_refused(demo_root, tmp_path):
+    with pytest.raises(UserError, match="drop it"):
+        finetune.prepare(parse(demo_root, tmp_path, "--mode", "11", "--ts", "2", "--allow-overlap"))

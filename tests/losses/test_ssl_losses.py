@@ -1,0 +1,186 @@
+"""The losses of modes 911-916 against direct transcriptions of their papers' pseudo-code.
+
+LightlySSL is not used as the reference: its releases pin their own torch range and would
+replace the project's torch 2.14.1 in the venv. Each reference below is the paper's
+Algorithm 1 (or equation) written out in plain torch on the same tensors, in float64.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from losses import BarlowTwinsLoss, BYOLLoss, DINOLoss, InfoNCELoss, SimSiamLoss, VICRegLoss
+from losses.barlow import off_diagonal
+
+
+def randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+
+
+def grads(loss: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return torch.autograd.grad(loss, inputs, allow_unused=True)
+
+
+def assert_same(ours: torch.Tensor, ref: torch.Tensor, inputs: tuple[torch.Tensor, ...], rtol: float = 1e-7) -> None:
+    assert ours.item() == pytest.approx(ref.item(), rel=rtol, abs=1e-9)
+    for a, b in zip(grads(ours, inputs), grads(ref, inputs)):
+        if b is None:
+            assert a is None or torch.count_nonzero(a) == 0
+        else:
+            torch.testing.assert_close(a, b, rtol=rtol * 10, atol=1e-9)
+
+
+# --- MoCo, Algorithm 1 -------------------------------------------------------------------
+def moco_algorithm1(q: torch.Tensor, k: torch.Tensor, queue_ck: torch.Tensor, t: float) -> torch.Tensor:
+    """He et al. 2020, Algorithm 1: queue is C x K; q, k normalised (MoCo's code)."""
+    n, c = q.shape
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1).detach()
+    l_pos = torch.bmm(q.view(n, 1, c), k.view(n, c, 1)).view(n, 1)
+    l_neg = torch.mm(q.view(n, c), queue_ck)
+    logits = torch.cat([l_pos, l_neg], dim=1)
+    labels = torch.zeros(n, dtype=torch.long)
+    return F.cross_entropy(logits / t, labels)
+
+
+def test_infonce_matches_moco_algorithm1() -> None:
+    q, k = randn(6, 8, seed=1), randn(6, 8, seed=2)
+    queue = F.normalize(randn(20, 8, seed=3).detach(), dim=1)
+    ours = InfoNCELoss(0.2)(q, k, queue)
+    ref = moco_algorithm1(q, k, queue.T, 0.2)
+    assert_same(ours, ref, (q, k))
+    # and the explicit per-query formula
+    qn, kn = F.normalize(q.detach(), dim=1), F.normalize(k.detach(), dim=1)
+    terms = [-math.log(math.exp(qn[i] @ kn[i] / 0.2) /
+                       (math.exp(qn[i] @ kn[i] / 0.2) + sum(math.exp(qn[i] @ n / 0.2) for n in queue)))
+             for i in range(6)]
+    assert ours.item() == pytest.approx(sum(terms) / 6, rel=1e-9)
+    # keys take no gradient
+    assert grads(ours, (k,))[0] is None
+
+
+# --- BYOL ----------------------------------------------------------------------------------
+def byol_reference(p1, p2, z1, z2) -> torch.Tensor:
+    """Grill et al. 2020, eq. 2 symmetrised: ||p/|p| - z'/|z'|||^2, each view predicting the other."""
+    def loss_fn(x, y):
+        x = x / x.norm(dim=-1, keepdim=True)
+        y = y.detach() / y.detach().norm(dim=-1, keepdim=True)
+        return ((x - y) ** 2).sum(dim=-1)
+    return (loss_fn(p1, z2) + loss_fn(p2, z1)).mean()
+
+
+def test_byol_matches_the_paper() -> None:
+    p1, p2, z1, z2 = (randn(5, 7, seed=s) for s in range(4))
+    assert_same(BYOLLoss()(p1, p2, z1, z2), byol_reference(p1, p2, z1, z2), (p1, p2, z1, z2))
+    # identical prediction and target: zero loss
+    x = randn(3, 4, seed=9)
+    assert BYOLLoss()(x, x, x, x).item() == pytest.approx(0.0, abs=1e-12)
+
+
+# --- SimSiam, Algorithm 1 ----------------------------------------------------------------
+def simsiam_algorithm1(p1, p2, z1, z2) -> torch.Tensor:
+    def D(p, z):  # noqa: N802 - the paper's name
+        z = z.detach()
+        p = F.normalize(p, dim=1)
+        z = F.normalize(z, dim=1)
+        return -(p * z).sum(dim=1).mean()
+    return D(p1, z2) / 2 + D(p2, z1) / 2
+
+
+def test_simsiam_matches_algorithm1_and_stops_gradients() -> None:
+    p1, p2, z1, z2 = (randn(5, 7, seed=s + 10) for s in range(4))
+    ours = SimSiamLoss()(p1, p2, z1, z2)
+    assert_same(ours, simsiam_algorithm1(p1, p2, z1, z2), (p1, p2, z1, z2))
+    assert grads(ours, (z1,))[0] is None
+
+
+# --- Barlow Twins, Algorithm 1 -------------------------------------------------------------
+def barlow_algorithm1(z_a, z_b, lambd) -> torch.Tensor:
+    n, d = z_a.shape
+    z_a_norm = (z_a - z_a.mean(0)) / z_a.std(0)
+    z_b_norm = (z_b - z_b.mean(0)) / z_b.std(0)
+    c = torch.mm(z_a_norm.T, z_b_norm) / n
+    c_diff = (c - torch.eye(d, dtype=c.dtype)).pow(2)
+    weights = torch.full((d, d), lambd, dtype=c.dtype)
+    weights.fill_diagonal_(1.0)
+    return (c_diff * weights).sum()
+
+
+def test_barlow_matches_algorithm1() -> None:
+    z_a, z_b = randn(16, 6, seed=20), randn(16, 6, seed=21)
+    ours = BarlowTwinsLoss(5e-3, eps=0.0)(z_a, z_b)
+    assert_same(ours, barlow_algorithm1(z_a, z_b, 5e-3), (z_a, z_b))
+    # the default eps under the root changes the value by ~1e-5 relative only
+    assert BarlowTwinsLoss(5e-3)(z_a, z_b).item() == pytest.approx(ours.item(), rel=1e-4)
+    # perfectly correlated, decorrelated dimensions: loss 0 up to the (N-1)/N of the unbiased std
+    x = torch.randn(16, 6, dtype=torch.float64)
+    w = torch.linalg.qr(x - x.mean(0))[0] * 4             # zero-mean, orthogonal columns
+    assert BarlowTwinsLoss(eps=0.0)(w, w).item() == pytest.approx(6 * (1 - 15 / 16) ** 2, abs=1e-9)
+
+
+def test_off_diagonal() -> None:
+    m = torch.arange(16.0).view(4, 4)
+    assert off_diagonal(m).tolist() == [v for i, v in enumerate(m.flatten().tolist()) if i % 5]
+
+
+# --- VICReg, Algorithm 1 -------------------------------------------------------------------
+def vicreg_algorithm1(z_a, z_b, lam=25.0, mu=25.0, nu=1.0) -> torch.Tensor:
+    n, d = z_a.shape
+    sim_loss = F.mse_loss(z_a, z_b)
+    std_z_a = torch.sqrt(z_a.var(dim=0) + 1e-04)
+    std_z_b = torch.sqrt(z_b.var(dim=0) + 1e-04)
+    std_loss = torch.mean(F.relu(1 - std_z_a)) + torch.mean(F.relu(1 - std_z_b))
+    z_a = z_a - z_a.mean(dim=0)
+    z_b = z_b - z_b.mean(dim=0)
+    cov_z_a = (z_a.T @ z_a) / (n - 1)
+    cov_z_b = (z_b.T @ z_b) / (n - 1)
+    off = ~torch.eye(d, dtype=torch.bool)
+    cov_loss = cov_z_a[off].pow(2).sum() / d + cov_z_b[off].pow(2).sum() / d
+    return lam * sim_loss + mu * std_loss + nu * cov_loss
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0])      # below 1: the variance hinge is active
+def test_vicreg_matches_algorithm1(scale: float) -> None:
+    z_a = (randn(12, 5, seed=30) * scale).detach().requires_grad_()
+    z_b = (randn(12, 5, seed=31) * scale).detach().requires_grad_()
+    ours = VICRegLoss()(z_a, z_b)
+    assert_same(ours, vicreg_algorithm1(z_a, z_b), (z_a, z_b))
+    terms = VICRegLoss().terms(z_a, z_b)
+    assert (terms["var"].item() > 0) == (scale < 1)
+    assert VICRegLoss(1, 0, 0)(z_a, z_b).item() == pytest.approx(F.mse_loss(z_a, z_b).item())
+
+
+# --- DINO, Algorithm 1 ---------------------------------------------------------------------
+def dino_H(t, s, C, tps, tpt) -> torch.Tensor:  # noqa: N802 - the paper's name
+    t = t.detach()
+    s = F.softmax(s / tps, dim=1)
+    t = F.softmax((t - C) / tpt, dim=1)
+    return -(t * torch.log(s)).sum(dim=1).mean()
+
+
+def test_dino_matches_algorithm1_and_updates_the_centre() -> None:
+    s1, s2, t1, t2 = (randn(6, 9, seed=40 + i) for i in range(4))
+    C0 = randn(1, 9, seed=50).detach() * 0.1
+    loss_fn = DINOLoss(9, teacher_temp=0.04, student_temp=0.1, center_momentum=0.9).double()
+    loss_fn.center.copy_(C0)
+    ours = loss_fn([s1, s2], [t1, t2], update_center=False)
+    ref = dino_H(t1, s2, C0, 0.1, 0.04) / 2 + dino_H(t2, s1, C0, 0.1, 0.04) / 2
+    assert_same(ours, ref, (s1, s2, t1, t2))
+    assert grads(ours, (t1,))[0] is None
+    loss_fn([s1, s2], [t1, t2])
+    expected = 0.9 * C0 + 0.1 * torch.cat([t1, t2]).detach().mean(dim=0)
+    torch.testing.assert_close(loss_fn.center, expected, rtol=0, atol=1e-12)
+
+
+def test_dino_multicrop_averages_every_teacher_student_pair_but_the_same_crop() -> None:
+    student = [randn(4, 7, seed=60 + i) for i in range(5)]        # 2 global + 3 local
+    teacher = [randn(4, 7, seed=70 + i) for i in range(2)]
+    loss_fn = DINOLoss(7).double()
+    ours = loss_fn(student, teacher, update_center=False)
+    pairs = [(g, v) for g in range(2) for v in range(5) if v != g]
+    ref = sum(dino_H(teacher[g], student[v], loss_fn.center, 0.1, 0.04) for g, v in pairs) / len(pairs)
+    assert len(pairs) == 8
+    assert_same(ours, ref, tuple(student))
