@@ -27,7 +27,7 @@ import models.pretext as pretexts
 from config.codes import PRETEXTS, Mode, decode_mode, decode_netnum
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
-from datasets.folder import RasterDataset, make_dataset, prepare_dataset
+from datasets.folder import CacheSpec, RasterDataset, make_dataset, prepare_dataset, shared_cache_path
 from datasets.index import Index, Sample, few_shot
 from datasets.options import get_opt
 from datasets.transforms import plain
@@ -66,6 +66,9 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--gpu-aug", dest="gpu_aug", action=argparse.BooleanOptionalAction, default=None,
                    help="make the --aug/--aug_p views of each batch on the device (datasets/gpu_aug.py), the workers "
                         "only decode; default: on with a GPU for the pretexts that use --aug (needs images of one size)")
+    g.add_argument("--cache-size", dest="cache_size", type=int, default=None,
+                   help="with --pin-memory: cache every image resized to this side (e.g. the training resolution, "
+                        "or more to keep random crops sharp) instead of at native resolution")
     g.add_argument("--knn-freq", dest="knn_freq", type=parse_knn_freq, default="auto",
                    help="kNN monitor on the validation slice: auto (about 5%% of the training time: after epoch 1, "
                         "then as often as that budget allows, and after the last epoch), or every N epochs (0: off)")
@@ -153,12 +156,17 @@ def prepare(args: argparse.Namespace) -> Plan:
     resolve_head_flags(args, mode, module)
     if hasattr(module, "check_args"):
         module.check_args(args)
+    if args.cache_size is not None and not args.pin_memory:
+        raise UserError("--cache-size sets the side of the --pin-memory cache; add --pin-memory or drop it")
     if args.sync_bn and args.no_sync_bn:
         raise UserError("--sync-bn and --no-sync-bn contradict each other; keep one")
     if args.sync_bn and not torch.cuda.is_available():
         raise UserError("--sync-bn needs GPUs (SyncBatchNorm has no CPU kernel); drop it on CPU")
     opt, index = prepare_dataset(get_opt(args.ds, args))
     module.make_transform(args, opt.parts[0] if opt.parts else opt)   # validates --aug / --aug_p
+    if args.cache_size is not None and args.cache_size < opt.input_size:
+        raise UserError(f"--cache-size {args.cache_size} is below the input size {opt.input_size}: every view would be "
+                        f"upsampled; use at least {opt.input_size}")
     args.gpu_aug = resolve_gpu_aug(args, module, opt)
     train = index.train if args.ts == 1 else few_shot(index.train, args.ts, args.seed, index.classes)
     bs = args.bs or opt.batch_size
@@ -317,16 +325,25 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
     net = (nn.parallel.DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None)
            if rt.distributed else model)
 
+    cache = memory_cache(args, plan, rt)
     augment = None
     if args.gpu_aug:      # the workers only decode; the views are made on the device
-        dataset = RasterDataset(plan.train, opt, None, cache=args.pin_memory, threads=max(1, args.workers) * 2,
+        dataset = RasterDataset(plan.train, opt, None, cache=cache, threads=max(1, args.workers) * 2,
                                 as_float=False)
         augment = DeviceAugment(build_batch_views(args, opt, module), args.seed, rt.rank)
         if rt.is_main:
             log.info("--gpu-aug: views made on %s in batches (datasets/gpu_aug.py)", rt.device)
     else:
         dataset = make_dataset(opt, plan.train, lambda o: module.make_transform(args, o),
-                               cache=args.pin_memory, threads=max(1, args.workers) * 2)
+                               cache=cache, threads=max(1, args.workers) * 2)
+    if isinstance(cache, CacheSpec) and cache.shared is not None:
+        dist.barrier()                    # every process of the node has mapped the shared cache ...
+        if cache.builder:                 # ... so its name can go: the pages live until the last process ends
+            for f in cache.shared.parent.glob(f"{cache.shared.stem}*.npy"):
+                f.unlink(missing_ok=True)
+        if rt.is_main:
+            log.info("--pin-memory: one cache per node, shared by its processes (%d in all) through %s", rt.world,
+                     cache.shared.parent)
     loader, sampler = make_loader(dataset, per_proc_bs, rt, args)
     iters = len(loader)
     if hasattr(module, "build_optimizer"):    # e.g. a GAN: Adam(0.5, 0.999) over G and D groups
@@ -345,7 +362,12 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
     stem = f"{args.netnum}_{expnum}"
     epoch_log = (EpochLog(plan.ckpt_dir / f"{stem}_log.csv", plan.ckpt_dir / "tb" / stem, resume=bool(args.resume))
                  if rt.is_main else None)
-    monitor = KnnMonitor(args, opt, plan.index, rt) if rt.is_main and args.knn_freq != 0 and plan.index.classes else None
+    monitor = None
+    if rt.is_main and args.knn_freq != 0 and plan.index.classes:
+        try:
+            monitor = KnnMonitor(args, opt, plan.index, rt)
+        except UserError as err:             # e.g. a split without a validation slice
+            log.warning("no kNN monitor (and no _best.pth): %s", err)
     if rt.is_main:
         log.info("%s | mode %d (%s) | netnum %s | %s: %d training images, %d bands %dx%d | "
                  "batch %d (%d x %d processes) | %d iterations/epoch | device %s",
@@ -405,6 +427,19 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
         if monitor is not None and monitor.runs:
             log.info("kNN monitor: %d passes, %.1f s = %.1f %% of the time spent training", monitor.runs,
                      monitor.seconds, 100 * monitor.seconds / max(train_seconds, 1e-9))
+
+
+def memory_cache(args: argparse.Namespace, plan: Plan, rt: Runtime) -> bool | CacheSpec:
+    """``--pin-memory``: what to cache, and with several processes one shared copy per node
+    (the node's first process builds it in /dev/shm, the others map it)."""
+    if not args.pin_memory:
+        return False
+    shared = None
+    if rt.distributed:
+        key = [f"{plan.expnum}_{os.getpid()}"]            # the same name on every rank: rank 0's
+        dist.broadcast_object_list(key, src=0)
+        shared = shared_cache_path(key[0], [s.path for s in plan.train])
+    return CacheSpec(size=args.cache_size, shared=shared, builder=rt.local_rank == 0)
 
 
 def make_loader(dataset: Dataset, batch_size: int, rt: Runtime, args: argparse.Namespace) -> tuple[DataLoader, SeededSampler]:

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 import models.pretext as pretexts
