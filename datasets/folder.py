@@ -297,13 +297,19 @@ def prepare_dataset(opt: DatasetOpt) -> tuple[DatasetOpt, Index]:
 
 def describe(opt: DatasetOpt, index: Index) -> str:
     """The dataset summary printed by ``python -m datasets`` and ``make demo``."""
-    lines = [f"dataset   {opt.name}: {opt.title}", f"folder    {opt.root}",
+    if opt.parts:
+        folder = ", ".join(str(p.root) for p in opt.parts)
+        split = (f"split     {index.split_version}: train {len(index.train)} / test {len(index.test)} "
+                 "(each dataset keeps its own split; pooled for pretraining only)")
+    else:
+        folder = str(opt.root)
+        split = (f"split     {index.split_version}: train {len(index.train)} (validation slice {len(index.val)}, "
+                 f"few-shot pool {len(index.train) - len(index.val)}) / test {len(index.test)} "
+                 + (f"(from {opt.split_file})" if opt.split_file else f"({opt.train_fraction:.0%} per class, fixed)"))
+    lines = [f"dataset   {opt.name}: {opt.title}", f"folder    {folder}",
              f"bands     {opt.n_bands} ({opt.dtype}: {' '.join(opt.bands)})"
              + (f", true colour = bands {' '.join(opt.rgb_bands)}" if opt.rgb_index else ""),
-             f"input     {opt.input_size} x {opt.input_size}",
-             f"split     {index.split_version}: train {len(index.train)} (validation slice {len(index.val)}, "
-             f"few-shot pool {len(index.train) - len(index.val)}) / test {len(index.test)} "
-             + (f"(from {opt.split_file})" if opt.split_file else f"({opt.train_fraction:.0%} per class, fixed)")]
+             f"input     {opt.input_size} x {opt.input_size}", split]
     if opt.mean is not None:
         lines.append("mean      " + " ".join(f"{v:.1f}" for v in opt.mean) + "  (training split)")
         lines.append("std       " + " ".join(f"{v:.1f}" for v in opt.std))

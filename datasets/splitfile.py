@@ -36,18 +36,21 @@ def _few(items: list[str], n: int = 3) -> str:
 
 
 def _list_files(folder: Path, prefix: str) -> dict[str, Path]:
-    """The train/val/test lists in ``folder``: ``<prefix>-<split>.txt`` or the only set present."""
-    if prefix and (folder / f"{prefix}-train.txt").is_file():
+    """The train/val/test lists in ``folder``: ``<prefix>-<split>.txt`` (the dataset's published
+    lists), or for a dataset without published lists the folder's only ``<name>-train.txt`` set."""
+    found = sorted(p.name[: -len("-train.txt")] for p in folder.glob("*-train.txt"))
+    if prefix:
+        if prefix not in found:
+            raise UserError(f"--split-file {folder} has no {prefix}-train.txt (found "
+                            f"{_few([f + '-train.txt' for f in found]) or 'no lists'}); put the "
+                            f"{prefix}-train.txt / -val.txt / -test.txt lists of Neumann et al. there")
         chosen = prefix
-    else:
-        found = sorted({p.name[: -len("-train.txt")] for p in folder.glob("*-train.txt")})
-        if len(found) != 1:
-            want = f"{prefix}-train.txt / -val.txt / -test.txt" if prefix else "<name>-train.txt / -val.txt / -test.txt"
-            raise UserError(f"--split-file {folder} is a folder but holds "
-                            f"{'no' if not found else 'several sets of'} split lists "
-                            f"({_few([f + '-train.txt' for f in found]) or 'none'}); it needs {want}, "
-                            "e.g. the lists TorchGeo downloads for EuroSAT")
+    elif len(found) == 1:
         chosen = found[0]
+    else:
+        raise UserError(f"--split-file {folder} holds {'no' if not found else 'several sets of'} split lists "
+                        f"({_few([f + '-train.txt' for f in found]) or 'none'}); this dataset has no published "
+                        "lists, so the folder must hold exactly one <name>-train.txt / -val.txt / -test.txt set")
     lists = {sp: folder / f"{chosen}-{sp}.txt" for sp in SPLITS if (folder / f"{chosen}-{sp}.txt").is_file()}
     if "test" not in lists:
         raise UserError(f"--split-file {folder} has {chosen}-train.txt but no {chosen}-test.txt; add the test list")

@@ -34,12 +34,12 @@ def fewshot_pool(index: Index) -> list[Sample]:
     return index.pool
 
 
-def _slice(index: Index, what: str) -> list[Sample]:
+def _slice(index: Index, what: str, fix: str = "") -> list[Sample]:
     _labelled(index, what)
     if not index.val:
         raise UserError(f"{what} reads the validation slice, and split {index.split_version} has none (every class "
                         "has fewer than 2 training images, or the split file gives no val rows); "
-                        "add images or use a split file with val rows")
+                        f"add images{fix} or use a split file with val rows")
     return list(index.val)
 
 
@@ -54,7 +54,7 @@ def monitor_sets(index: Index) -> tuple[list[Sample], list[Sample]]:
     The two are disjoint, and neither holds a test image. Callers subsample the memory
     as they need (e.g. balanced per class).
     """
-    return index.pool, _slice(index, "a kNN monitor")
+    return index.pool, _slice(index, "the kNN monitor", ", pretrain with --knn-freq 0 (no monitor)")
 
 
 def final_eval_set(index: Index) -> list[Sample]:

@@ -4,6 +4,12 @@ Few-shot studies launch many evaluations at once (seeds x shots x checkpoints) t
 all append to the same ``results/*.csv``.  :func:`append_result` therefore takes an
 exclusive lock and replaces the file atomically, so rows are never interleaved or
 lost and a crash never leaves a half-written table.
+
+A table written by an older version of this project (fewer columns) is migrated in
+place, in the same locked atomic rewrite, the first time a row is appended: its rows
+keep their values, get split version ``unknown`` and empty new cells. A CSV that is not
+a results table is refused. Each row's per-image test predictions live beside the
+table (:func:`save_predictions`), named in its ``predictions`` cell.
 """
 from __future__ import annotations
 
@@ -117,7 +123,8 @@ def append_result(csv_path: str | os.PathLike, row: Mapping[str, Any]) -> None:
     Columns are :data:`RESULT_COLUMNS`; missing ones stay empty, except ``time``
     (now) and ``code_version`` (:func:`code_version`), which are filled in.
     ``per_class`` may be a list or dict and is stored as JSON.  A row with an
-    unknown column is refused (ValueError), so a typo never shifts the table.
+    unknown column is refused (ValueError), so a typo never shifts the table. An
+    older-schema table is migrated first (logged); a foreign CSV is a UserError.
 
     Concurrency: an exclusive ``flock`` on ``<csv_path>.lock`` serialises writers
     (processes on one machine or on a shared filesystem with working locks); the

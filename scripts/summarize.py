@@ -164,7 +164,8 @@ def scored(g: Group, metric: str, missing: list[str]) -> Scored:
     idx = {c: i for i, c in enumerate(names)}
     true = np.array([idx[c] for c in preds[0][1]])
     pred = np.array([[idx[c] for c in p] for _, _, p in preds])
-    return Scored(values, true, pred, len(names))
+    images = tuple(f"{path}\t{label}" for path, label in zip(preds[0][0], preds[0][1]))
+    return Scored(values, true, pred, len(names), images)
 
 
 def _metric(r: Row, metric: str) -> float:
@@ -229,7 +230,7 @@ def _pair(g: Group, bases: list[Group], metric: str, n_boot: int, boot_seed: int
     lo, hi, over = paired_bootstrap_ci(a, b, metric, n_boot, boot_seed)
     out = {"baseline": base, "n_pairs": len(common), "diff": float(diff.mean()), "diff_ci": (lo, hi),
            "diff_over": over, "p_t": paired_t_p(a.values, b.values), "p_mcnemar": math.nan}
-    if has_images(a, b) and a.num_classes == b.num_classes:
+    if has_images(a, b):
         out["p_mcnemar"] = mcnemar_exact_p(a.pred == a.true, b.pred == b.true)[0]
     return out
 
@@ -238,7 +239,7 @@ def _subset(s: Scored, g: Group, seeds: list[str]) -> Scored:
     pos = [g.seeds().index(x) for x in seeds]
     if s.pred is None:
         return Scored(s.values[pos])
-    return Scored(s.values[pos], s.true, s.pred[pos], s.num_classes)
+    return Scored(s.values[pos], s.true, s.pred[pos], s.num_classes, s.images)
 
 
 def _fmt(v: float, digits: int = 1) -> str:

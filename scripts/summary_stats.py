@@ -32,6 +32,7 @@ class Scored:
     true: np.ndarray | None = None     # (n_images,) class indices, the same images for every seed
     pred: np.ndarray | None = None     # (n_seeds, n_images)
     num_classes: int = 0
+    images: tuple[str, ...] = ()       # what the images are (path and true class), to pair two runs
 
 
 def metric_from_confusion(conf: np.ndarray, metric: str) -> np.ndarray:
@@ -91,8 +92,9 @@ def _replicates(runs: list[Scored], metric: str, n_boot: int, rng: np.random.Gen
 
 def has_images(*runs: Scored) -> bool:
     """All runs carry per-image predictions on one and the same list of test images."""
-    return all(r.true is not None and r.pred is not None for r in runs) and \
-        all(np.array_equal(r.true, runs[0].true) for r in runs)
+    if not all(r.true is not None and r.pred is not None for r in runs):
+        return False
+    return all(len(r.true) == len(runs[0].true) and r.images == runs[0].images for r in runs)
 
 
 def bootstrap_ci(run: Scored, metric: str, n_boot: int = 2000, seed: int = 0,

@@ -198,3 +198,20 @@ def test_script_runs_from_the_command_line(tmp_path):
     r = run_script(["scripts/summarize.py", str(path), "--out", str(tmp_path / "s")], timeout=120)
     assert r.returncode == 0, r.stderr
     assert "| simclr / logistic regression | 5 | 2 | 55.0 | 7.1 | [50.0, 60.0] | seeds |" in r.stdout
+
+
+def test_mcnemar_pairs_images_even_when_a_run_never_predicts_some_classes(tmp_path, capsys):
+    """Run A calls every image c0; the baseline misses one c0 image: 1 vs 8 discordant, p = 2 (1 + 9) / 2^9."""
+    path = tmp_path / "r.csv"
+    names = [f"c{i % 3}/img{i}.tif" for i in range(12)]
+    true = [f"c{i % 3}" for i in range(12)]
+    pred_b = ["c1"] + true[1:]
+    rel_a = save_predictions(path, "a", names, true, ["c0"] * 12)
+    rel_b = save_predictions(path, "b", names, true, pred_b)
+    add(path, seed=0, ts=5, OA=100 * 4 / 12, predictions=rel_a)
+    add(path, seed=0, ts=5, OA=100 * 11 / 12, pretext="random", mode=11, pretrain_expnum="random",
+        pretrain_epoch="", predictions=rel_b)
+    code, t, _ = summary(tmp_path, capsys, path, "--baseline", "pretext=random")
+    row = t[t["pretext"] == "simclr"].iloc[0]
+    assert code == 0 and float(row["p_mcnemar"]) == pytest.approx(20 / 512)
+    assert float(row["diff"]) == pytest.approx(-700 / 12) and row["p_paired_t"] == "nan"

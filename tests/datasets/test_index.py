@@ -232,6 +232,10 @@ def test_pooled_datasets_keep_each_split_and_name_both_versions(tmp_path):
     assert {s.path for s in pooled.train} == {s.path for s in a.train + b.train}   # slices included
     assert {s.path for s in pooled.test} == {s.path for s in a.test + b.test}
     assert pooled.val == [] and all(s.label == -1 for s in pooled.train)
+    from datasets.folder import describe
+    text = describe(get_opt("eurorgb+euromsrgb", ns), pooled)
+    assert f"split     {pooled.split_version}: train {len(pooled.train)} / test {len(pooled.test)}" in text
+    assert str(tmp_path / "eurosat_rgb") in text and str(tmp_path / "eurosat_ms") in text
 
 
 @needs_eurosat

@@ -105,7 +105,10 @@ def test_neumann_lists_that_do_not_match_the_files(tmp_path):
 def test_split_file_folder_without_lists(tmp_path):
     eurosat_tree(tmp_path, 3, ".tif")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="holds no split lists.*eurosat-train.txt"):
+    with pytest.raises(UserError, match="has no eurosat-train.txt \\(found no lists\\)"):
+        build_index(get_opt("euroms", ns(tmp_path, tmp_path / "empty")))
+    (tmp_path / "empty" / "uc_merced-train.txt").write_text("agricultural00.tif\n")   # another dataset's lists
+    with pytest.raises(UserError, match="has no eurosat-train.txt \\(found uc_merced-train.txt\\)"):
         build_index(get_opt("euroms", ns(tmp_path, tmp_path / "empty")))
     with pytest.raises(UserError, match="does not exist"):
         get_opt("euroms", ns(tmp_path, tmp_path / "nope.csv"))
@@ -159,3 +162,18 @@ def test_entry_scripts_take_split_file(tmp_path):
                                                                           "--results", str(tmp_path / "r.csv")])
     assert pretrain.prepare(pre).index.split_version.startswith("file-")
     assert finetune.prepare(cls).index.split_version.startswith("file-")
+
+
+def test_lists_for_a_dataset_without_published_ones(tmp_path):
+    """AID or your own tree: the folder's only <name>-train/-test lists; no val list -> the rule's slice."""
+    root = class_tree(tmp_path / "mine", SIZES)
+    built = build_index(get_opt(str(root)))
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    (folder / "mine-train.txt").write_text("\n".join(s.path.name for s in built.train) + "\n")
+    (folder / "mine-test.txt").write_text("\n".join(s.path.name for s in built.test) + "\n")
+    idx = build_index(get_opt(str(root), ns(tmp_path, folder)))
+    assert splits_of(idx) == splits_of(built) and idx.split_version == "file-" + built.split_version[3:]
+    (folder / "other-train.txt").write_text("x.tif\n")
+    with pytest.raises(UserError, match="several sets of split lists"):
+        build_index(get_opt(str(root), ns(tmp_path, folder)))
