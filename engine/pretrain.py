@@ -367,6 +367,8 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
         try:
             monitor = KnnMonitor(args, opt, plan.index, rt)
         except UserError as err:             # e.g. a split without a validation slice
+            if args.knn_freq != "auto":      # asked for explicitly: say it cannot be done
+                raise
             log.warning("no kNN monitor (and no _best.pth): %s", err)
     if rt.is_main:
         log.info("%s | mode %d (%s) | netnum %s | %s: %d training images, %d bands %dx%d | "
