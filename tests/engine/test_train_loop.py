@@ -184,7 +184,7 @@ def test_cli_amp_channels_last_on_cpu(demo_root, tmp_path, caplog):
     import main_cls_ss_train
     caplog.set_level(logging.INFO)
     main_cls_ss_train.main(["--mode", "910", "--ds", "demo", "--data-root", str(demo_root), "--netnum", "000000",
-                            "--input_size", "32", "--bs", "16", "--mepoch", "1", "--workers", "0", "--knn-freq", "0",
+                            "--input_size", "32", "--bs", "16", "--ts", "3", "--mepoch", "1", "--workers", "0", "--knn-freq", "0",
                             "--ckpt", str(tmp_path), "--no-progress", "--amp", "--channels-last", "--expnum", "1_pretrain"])
     assert "--amp on CPU: bf16 autocast runs" in caplog.text
     state = torch.load(tmp_path / "000000_1_pretrain_1.pth", weights_only=True)
