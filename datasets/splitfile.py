@@ -27,8 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
-
-SPLITS = ("train", "val", "test")
+from datasets.index import SPLITS
 
 
 def _few(items: list[str], n: int = 3) -> str:

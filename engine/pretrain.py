@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -32,7 +31,10 @@ from datasets.index import Index, Sample, few_shot
 from datasets.options import get_opt
 from datasets.transforms import plain
 from engine import checkpoint as ckpt
+from engine import guards
+from engine.atomic import remove_stale_tmp
 from engine.cli import check_process_flags, setup_logging
+from engine.dist import spawn
 from engine.knn import balanced_subsample, knn_accuracy
 from engine.labels import monitor_sets
 from engine.logger import EpochLog
@@ -139,6 +141,8 @@ def prepare(args: argparse.Namespace) -> Plan:
     """Decode codes, load the dataset index, and check every user input once."""
     mode = decode_mode(args.mode if args.mode is not None else 910, script="pretrain")
     check_process_flags(args)
+    guards.check_values(args)
+    guards.check_pretrain_values(args)
     decode_netnum(args.netnum)
     module = pretexts.load(mode)
     if (args.aug is not None or args.aug_p is not None) and not getattr(module, "USES_AUG", False):
@@ -167,6 +171,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     if args.cache_size is not None and args.cache_size < opt.input_size:
         raise UserError(f"--cache-size {args.cache_size} is below the input size {opt.input_size}: every view would be "
                         f"upsampled; use at least {opt.input_size}")
+    guards.check_input_size(args.netnum, opt.input_size)
     args.gpu_aug = resolve_gpu_aug(args, module, opt)
     train = index.train if args.ts == 1 else few_shot(index.train, args.ts, args.seed, index.classes)
     bs = args.bs or opt.batch_size
@@ -201,11 +206,32 @@ def prepare(args: argparse.Namespace) -> Plan:
         raise UserError(f"--sepoch/--cepoch {start} is not below --mepoch {args.mepoch}; raise --mepoch")
     if init_from is not None:
         expnum = None      # a new run starting from --expnum's checkpoint: never overwrite that run's files
-    expnum = expnum or ckpt.make_expnum(mode.name)
+    if args.overwrite and not expnum:
+        raise UserError("--overwrite replaces the run --expnum names" + (", and --resume/--cepoch do not write under "
+                        "--expnum" if args.resume or init_from else "") + "; give --expnum E to replace run E, or drop --overwrite")
     if init_from is not None and args.mp_distributed:
         backbone, _ = build_backbone(args.netnum, opt.n_bands, False, opt.rgb_index)
         ckpt.load_backbone(init_from, backbone)        # a mismatch is a user error, before workers start
-    return Plan(mode, opt, index, train, expnum, ckpt_dir, bs, start, init_from)
+    guards.check_writable_folder(ckpt_dir, "--ckpt")
+    guards.check_dist_port(args)
+    return Plan(mode, opt, index, train, claim_run_name(args, mode, ckpt_dir, expnum), ckpt_dir, bs, start, init_from)
+
+
+def claim_run_name(args: argparse.Namespace, mode: Mode, ckpt_dir: Path, expnum: str | None) -> str:
+    """The run's expnum, made its own (last step of ``prepare``: nothing after it can fail).
+
+    A new name is claimed atomically; a given ``--expnum`` must be free unless ``--overwrite``;
+    ``--resume`` continues the name in its state file ("" here, set by ``main_worker``).
+    Under torchrun only rank 0 claims, and ``main_worker`` broadcasts the name.
+    """
+    if args.resume or os.environ.get("RANK", "0") != "0":
+        return ""
+    for p in remove_stale_tmp(ckpt_dir):
+        log.info("removed %s, left by a run that was killed while writing", p.name)
+    if expnum:
+        ckpt.claim_given_expnum(ckpt_dir, args.netnum, expnum, args.overwrite)
+        return expnum
+    return ckpt.claim_expnum(ckpt_dir, args.netnum, mode.name)
 
 
 def resolve_gpu_aug(args: argparse.Namespace, module, opt: DatasetOpt) -> bool:
@@ -287,15 +313,7 @@ def main(args: argparse.Namespace) -> None:
         return
     if args.mp_distributed:
         nproc = planned_world_size(args) // args.world_size
-        try:
-            mp.spawn(main_worker, nprocs=nproc, args=(nproc, args, plan), join=True)
-        except mp.ProcessRaisedException as err:
-            first = str(err).strip().splitlines()[-1]
-            log.error("a worker process failed: %s", first)
-            sys.exit(1)
-        except mp.ProcessExitedException as err:
-            log.error("a worker process died: %s", err)
-            sys.exit(1)
+        spawn(main_worker, nproc, (nproc, args, plan))
         return
     main_worker(None, None, args, plan)
 
@@ -303,6 +321,10 @@ def main(args: argparse.Namespace) -> None:
 def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namespace, plan: Plan) -> None:
     """One training process (rank 0 alone logs and writes)."""
     rt = init_runtime(local_rank, nproc, args)
+    if rt.distributed and not args.resume:      # torchrun: rank 0 alone claimed the run's name
+        name = [plan.expnum]
+        dist.broadcast_object_list(name, src=0)
+        plan.expnum = name[0]
     opt, mode = plan.opt, plan.mode
     module = pretexts.load(mode)
     per_proc_bs = plan.global_bs // rt.world
@@ -560,7 +582,7 @@ def parse_knn_freq(text: str) -> int | str:
     except ValueError:
         n = -1
     if n < 0:
-        raise argparse.ArgumentTypeError(f"--knn-freq {text!r} must be auto or a whole number of epochs >= 0 (0: off)")
+        raise argparse.ArgumentTypeError(f"--knn-freq {text} must be >= 0 epochs (0: off) or auto; pass e.g. --knn-freq auto")
     return n
 
 

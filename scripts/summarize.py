@@ -88,7 +88,8 @@ def canon(column: str, value: str) -> str:
 def identity(cells: dict[str, str]) -> tuple[str, ...]:
     derived = dict(cells)
     param = cells.get("probe_param", "")
-    derived["probe_kind"] = param.split("=", 1)[0] if "=" in param else param
+    # logreg's C is chosen per draw (one protocol); kNN's "k=20,weighted" names the protocol itself
+    derived["probe_kind"] = "C" if param.startswith("C=") else param
     return tuple(canon(c, derived.get(c, "")) for c in IDENTITY)
 
 
@@ -263,7 +264,9 @@ def varying(lines: list[Line]) -> tuple[list[str], dict[str, str]]:
 def run_label(ident: dict[str, str], vary: list[str]) -> str:
     proto = ident["probe"] or (f"hos {ident['hos']}" if ident["hos"] else "")
     name = f"{ident['pretext'] or ident['pretrain_expnum'] or '?'} / {PROTOCOL_NAMES.get(ident['probe'] or ident['hos'], proto)}"
-    extra = [f"{c}={ident[c] or '∅'}" for c in vary if c not in ("pretext", "probe", "hos")]
+    # empty cells mean "does not apply" (no checkpoint, no training): left out of the label
+    extra = [f"{c}={ident[c]}" for c in vary if c not in ("pretext", "probe", "hos") and ident[c]
+             and not (c == "pretrain_expnum" and ident[c] == ident["pretext"])]
     return name + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -349,8 +352,11 @@ def plot(lines: list[Line], path: Path, metric: str) -> None:
         hi = [ln.ci[1] for ln in curve]
         if not any(math.isnan(v) for v in lo + hi):
             ax.fill_between(x, lo, hi, color=handle.get_color(), alpha=0.2, linewidth=0)
+            # the band's ends as caps, so a curve with a single labels-per-class point shows its CI too
+            ax.errorbar(x, y, yerr=[np.subtract(y, lo), np.subtract(hi, y)], fmt="none",
+                        ecolor=handle.get_color(), capsize=3, alpha=0.6)
     ax.set_xlabel("labels per class")
-    ax.set_ylabel(metric + ("" if metric == "kappa" else " (%)") + ", shaded: 95 % CI")
+    ax.set_ylabel(metric + ("" if metric == "kappa" else " (%)") + ", band and bars: 95 % CI")
     ticks = sorted({float(ln.group.ident["ts"]) for ln in lines})
     if ticks and min(ticks) > 0:
         ax.set_xscale("log")

@@ -7,8 +7,8 @@ and output ``--feature_dim`` 2048) and a predictor (2048 -> ``--pred-hidden`` 51
 under a stop-gradient (the collapse-preventing ingredient the paper isolates). Each
 view is its own batch through the networks (BatchNorm per view, as in the paper's
 code). Views: SimCLR's (``--aug`` 5, ``--aug_p`` S5 by default), as in the paper.
-The paper keeps the predictor's learning rate fixed; here it follows ``--lr_policy``
-like every other parameter.
+The paper's recipe can keep the predictor's learning rate fixed (``--fix-pred-lr`` in
+its code, off there by default); here it follows ``--lr_policy`` like every other parameter.
 """
 from __future__ import annotations
 

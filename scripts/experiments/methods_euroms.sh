@@ -26,6 +26,7 @@
 # regimes; read it as "what these methods do at this scale". --ckpt_freq 5 keeps epoch 5 too.
 # MODES picks the pretraining modes (default all seven); existing checkpoints are reused
 # (state in $CKPT/<mode>.expnum), so the script can be re-run to add methods or probes.
+# PROBE_EPOCH (default EPOCHS) names the checkpoint epoch the probes read (5 or EPOCHS).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -36,8 +37,9 @@ RES=${RES:-results/euroms_methods.csv}
 EPOCHS=${EPOCHS:-10}
 BS=${BS:-64}
 WARMUP=${WARMUP:-2}
-PAR=${PAR:-3}                       # pretraining runs side by side
+PAR=${PAR:-8}                       # runs side by side (each pretraining is followed by its probe)
 MODES=${MODES:-"910 911 912 913 914 915 916"}
+PROBE_EPOCH=${PROBE_EPOCH:-$EPOCHS}
 NET=090000
 
 declare -A OPTIM=([910]=lars [911]=sgd [912]=lars [913]=sgd [914]=lars [915]=lars [916]=adamw)
@@ -51,7 +53,7 @@ log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$CKPT/times.txt"; }
 
 pretrain() {   # mode -> checkpoint expnum in $CKPT/<mode>.expnum (skipped when it exists)
   local mode=$1 lr exp s=$SECONDS
-  if [ -s "$CKPT/$mode.expnum" ] && [ -f "$CKPT/${NET}_$(cat "$CKPT/$mode.expnum")_$EPOCHS.pth" ]; then
+  if [ -s "$CKPT/$mode.expnum" ] && [ -f "$CKPT/${NET}_$(cat "$CKPT/$mode.expnum")_$PROBE_EPOCH.pth" ]; then
     log "mode $mode: reusing $(cat "$CKPT/$mode.expnum")"; return 0
   fi
   lr=$("$PY" -c "print(${BASE[$mode]} * $BS / 256)")
@@ -68,7 +70,7 @@ pretrain() {   # mode -> checkpoint expnum in $CKPT/<mode>.expnum (skipped when 
 
 probe() {      # logistic regression at 5 and 20 labels x 5 seeds; no arguments = random init
   local s=$SECONDS src=(--mode 11)
-  [ $# -gt 0 ] && src=(--mode 41 --expnum "$(cat "$CKPT/$1.expnum")" --cepoch "$EPOCHS" --ckpt "$CKPT")
+  [ $# -gt 0 ] && src=(--mode 41 --expnum "$(cat "$CKPT/$1.expnum")" --cepoch "$PROBE_EPOCH" --ckpt "$CKPT")
   for ts in 5 20; do
     "$PY" main_cls.py --ds euroms --data-root "$ROOT" --netnum $NET --workers 0 --no-progress \
       --results "$RES" --ts $ts --probe logreg --nseeds 5 "${src[@]}" > /dev/null
@@ -76,15 +78,14 @@ probe() {      # logistic regression at 5 and 20 labels x 5 seeds; no arguments 
   log "probe ${1:-random}: $(( SECONDS - s )) s"
 }
 
-running=0
+probe &                              # random init: no pretraining to wait for
+running=1
 for mode in $MODES; do
-  pretrain "$mode" &
+  { pretrain "$mode" && probe "$mode"; } &
   running=$(( running + 1 ))
   if [ "$running" -ge "$PAR" ]; then wait -n; running=$(( running - 1 )); fi
 done
 wait
-probe
-for mode in $MODES; do probe "$mode"; done
 "$PY" scripts/summarize.py "$RES" --out "${RES%.csv}_summary"
 
 # Pretraining diagnostics from each run's log: loss and embedding std (std over the batch of
@@ -95,15 +96,15 @@ import csv, os
 from pathlib import Path
 from config.codes import PRETEXTS
 ck, net = Path(os.environ["CKPT"]), os.environ["NET"]
-lines = ["| mode | method | loss first -> last | emb_std first -> last (min) | kNN last (%) | run |",
-         "|---|---|---|---|---|---|"]
+lines = ["| mode | method | epochs logged | loss first -> last | emb_std first -> last (min) | kNN last (%) | run |",
+         "|---|---|---|---|---|---|---|"]
 for mode in os.environ["MODES"].split():
     exp = (ck / f"{mode}.expnum").read_text().strip()
     rows = list(csv.DictReader(open(ck / f"{net}_{exp}_log.csv")))
     std = [float(r["emb_std"]) for r in rows]
     knn = [r.get("knn_top1") for r in rows if r.get("knn_top1")]
     last_knn = f"{float(knn[-1]):.1f}" if knn else "-"
-    lines.append(f"| {mode} | {PRETEXTS[int(mode)][0]} | {float(rows[0]['loss']):.3f} -> {float(rows[-1]['loss']):.3f} | "
+    lines.append(f"| {mode} | {PRETEXTS[int(mode)][0]} | {rows[-1]['epoch']} | {float(rows[0]['loss']):.3f} -> {float(rows[-1]['loss']):.3f} | "
                  f"{std[0]:.4f} -> {std[-1]:.4f} ({min(std):.4f}) | {last_knn} | {exp} |")
 Path(os.environ["OUT"]).write_text("\n".join(lines) + "\n")
 print("\n".join(lines))

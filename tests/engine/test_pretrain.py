@@ -64,9 +64,10 @@ def test_resume_reaches_the_same_weights(demo_root, tmp_path, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(pretrain, "train_one_epoch", crash_after_two)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stop:      # Ctrl-C: exit 130, no traceback
         main_cls_ss_train.main(args_for(demo_root, part, "--mepoch", "3", "--ckpt_freq", "1", "--expnum", "2_pretrain",
                                         "--knn-freq", "0"))
+    assert stop.value.code == 130
     assert not (part / "090000_2_pretrain_3.pth").exists()
     monkeypatch.setattr(pretrain, "train_one_epoch", real)
     main_cls_ss_train.main(args_for(demo_root, part, "--mepoch", "3", "--ckpt_freq", "1", "--knn-freq", "0",
@@ -142,7 +143,7 @@ BAD = [
     (["--dtype", "SAR"], "--dtype SAR is not available"),
     (["--aug", "7"], "7"),
     (["--aug_p", "Z9"], "Z9"),
-    (["--mode", "915"], "--mode 915 is not a pretraining mode"),
+    (["--mode", "919"], "--mode 919 is not a pretraining mode"),
     (["--mode", "41"], "run it with main_cls.py"),
     (["--sync-bn", "--mp-distributed"], "--sync-bn needs GPUs"),
     (["--nproc", "2"], "--nproc set up several processes; add --mp-distributed"),
