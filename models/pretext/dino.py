@@ -37,6 +37,7 @@ from models.pretext.ema import add_hidden_dim, check_positive, check_unit, cosin
 from models.pretext.simclr import embedding_std
 
 LOSSES = ("DINOLoss", "dino")
+SYNC_BN = True           # BN statistics over all processes' batches on GPUs by default (--no-sync-bn)
 TAU = 0.1                # student temperature
 FEATURE_DIM = 65536      # prototypes
 HIDDEN_DIM = 2048

@@ -24,6 +24,7 @@ from models.pretext.ema import add_hidden_dim, check_positive
 from models.pretext.simclr import embedding_std
 
 LOSSES = ("SimSiamLoss", "simsiam")
+SYNC_BN = True           # BN statistics over all processes' batches on GPUs by default (--no-sync-bn)
 USES_AUG = True
 FEATURE_DIM = 2048
 HIDDEN_DIM = 2048
