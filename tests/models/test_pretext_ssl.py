@@ -214,8 +214,9 @@ def test_resume_restores_queue_teacher_and_centre_exactly(code, demo_root, tmp_p
         return real(*a, **k)
 
     monkeypatch.setattr(pretrain, "train_one_epoch", crash_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stop:                  # Ctrl-C: exit 130
         main_cls_ss_train.main(cli(demo_root, part, code, "--expnum", "2_pretrain", *extra))
+    assert stop.value.code == 130
     monkeypatch.setattr(pretrain, "train_one_epoch", real)
     main_cls_ss_train.main(cli(demo_root, part, code, *extra, "--resume", str(part / "000000_2_pretrain_state.pth")))
     a = torch.load(full / "000000_1_pretrain_state.pth", weights_only=False)["model"]
