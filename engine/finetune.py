@@ -1,5 +1,5 @@
-"""Supervised work of main_cls.py: train (1x), val (2x), test (3x), finetune (4x), and the
-frozen-feature probes (``--probe logreg|knn``).
+"""Supervised work of main_cls.py: train (1x), val (2x), test (3x), finetune (4x); the
+frozen-feature probes (``--probe logreg|knn``) live in engine/probe.py.
 
 Protocols (``--hos``): 0 all layers at ``--lr``; 1 backbone at lr/5; 9 linear probe
 (backbone frozen AND in eval mode; after the first epoch every backbone tensor is
@@ -10,7 +10,6 @@ matrix, and appends one row to ``results/<ds>.csv``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -34,12 +33,11 @@ from datasets.options import get_opt
 from datasets.transforms import Normalize, build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
-from engine import guards, labels, provenance
+from engine import guards, labels, probe, provenance
 from engine.atomic import remove_stale_tmp
 from engine.cli import check_process_flags, setup_logging
 from engine.dist import spawn
 from engine.logger import EpochLog
-from engine.knn import extract_features, knn_predict
 from engine.metrics import classification_metrics, format_confusion, save_confusion_png
 from engine.optim import build_optimizer
 from engine.results import append_result, code_version, save_predictions
@@ -60,8 +58,9 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--weights", help="--mode 1x: ImageNet weights from this torchvision state dict file instead of the torch hub cache (implies --ptcp 1)")
     g.add_argument("--loss", default="CrossEntropyLoss", help="classification loss (CrossEntropyLoss)")
     g.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips/rotations")
-    g.add_argument("--probe", choices=("logreg", "knn"), help="frozen-feature protocol instead of training: logistic regression (C by cross-validation on the training shots) or weighted kNN")
-    g.add_argument("--nseeds", type=int, default=1, help="repeat the few-shot draw for seeds --seed .. --seed+N-1 (one row each, then mean +- std)")
+    g.add_argument("--probe", choices=("logreg", "knn"), help="frozen-feature protocol instead of training: logistic regression (C by cross-validation on the training shots) or kNN; features once for the whole --ts x --nseeds sweep")
+    g.add_argument("--nseeds", type=int, default=1, help="repeat the few-shot draw for seeds --seed .. --seed+N-1 (one row each, for every --ts)")
+    probe.add_args(g)
     g.add_argument("--results", help="CSV results table (default results/<ds>.csv)")
     g.add_argument("--allow-overlap", dest="allow_overlap", action="store_true",
                    help="evaluate a checkpoint whose pretraining images include test scenes of --ds (refused otherwise; the row records it)")
@@ -101,6 +100,10 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError("--probe runs in one process (features once, a classifier per seed); drop --mp-distributed / torchrun")
     if args.probe and args.tta:
         raise UserError("--tta averages a trained classifier over flips; --probe classifies frozen features: drop one")
+    probe.check_args(args)
+    if len(args.ts_list) > 1 and mode.job in ("val", "test"):
+        raise UserError(f"--mode {mode.code} evaluates one saved classifier, trained at one --ts; give a single "
+                        f"--ts, not {','.join(f'{t:g}' for t in args.ts_list)}")
     if args.weights:
         if mode.job != "train":
             raise UserError(f"--weights gives the ImageNet weights --mode 1x starts from, not --mode {mode.code}; "
@@ -129,7 +132,6 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError(f"--ds {args.ds} has no class folders; main_cls.py needs labelled data (class-per-folder)")
     if opt.parts:
         raise UserError(f"--ds {args.ds}: pooled datasets are for pretraining only; evaluate on one dataset")
-    few_shot(index.pool, args.ts, args.seed)      # validates --ts
     guards.check_input_size(args.netnum, opt.input_size)
     trains = mode.job in ("train", "finetune") and not args.probe
     world = (int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ
@@ -221,7 +223,7 @@ def main(args: argparse.Namespace) -> None:
     if args.mp_distributed and job.init is not None:
         build_classifier(args, job)      # checkpoint mismatches are user errors, before workers start
     if args.probe:
-        run_probe(args, job)
+        probe.run_probe(args, job)
         return
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         main_worker(int(os.environ.get("LOCAL_RANK", 0)), None, args, job)
@@ -304,8 +306,9 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
         dist.broadcast_object_list(name, src=0)
         job.expnum = name[0]
     try:
-        for seed in range(args.seed, args.seed + args.nseeds):
-            run_one(args, job, rt, seed)
+        for ts in args.ts_list:                   # --ts 5,20: every train scale, every seed
+            for seed in range(args.seed, args.seed + args.nseeds):
+                run_one(argparse.Namespace(**{**vars(args), "ts": ts}), job, rt, seed)
     finally:
         rt.close()
 
@@ -493,80 +496,6 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, args: argparse.Namespace, job
         png.parent.mkdir(parents=True, exist_ok=True)
         save_confusion_png(m["confusion"], opt.classes, png)
     return m
-
-
-def probe_features(args: argparse.Namespace, job: Job, rt: Runtime) -> tuple[np.ndarray, ...]:
-    """Frozen features of the whole training and test splits, cached on disk by checkpoint."""
-    opt = job.opt
-    src = job.init
-    tag = f"{args.netnum}|{opt.name}|{job.index.split_version}|{opt.dtype}|{opt.input_size}|ptcp{args.ptcp}|"
-    tag += "baseline-input-v1|"
-    if args.weights:
-        tag += f"weights {Path(args.weights).resolve()}|{Path(args.weights).stat().st_mtime_ns}|"
-    tag += f"{src.resolve()}|{src.stat().st_mtime_ns}|{src.stat().st_size}" if src else f"random-seed{args.seed}"
-    key = hashlib.sha1(tag.encode()).hexdigest()[:16]
-    path = opt.cache_dir / opt.cache_key / "features" / f"{key}.npz"
-    if path.exists():
-        z = np.load(path)
-        log.info("frozen features from cache %s", path)
-        return z["ftr"], z["ytr"], z["fte"], z["yte"]
-    reseed(args.seed, 0, 0)
-    model = build_classifier(args, job).to(rt.device)
-    tf = lambda o: plain(o.input_size, o.mean, o.std)  # noqa: E731
-    kw = dict(batch_size=128, num_workers=args.workers, shuffle=False)
-    ftr, ytr = extract_features(model.backbone, DataLoader(make_dataset(opt, job.index.train, tf), **kw), rt.device, rt.amp)
-    fte, yte = extract_features(model.backbone, DataLoader(make_dataset(opt, job.index.test, tf), **kw), rt.device, rt.amp)
-    out = (ftr.numpy(), ytr.numpy(), fte.numpy(), yte.numpy())
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, ftr=out[0], ytr=out[1], fte=out[2], yte=out[3])
-        os.replace(tmp, path)
-    except OSError as err:
-        log.warning("could not cache features in %s (%s)", path, err)
-    return out
-
-
-def logreg_predict(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
-    """Standardised features, multinomial logistic regression, C by stratified CV on the shots only."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    folds = min(5, int(np.bincount(y_train).min()))
-    if folds >= 2:
-        grid = GridSearchCV(pipe, {"logisticregression__C": np.logspace(-3, 3, 7)},
-                            cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1)
-        grid.fit(f_train, y_train)
-        best_c = float(grid.best_params_["logisticregression__C"])
-        model = grid.best_estimator_
-    else:                                  # one shot per class: no fold to validate on
-        best_c = 1.0
-        model = pipe.fit(f_train, y_train)
-    return model.predict(f_test), best_c
-
-
-def run_probe(args: argparse.Namespace, job: Job) -> None:
-    """``--probe``: features once, then one classifier per seed."""
-    rt = init_runtime(None, None, args)
-    ftr, ytr, fte, yte = probe_features(args, job, rt)
-    pos = {s.path: i for i, s in enumerate(job.index.train)}
-    for seed in range(args.seed, args.seed + args.nseeds):
-        t0 = time.time()
-        chosen = np.array([pos[s.path] for s in few_shot(job.index.pool, args.ts, seed, job.opt.classes)])
-        if args.probe == "logreg":
-            pred, c = logreg_predict(ftr[chosen], ytr[chosen], fte, seed)
-            log.info("logistic regression: C = %g chosen by cross-validation on the %d training shots", c, len(chosen))
-            chosen_param, select_on = f"C={c:g}", "shots"
-        else:
-            k = min(20, len(chosen))
-            pred = knn_predict(torch.from_numpy(ftr[chosen]), torch.from_numpy(ytr[chosen]), torch.from_numpy(fte),
-                               job.opt.num_classes, k=k).numpy()
-            chosen_param, select_on = f"k={k}", ""
-        report(yte, pred, args, job, seed, len(chosen), len(yte), 0, 0.0, time.time() - t0, hos="", probe=args.probe,
-               probe_param=chosen_param, select_on=select_on, selection_labels=str(len(chosen)) if select_on else "")
 
 
 def run(argv: list[str] | None, parser: argparse.ArgumentParser) -> None:

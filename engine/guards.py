@@ -68,10 +68,9 @@ def check_values(args: argparse.Namespace) -> None:
 
 
 def check_pretrain_values(args: argparse.Namespace) -> None:
-    """Numbers only main_cls_ss_train.py takes."""
+    """Numbers only main_cls_ss_train.py takes (``--knn-freq`` is checked by its parser: auto or N >= 0)."""
     for name, flag, least, example in (("feature_dim", "--feature_dim", 1, "128"),
                                        ("ckpt_freq", "--ckpt_freq", 0, "10 (0: only the final backbone)"),
-                                       ("knn_freq", "--knn-freq", 0, "1 (0: no kNN monitor)"),
                                        ("knn_per_class", "--knn-per-class", 1, "200")):
         value = getattr(args, name)
         if value is not None and value < least:      # None: the pretext's own default

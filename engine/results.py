@@ -66,7 +66,7 @@ def code_version(repo: str | os.PathLike | None = None) -> str:
         if out.returncode == 0 and out.stdout.strip():
             changed = subprocess.run(
                 ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
-                 ":(exclude,top)results"], capture_output=True, text=True, timeout=10, check=False)
+                 ":(exclude)results"], capture_output=True, text=True, timeout=10, check=False)
             dirty = changed.returncode != 0 or bool(changed.stdout.strip())
             return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
