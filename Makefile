@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/data_loading.py
+	$(PY) bench/cache_memory.py
 	$(PY) bench/ntxent.py
-	$(PY) bench/pretrain_step.py --mode 910
 	$(PY) bench/pretrain_step.py --mode 920
+	$(PY) bench/epoch.py

@@ -3,7 +3,7 @@
 Example (fine-tune a SimCLR backbone on AID with 5 labels per class, linear probe):
     python main_cls.py --ds aid --ts 5 --mode 41 --hos 9 --netnum 020000 --expnum 20186093531_pretrain --cepoch 400
 """
-from config.errors import exit_on_user_error
+from config.errors import exit_on_user_error, run_script
 from engine import finetune
 from engine.cli import base_parser
 
@@ -15,4 +15,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -3,7 +3,7 @@
 Example (SimCLR on the built-in demo data, 2-core CPU):
     python main_cls_ss_train.py --mode 910 --ds demo --netnum 000000 --mepoch 20 --bs 64 --aug 5 --aug_p S5
 """
-from config.errors import exit_on_user_error
+from config.errors import exit_on_user_error, run_script
 from engine import pretrain
 from engine.cli import base_parser
 
@@ -15,4 +15,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

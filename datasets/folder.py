@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,37 +29,116 @@ from engine.atomic import atomic_write_text
 log = logging.getLogger(__name__)
 
 
-class RasterCache:
-    """Decoded raw arrays of a list of files in their native dtype, read once up front.
+@dataclass(frozen=True)
+class CacheSpec:
+    """How ``--pin-memory`` caches a dataset.
 
-    Filled in the main process before DataLoader workers fork, so workers share the pages
-    (one contiguous array when all files have the same shape). Reads use threads: GDAL
-    releases the GIL while decoding.
+    ``size``: store every image resized to ``size x size`` (antialiased, rounded back to the
+    native dtype) instead of at native resolution (``--cache-size``). ``shared``: the path of a
+    file in RAM-backed ``/dev/shm`` that all processes of a node map (one copy per node);
+    ``builder`` says whether this process fills it (the node's first) or waits and maps it.
+    """
+
+    size: int | None = None
+    shared: Path | None = None
+    builder: bool = True
+
+
+def shared_cache_path(key: str, paths: Sequence[Path]) -> Path:
+    """``/dev/shm/rsssl_<key>_<digest of the file list>.npy`` (the temp dir where there is no /dev/shm)."""
+    import hashlib
+    import tempfile
+    digest = hashlib.sha1("\n".join(map(str, paths)).encode()).hexdigest()[:12]
+    root = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    return root / f"rsssl_{key}_{digest}.npy"
+
+
+def _resized(a: np.ndarray, size: int) -> np.ndarray:
+    """``C x H x W`` -> ``C x size x size`` (bilinear, antialiased), rounded and clipped to ``a``'s dtype."""
+    from datasets.transforms import resize
+    out = resize(torch.from_numpy(a.astype(np.float32)), size).numpy()
+    if np.issubdtype(a.dtype, np.integer):
+        info = np.iinfo(a.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(a.dtype)
+
+
+class RasterCache:
+    """Decoded raw arrays of a list of files, read once up front into ONE preallocated array.
+
+    Filled before DataLoader workers fork, so workers share the pages; no list of arrays is
+    stacked, so the peak is the cache itself. With ``spec.shared`` the array is a file in
+    /dev/shm that the node's first process fills and every other process of the node maps
+    read-only: one copy per node (bench/cache_memory.py measures it). Reads use threads:
+    GDAL releases the GIL while decoding. Images of different sizes (user folders) are kept
+    as a list, per process, unless ``spec.size`` resizes them to one size.
     """
 
     def __init__(self, paths: Sequence[Path], band_index: Sequence[int] | None,
-                 expect_bands: int | None, threads: int = 4, progress: bool = False):
+                 expect_bands: int | None, threads: int = 4, progress: bool = False,
+                 spec: CacheSpec = CacheSpec()):
         self.paths = list(paths)
-        read = lambda p: read_raw(p, band_index, expect_bands)  # noqa: E731
+        self.spec = spec
+        if spec.shared is not None and not spec.builder:
+            self.data: np.ndarray | list[np.ndarray] = _wait_and_map(spec.shared)
+            self.nbytes = self.data.nbytes
+            return
+
+        def read(p: Path) -> np.ndarray:
+            a = read_raw(p, band_index, expect_bands)
+            return a if spec.size is None else _resized(a, spec.size)
+
         first = read(self.paths[0])
-        arrays: list[np.ndarray] = [first]
+        shape, n = (len(self.paths), *first.shape), len(self.paths)
+        if spec.shared is not None:
+            part = spec.shared.with_suffix(".part")
+            data = np.lib.format.open_memmap(part, mode="w+", dtype=first.dtype, shape=shape)
+        else:
+            data = np.empty(shape, dtype=first.dtype)
+        data[0] = first
+        odd: dict[int, np.ndarray] = {}          # images of another shape than the first
         with ThreadPoolExecutor(max(1, threads)) as pool:
             it = pool.map(read, self.paths[1:])
             if progress:
                 from tqdm import tqdm
-                it = tqdm(it, total=len(self.paths) - 1, desc="caching", leave=False)
-            arrays += list(it)
-        if all(a.shape == first.shape and a.dtype == first.dtype for a in arrays):
-            self.data: np.ndarray | list[np.ndarray] = np.stack(arrays)
+                it = tqdm(it, total=n - 1, desc="caching", leave=False)
+            for i, a in enumerate(it, start=1):
+                if a.shape == first.shape and a.dtype == first.dtype:
+                    data[i] = a
+                else:
+                    odd[i] = a
+        if odd:
+            if spec.shared is not None:
+                part.unlink(missing_ok=True)
+                raise UserError(f"--pin-memory shares one array per node, but {self.paths[min(odd)]} is "
+                                f"{odd[min(odd)].shape} and {self.paths[0]} {first.shape}; add --cache-size "
+                                f"{max(first.shape[-2:])} to store them at one size")
+            self.data = [odd[i] if i in odd else data[i].copy() for i in range(n)]
+            del data
+        elif spec.shared is not None:
+            data.flush()
+            del data
+            os.replace(part, spec.shared)                   # the others map it once it is complete
+            self.data = np.load(spec.shared, mmap_mode="r")
         else:
-            self.data = arrays
-        self.nbytes = sum(a.nbytes for a in arrays)
+            self.data = data
+        self.nbytes = sum(a.nbytes for a in self.data) if isinstance(self.data, list) else self.data.nbytes
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.data[i]
+
+
+def _wait_and_map(path: Path, timeout: float = 6 * 3600) -> np.ndarray:
+    """Map the node's shared cache read-only once its builder has renamed it into place."""
+    t0 = time.monotonic()
+    while not path.exists():
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"the shared --pin-memory cache {path} did not appear within {timeout:.0f} s")
+        time.sleep(0.2)
+    return np.load(path, mmap_mode="r")
 
 
 class RasterDataset(Dataset):
@@ -68,7 +149,7 @@ class RasterDataset(Dataset):
     """
 
     def __init__(self, samples: Sequence[Sample], opt: DatasetOpt,
-                 transform: Callable[[torch.Tensor], object] | None = None, cache: bool = False,
+                 transform: Callable[[torch.Tensor], object] | None = None, cache: bool | CacheSpec = False,
                  threads: int = 4, as_float: bool = True):
         self.samples = list(samples)
         self.as_float = as_float or transform is not None
@@ -76,8 +157,9 @@ class RasterDataset(Dataset):
         self.transform = transform
         self.band_index = opt.band_index
         self.expect = len(opt.band_names)
-        self.cache = (RasterCache([s.path for s in self.samples], self.band_index, self.expect,
-                                  threads, progress=len(self.samples) > 2000)
+        self.cache = (RasterCache([s.path for s in self.samples], self.band_index, self.expect, threads,
+                                  progress=len(self.samples) > 2000,
+                                  spec=cache if isinstance(cache, CacheSpec) else CacheSpec())
                       if cache and self.samples else None)
 
     def __len__(self) -> int:
@@ -91,7 +173,10 @@ class RasterDataset(Dataset):
     def __getitem__(self, i: int):
         raw = self.raw(i)
         # numpy converts uint16 -> float32 ~50x faster than torch's uint16 path
-        x = torch.from_numpy(raw.astype(np.float32) if self.as_float else raw)
+        if self.as_float:
+            x = torch.from_numpy(raw.astype(np.float32))
+        else:      # a read-only map of the shared cache is copied (torch wants writable arrays)
+            x = torch.from_numpy(raw if raw.flags.writeable else np.array(raw))
         if self.transform is not None:
             x = self.transform(x)
         return x, self.samples[i].label, i
@@ -102,7 +187,7 @@ class RasterDataset(Dataset):
 
 
 def make_dataset(opt: DatasetOpt, samples: Sequence[Sample],
-                 transform_for: Callable[[DatasetOpt], Callable], cache: bool = False,
+                 transform_for: Callable[[DatasetOpt], Callable], cache: bool | CacheSpec = False,
                  threads: int = 4) -> Dataset:
     """One dataset, or for pooled ``a+b`` a concatenation with each part's own normalisation."""
     if not opt.parts:
@@ -111,7 +196,10 @@ def make_dataset(opt: DatasetOpt, samples: Sequence[Sample],
     for part in opt.parts:
         mine = [s for s in samples if _under(s.path, part.root)]
         if mine:
-            subsets.append(RasterDataset(mine, part, transform_for(part), cache, threads))
+            mine_cache = cache
+            if isinstance(cache, CacheSpec) and cache.shared is not None:      # one shared file per part
+                mine_cache = replace(cache, shared=cache.shared.with_name(f"{cache.shared.stem}_{part.name}.npy"))
+            subsets.append(RasterDataset(mine, part, transform_for(part), mine_cache, threads))
     return ConcatDataset(subsets)
 
 

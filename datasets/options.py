@@ -93,6 +93,8 @@ def _from_path(path: Path, args: Any) -> DatasetOpt:
     if rgb:
         try:
             ids = [int(v) for v in str(rgb).split(",")]
+            if not all(1 <= i <= info.bands for i in ids):    # band 0 would pick the last band
+                raise IndexError
             rgb_bands = tuple(band_names[i - 1] for i in ids)
         except (ValueError, IndexError):
             raise UserError(f"--rgb-bands {rgb!r} must be three 1-based band numbers such as 4,3,2 "

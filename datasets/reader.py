@@ -7,17 +7,26 @@ uint8: normalisation happens later, per band, in float.
 """
 from __future__ import annotations
 
+import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from osgeo import gdal
+from PIL import Image
+
 
 from config.errors import UserError
 
 gdal.UseExceptions()
 GDAL_SUFFIXES = (".tif", ".tiff")
+MAX_PIXELS_ENV = "RSSSL_MAX_IMAGE_PIXELS"
+PIL_DEFAULT_MAX_PIXELS = 89_478_485       # Pillow's own guard against decompression bombs
+# the limit is enforced in _read_pil with a sentence; Pillow's warning (at 1x the limit) would only repeat it
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,19 @@ def probe(path: Path) -> RasterInfo:
     return RasterInfo(arr.shape[0], arr.shape[1], arr.shape[2], arr.dtype)
 
 
+def band_count(path: Path) -> int:
+    """Bands ``read_raw`` would return for ``path``, from the file's header only (cheap)."""
+    path = Path(path)
+    if path.suffix.lower() in GDAL_SUFFIXES:
+        return _open(path).RasterCount
+    from PIL import UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            return 1 if im.mode in ("L", "I;16", "I", "F") else 3        # other modes are read as RGB
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise UserError(f"{path} is not a readable image ({err}); remove or replace the file") from None
+
+
 def read_raw(path: Path, band_index: Sequence[int] | None = None, expect_bands: int | None = None) -> np.ndarray:
     """Pixels of ``path`` as a C x H x W array in the file's own dtype.
 
@@ -80,15 +102,43 @@ def read_raw(path: Path, band_index: Sequence[int] | None = None, expect_bands: 
     return _read_pil(path, band_index, expect_bands)
 
 
-def _read_pil(path: Path, band_index: Sequence[int] | None, expect_bands: int | None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def max_image_pixels() -> int | None:
+    """Largest jpg/png (width x height) read: ``$RSSSL_MAX_IMAGE_PIXELS``, ``none`` for no limit,
+    else Pillow's default guard against decompression bombs."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return PIL_DEFAULT_MAX_PIXELS
+    if text.lower() == "none":
+        return None
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"{MAX_PIXELS_ENV}={text} must be a number of pixels (e.g. 200000000) or 'none'")
+    return value
 
+
+def _read_pil(path: Path, band_index: Sequence[int] | None, expect_bands: int | None) -> np.ndarray:
+    from PIL import UnidentifiedImageError
+
+    limit = max_image_pixels()
+    Image.MAX_IMAGE_PIXELS = limit
     try:
         with Image.open(path) as im:
+            pixels = im.size[0] * im.size[1]
+            if limit is not None and pixels > limit:
+                raise Image.DecompressionBombError(f"Image size ({pixels} pixels) exceeds limit of {limit} pixels")
             im.load()
             if im.mode not in ("L", "RGB", "I;16", "I", "F"):
                 im = im.convert("RGB")
             arr = np.asarray(im)
+    except Image.DecompressionBombError as err:
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(found.group(1)):,} pixels" if found else "more pixels"
+        raise UserError(f"{path} has {size}, over the limit of {limit:,} that guards against decompression bombs; "
+                        f"if you trust the file, raise it with {MAX_PIXELS_ENV}="
+                        f"{found.group(1) if found else 'N'} (or {MAX_PIXELS_ENV}=none)") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise UserError(f"{path} is not a readable image ({err}); remove or replace the file") from None
     arr = arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import logging
 import os
 import random
 import re
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 
 from config.errors import UserError
-from engine.atomic import atomic_write
+from engine.atomic import atomic_write, create_exclusive
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,73 @@ def make_expnum(mode_name: str, now: datetime | None = None) -> str:
     if not mode_name or not re.fullmatch(r"[A-Za-z0-9_.-]+", mode_name):
         raise ValueError(f"mode name {mode_name!r} must be non-empty letters, digits, '_', '.' or '-'")
     return f"{(now or datetime.now()).strftime(EXPNUM_TIME_FORMAT)}_{mode_name}"
+
+
+def log_path(ckpt_dir: str | os.PathLike, netnum: str, expnum: str) -> Path:
+    """``<ckpt_dir>/<netnum>_<expnum>_log.csv``: a run's per-epoch log, and the file that claims its name."""
+    return Path(ckpt_dir) / f"{netnum}_{expnum}_log.csv"
+
+
+def run_files(ckpt_dir: str | os.PathLike, netnum: str, expnum: str) -> list[Path]:
+    """Every file (and TensorBoard folder) of run ``<netnum>_<expnum>`` in ``ckpt_dir``, sorted.
+
+    Only the names a run writes (epochs, best, state, log, figures, classifiers), so runs whose
+    names extend ``E`` (``E-2``, ``E_ms``) are not matched.
+    """
+    folder = Path(ckpt_dir)
+    stem = f"{netnum}_{expnum}"
+    tags = re.compile(re.escape(stem) + r"_(\d+\.pth|best\.pth|state\.pth|log\.csv|vis_e\d+\.png"
+                      r"|ts[0-9.e+-]+_s\d+_\d+\.pth)")
+    found = sorted(p for p in folder.glob(f"{glob.escape(stem)}_*") if tags.fullmatch(p.name)) if folder.is_dir() else []
+    tb = folder / "tb" / stem
+    return found + ([tb] if tb.exists() else [])
+
+
+def claim_expnum(ckpt_dir: str | os.PathLike, netnum: str, mode_name: str, now: datetime | None = None) -> str:
+    """A new expnum that no run in ``ckpt_dir`` uses, made this run's own.
+
+    The name is claimed by creating its log file with O_EXCL, so of two runs started in
+    the same second exactly one gets ``<timestamp>_<mode name>``; the other moves on to
+    ``<timestamp>-2_<mode name>``, ``-3`` ..., names that keep the SPEC's shape and sort
+    in time. A name with files of an older run (from before claims existed) is skipped.
+    """
+    base = make_expnum(mode_name, now)
+    stamp = base[: -len(mode_name) - 1]
+    Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        expnum = base if n == 1 else f"{stamp}-{n}_{mode_name}"
+        if run_files(ckpt_dir, netnum, expnum):
+            continue
+        try:
+            create_exclusive(log_path(ckpt_dir, netnum, expnum))
+        except FileExistsError:
+            continue
+        return expnum
+    raise AssertionError("unreachable")
+
+
+def claim_given_expnum(ckpt_dir: str | os.PathLike, netnum: str, expnum: str, overwrite: bool) -> None:
+    """Make ``--expnum`` this writing run's own: refused when files of it exist, unless ``overwrite``.
+
+    ``overwrite`` deletes the old run's files first (checkpoints, state, log, figures,
+    TensorBoard events), so nothing of the two runs is ever mixed under one name.
+    """
+    old = run_files(ckpt_dir, netnum, expnum)
+    if old and not overwrite:
+        listed = ", ".join(p.name for p in old[:_MAX_LISTED]) + (f" (+{len(old) - _MAX_LISTED} more)"
+                                                                  if len(old) > _MAX_LISTED else "")
+        raise UserError(f"--expnum {expnum} is taken: {ckpt_dir} already has {listed}; leave --expnum out for a new "
+                        "name, continue that run with --resume, or replace it with --overwrite")
+    for p in old:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    if old:
+        log.warning("--overwrite: removed %d file(s) of run %s_%s in %s", len(old), netnum, expnum, ckpt_dir)
+    Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        create_exclusive(log_path(ckpt_dir, netnum, expnum))
+    except FileExistsError:
+        raise UserError(f"--expnum {expnum} was just taken by another run writing to {ckpt_dir}; "
+                        "leave --expnum out for a new name") from None
 
 
 def ckpt_path(ckpt_dir: str | os.PathLike, netnum: str, expnum: str, epoch_or_best: int | str) -> Path:
@@ -208,17 +277,18 @@ def load_backbone(path: str | os.PathLike, model_backbone: nn.Module, strict_sha
             f"{k} {tuple(saved[k].shape)} vs {tuple(target[k].shape)}" for k in mismatched[:_MAX_LISTED]
         )
         conv = _first_conv_in_channels(target)
-        if conv is not None and conv[0] in mismatched:
+        if conv is not None and conv[0] in mismatched and int(saved[conv[0]].shape[1]) != conv[1]:
             ck_bands, model_bands = int(saved[conv[0]].shape[1]), conv[1]
             reason = (
                 f"checkpoint {path} has {ck_bands} input bands but the model has {model_bands} "
                 f"(checkpoint vs model: {detail}); use a --ds/--dtype with {ck_bands} bands "
                 f"or a checkpoint pretrained on {model_bands} bands"
             )
-        else:
+        else:                  # same layer names, other shapes: another variant (e.g. 18 vs 18_small)
             reason = (
-                f"checkpoint {path} does not fit the model: {len(mismatched)} tensor(s) differ in shape "
-                f"(checkpoint vs model: {detail}); use the --netnum the checkpoint was pretrained with"
+                f"checkpoint {path} {_pretrained_with(meta)}does not fit this model: {len(mismatched)} tensor(s) "
+                f"differ in shape (checkpoint vs model: {detail}); use the --netnum the checkpoint was "
+                f"pretrained with{' (' + str(meta['netnum']) + ')' if meta.get('netnum') else ''}"
             )
         if strict_shapes:
             raise UserError(reason)
@@ -227,6 +297,19 @@ def load_backbone(path: str | os.PathLike, model_backbone: nn.Module, strict_sha
     model_backbone.load_state_dict(saved, strict=not mismatched)
     log.info("loaded backbone %s (epoch %s, expnum %s)", path, meta.get("epoch"), meta.get("expnum"))
     return meta
+
+
+def _pretrained_with(meta: Mapping[str, Any]) -> str:
+    """"was pretrained with --netnum 000000 (resnet18_small) and " from a checkpoint's meta, or ""."""
+    net = meta.get("netnum")
+    if not net:
+        return ""
+    from config.codes import decode_netnum
+    try:
+        arch = f" ({decode_netnum(str(net)).backbone})"
+    except UserError:
+        arch = ""
+    return f"was pretrained with --netnum {net}{arch} and "
 
 
 def _first(keys: list[str]) -> str:
@@ -282,6 +365,7 @@ def save_training_state(
     state = {
         "model": _unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
+        "optimizer_name": type(optimizer).__name__,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": int(epoch),
         "it": int(it),
@@ -290,6 +374,28 @@ def save_training_state(
     }
     atomic_save(state, path)
     log.info("saved training state (epoch %d, iteration %d) to %s", epoch, it, path)
+
+
+def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """Restore the optimiser; a state of another optimiser is a user error naming both.
+
+    ``load_state_dict`` itself accepts an SGD state in Adam and only ``step()`` fails
+    (KeyError 'betas'), so the optimiser's name (older files: its hyper-parameter keys) is
+    compared first.
+    """
+    saved, mine = state.get("optimizer_name"), type(optimizer).__name__
+    groups = state["optimizer"].get("param_groups", [])
+    kind = {"betas", "momentum", "dampening", "eta", "amsgrad", "nesterov"}   # keys that tell optimisers apart
+    same_keys = all(set(g) & kind == set(h) & kind for g, h in zip(groups, optimizer.param_groups))
+    if (saved is not None and saved != mine) or not same_keys or len(groups) != len(optimizer.param_groups):
+        was = f"--optimizer {saved.lower()}" if saved else "another --optimizer"
+        raise UserError(f"--resume file {path} was trained with {was}, not --optimizer {mine.lower()}; "
+                        f"resume with the optimiser the run started with")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, ValueError) as err:
+        raise UserError(f"--resume file {path} holds an optimiser state that does not fit this run ({err}); "
+                        "resume with the same --optimizer, --netnum and --mode") from None
 
 
 def load_training_state(
@@ -317,7 +423,7 @@ def load_training_state(
             f"--resume file {path} does not fit this model ({first_line}); resume with the same --netnum and --mode"
         ) from err
     if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        _load_optimizer(path, optimizer, state)
     if scaler is not None and state.get("scaler") is not None:
         scaler.load_state_dict(state["scaler"])
     _set_rng_states(state["rng"])

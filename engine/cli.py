@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 from config import codes
@@ -39,6 +40,45 @@ def _milestones(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated epochs, e.g. 100,150") from None
 
 
+TS_HELP = ("give a fraction in (0, 1] of each class's training images or a whole number > 1 of images "
+           "per class, e.g. --ts 0.1 or --ts 5")
+
+
+def train_scale(text: str) -> float:
+    """One ``--ts`` value: a finite fraction in (0, 1] or a whole number of images per class > 1."""
+    from config.errors import UserError
+    try:
+        v = float(text)
+    except ValueError:
+        raise UserError(f"--ts {text} is not a number; {TS_HELP}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise UserError(f"--ts {text} is not a train scale; {TS_HELP}")
+    if v > 1 and v != int(v):
+        raise UserError(f"--ts {text}: above 1 it counts images per class, so it must be a whole number; {TS_HELP}")
+    return v
+
+
+class TrainScales(argparse.Action):
+    """``--ts 5`` or ``--ts 5,20`` (main_cls.py sweeps every value): ``args.ts_list`` holds them all,
+    ``args.ts`` the first (each run of the sweep gets its own)."""
+
+    def __init__(self, option_strings, dest, script: str = "any", **kw):
+        self.script = script
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from config.errors import UserError
+        parts = [v for v in str(values).replace(" ", "").split(",")]
+        if not all(parts):
+            raise UserError(f"--ts {values}: empty value in the list; e.g. --ts 5,20")
+        scales = tuple(train_scale(v) for v in parts)
+        if len(set(scales)) != len(scales):
+            raise UserError(f"--ts {values} repeats a value; each train scale once, e.g. --ts 5,20")
+        if len(scales) > 1 and self.script != "cls":
+            raise UserError(f"--ts {values}: pretraining takes one train scale; run one pretraining per value")
+        namespace.ts, namespace.ts_list = scales[0], scales
+
+
 def base_parser(description: str, script: str) -> argparse.ArgumentParser:
     """Flags common to pretraining and classification."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -52,7 +92,10 @@ def base_parser(description: str, script: str) -> argparse.ArgumentParser:
                    help="use this split instead of the built-in one: a path,class,split CSV (python -m datasets --export-split) "
                         "or a folder of Neumann et al. train/val/test lists (eurosat-train.txt ...)")
     g.add_argument("--rgb-bands", dest="rgb_bands", help="your own multispectral imagery: 1-based R,G,B band numbers, e.g. 4,3,2")
-    g.add_argument("--ts", type=float, default=1.0, help="train scale: <=1 fraction of each class's training split, >1 images per class")
+    g.add_argument("--ts", action=TrainScales, script=script, default=1.0,
+                   help="train scale: <=1 fraction of each class's training split, >1 images per class"
+                        + ("; a comma list (5,20) runs every value in one call" if script == "cls" else ""))
+    p.set_defaults(ts_list=(1.0,))
     g.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw and of training")
     g.add_argument("--input_size", "--input-size", dest="input_size", type=int, help="side of the network input (default: the dataset's)")
     g.add_argument("--pin-memory", "--pin_memory", dest="pin_memory", action="store_true",
@@ -64,6 +107,10 @@ def base_parser(description: str, script: str) -> argparse.ArgumentParser:
     m.add_argument("--ptcp", type=int, default=0, choices=(0, 1), help="1: start from ImageNet weights")
     m.add_argument("--ckpt", default="ckpt", help="checkpoint folder")
     m.add_argument("--expnum", help="experiment name <timestamp>_<mode name>; default: a new one")
+    if script == "pretrain":
+        m.add_argument("--overwrite", action="store_true",
+                       help="with --expnum E: delete run E's files (checkpoints, log, figures) and write the new run "
+                            "under that name; without it a taken --expnum is refused")
     m.add_argument("--resume", help="pretraining: the full state <ckpt>/<netnum>_<expnum>_state.pth; main_cls.py: a classifier checkpoint to continue training (with --sepoch)")
     m.add_argument("--sepoch", type=int, default=0, help="epochs already done (the schedule starts there)")
     m.add_argument("--cepoch", help="checkpoint epoch (or 'best') of --expnum to start from")

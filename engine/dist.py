@@ -9,12 +9,17 @@ Contrastive losses need the negatives of ALL processes with gradient, so that
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from config.errors import UserError
+from config.errors import EXIT_USAGE, UserError, user_message
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +102,41 @@ def cleanup() -> None:
     """Leave the process group, if one is initialised."""
     if is_dist():
         dist.destroy_process_group()
+
+
+def spawn(fn: Callable[..., None], nprocs: int, args: tuple) -> None:
+    """``torch.multiprocessing.spawn(fn, args, nprocs)``: when one process fails, all end.
+
+    A :class:`UserError` in any process ends the run with THAT sentence and exit 2, even
+    when another process fails first with a follow-on error (a gloo "connection reset"
+    once its peer is gone): each process writes its sentence to a file before it exits,
+    and those files win. Other failures keep their traceback (exit 1).
+    """
+    import torch.multiprocessing as mp
+
+    errdir = Path(tempfile.mkdtemp(prefix="rsssl-spawn-"))
+    try:
+        mp.spawn(_guarded, nprocs=nprocs, args=(fn, errdir, *args), join=True)
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
+        sentences = sorted(errdir.glob("rank*.txt"), key=lambda p: p.stat().st_mtime_ns)
+        if sentences:
+            raise UserError(sentences[0].read_text(encoding="utf-8")) from None
+        text = str(err).strip()
+        if "TrainingDiverged: " in text:
+            log.error("%s", text[text.rfind("TrainingDiverged: ") + len("TrainingDiverged: "):])
+        else:
+            log.error("a training process failed:\n%s", text)
+        sys.exit(1)
+    finally:
+        shutil.rmtree(errdir, ignore_errors=True)
+
+
+def _guarded(index: int, fn: Callable[..., None], errdir: Path, *args) -> None:
+    """Run one spawned process; a user error leaves its sentence in ``errdir`` and exits 2."""
+    try:
+        fn(index, *args)
+    except UserError as err:
+        tmp = errdir / f".rank{index}.txt"
+        tmp.write_text(user_message(err), encoding="utf-8")
+        tmp.rename(errdir / f"rank{index}.txt")
+        sys.exit(EXIT_USAGE)

@@ -1,5 +1,5 @@
-"""Supervised work of main_cls.py: train (1x), val (2x), test (3x), finetune (4x), and the
-frozen-feature probes (``--probe logreg|knn``).
+"""Supervised work of main_cls.py: train (1x), val (2x), test (3x), finetune (4x); the
+frozen-feature probes (``--probe logreg|knn``) live in engine/probe.py.
 
 Protocols (``--hos``): 0 all layers at ``--lr``; 1 backbone at lr/5; 9 linear probe
 (backbone frozen AND in eval mode; after the first epoch every backbone tensor is
@@ -10,11 +10,9 @@ matrix, and appends one row to ``results/<ds>.csv``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
@@ -36,10 +33,11 @@ from datasets.options import get_opt
 from datasets.transforms import Normalize, build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
-from engine import labels
-from engine import provenance
+from engine import guards, labels, probe, provenance
+from engine.atomic import remove_stale_tmp
 from engine.cli import check_process_flags, setup_logging
-from engine.knn import extract_features, knn_predict
+from engine.dist import spawn
+from engine.logger import EpochLog
 from engine.metrics import classification_metrics, format_confusion, save_confusion_png
 from engine.optim import build_optimizer
 from engine.results import append_result, code_version, save_predictions
@@ -60,8 +58,9 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--weights", help="--mode 1x: ImageNet weights from this torchvision state dict file instead of the torch hub cache (implies --ptcp 1)")
     g.add_argument("--loss", default="CrossEntropyLoss", help="classification loss (CrossEntropyLoss)")
     g.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips/rotations")
-    g.add_argument("--probe", choices=("logreg", "knn"), help="frozen-feature protocol instead of training: logistic regression (C by cross-validation on the training shots) or weighted kNN")
-    g.add_argument("--nseeds", type=int, default=1, help="repeat the few-shot draw for seeds --seed .. --seed+N-1 (one row each, then mean +- std)")
+    g.add_argument("--probe", choices=("logreg", "knn"), help="frozen-feature protocol instead of training: logistic regression (C by cross-validation on the training shots) or kNN; features once for the whole --ts x --nseeds sweep")
+    g.add_argument("--nseeds", type=int, default=1, help="repeat the few-shot draw for seeds --seed .. --seed+N-1 (one row each, for every --ts)")
+    probe.add_args(g)
     g.add_argument("--results", help="CSV results table (default results/<ds>.csv)")
     g.add_argument("--allow-overlap", dest="allow_overlap", action="store_true",
                    help="evaluate a checkpoint whose pretraining images include test scenes of --ds (refused otherwise; the row records it)")
@@ -80,6 +79,7 @@ class Job:
     expnum: str
     results: Path
     init_meta: dict = field(default_factory=dict)   # the checkpoint's meta (provenance, selected_by)
+    log: Path | None = None    # per-epoch fine-tuning log, the file that claims ``expnum`` (1x/4x)
 
 
 def prepare(args: argparse.Namespace) -> Job:
@@ -88,6 +88,7 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError("--mode is required: 1x train, 2x val, 3x test, 4x finetune (see --list-codes)")
     mode = decode_mode(args.mode, script="cls")
     check_process_flags(args)
+    guards.check_values(args)
     decode_netnum(args.netnum)
     if args.hos not in PROTOCOLS:
         raise UserError(f"--hos {args.hos} is not a protocol; use 0 (all layers), 1 (backbone at lr/5) or 9 (linear probe)")
@@ -99,6 +100,10 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError("--probe runs in one process (features once, a classifier per seed); drop --mp-distributed / torchrun")
     if args.probe and args.tta:
         raise UserError("--tta averages a trained classifier over flips; --probe classifies frozen features: drop one")
+    probe.check_args(args)
+    if len(args.ts_list) > 1 and mode.job in ("val", "test"):
+        raise UserError(f"--mode {mode.code} evaluates one saved classifier, trained at one --ts; give a single "
+                        f"--ts, not {','.join(f'{t:g}' for t in args.ts_list)}")
     if args.weights:
         if mode.job != "train":
             raise UserError(f"--weights gives the ImageNet weights --mode 1x starts from, not --mode {mode.code}; "
@@ -127,7 +132,15 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError(f"--ds {args.ds} has no class folders; main_cls.py needs labelled data (class-per-folder)")
     if opt.parts:
         raise UserError(f"--ds {args.ds}: pooled datasets are for pretraining only; evaluate on one dataset")
-    few_shot(index.pool, args.ts, args.seed)      # validates --ts
+    guards.check_input_size(args.netnum, opt.input_size)
+    trains = mode.job in ("train", "finetune") and not args.probe
+    world = (int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ
+             else (args.nproc or max(1, torch.cuda.device_count())) * args.world_size if args.mp_distributed else 1)
+    if trains and args.hos != 9 and (args.bs or opt.batch_size) // world < 2:
+        raise UserError(f"--bs {args.bs or opt.batch_size} gives {(args.bs or opt.batch_size) // world} image(s) to each "
+                        f"of the {world} process(es); BatchNorm needs at least 2 per process: use --bs {2 * world} or more")
+    if mode.job != "val":
+        guards.check_split_files(index.test, opt, "test split")
     init, init_exp, init_ep = None, "", ""
     if mode.job in ("finetune", "val", "test"):
         if args.encoder_cp and mode.job == "finetune":
@@ -185,7 +198,16 @@ def prepare(args: argparse.Namespace) -> Job:
     if args.mp_distributed and torch.cuda.is_available() and (args.nproc or 0) > torch.cuda.device_count():
         raise UserError(f"--nproc {args.nproc} exceeds the {torch.cuda.device_count()} GPU(s) here")
     results = Path(args.results) if args.results else Path("results") / f"{opt.name}.csv"
-    return Job(mode, opt, index, init, init_exp, init_ep, pretext, expnum, results, meta)
+    guards.check_results_table(results)
+    log_file = None
+    if trains:                          # the run's name is claimed last, when nothing else can fail
+        guards.check_writable_folder(Path(args.ckpt), "--ckpt")
+        guards.check_dist_port(args)
+        if os.environ.get("RANK", "0") == "0":
+            remove_stale_tmp(Path(args.ckpt))
+            expnum = ckpt.claim_expnum(Path(args.ckpt), args.netnum, mode.name)
+            log_file = ckpt.log_path(Path(args.ckpt), args.netnum, expnum)
+    return Job(mode, opt, index, init, init_exp, init_ep, pretext, expnum, results, meta, log_file)
 
 
 def check_best(meta: dict, path: Path, cepoch: str | None) -> None:
@@ -201,17 +223,13 @@ def main(args: argparse.Namespace) -> None:
     if args.mp_distributed and job.init is not None:
         build_classifier(args, job)      # checkpoint mismatches are user errors, before workers start
     if args.probe:
-        run_probe(args, job)
+        probe.run_probe(args, job)
         return
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         main_worker(int(os.environ.get("LOCAL_RANK", 0)), None, args, job)
     elif args.mp_distributed:
         nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
-        try:
-            mp.spawn(main_worker, nprocs=nproc, args=(nproc, args, job), join=True)
-        except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
-            log.error("a worker process failed: %s", str(err).strip().splitlines()[-1])
-            sys.exit(1)
+        spawn(main_worker, nproc, (nproc, args, job))
     else:
         main_worker(None, None, args, job)
 
@@ -241,6 +259,10 @@ def build_classifier(args: argparse.Namespace, job: Job) -> nn.Module:
         if "model" not in state:
             raise UserError(f"{classifier} holds a backbone, not a trained classifier; --mode 2x/3x and --resume "
                             "take checkpoints written by --mode 1x/4x")
+        saved_net = str((state.get("meta") or {}).get("netnum", args.netnum))
+        if saved_net != args.netnum:          # e.g. 000000 (resnet18_small) vs 090000 (resnet18): same layer names
+            raise UserError(f"{classifier} is a classifier of --netnum {saved_net} ({decode_netnum(saved_net).backbone}), "
+                            f"not {args.netnum} ({decode_netnum(args.netnum).backbone}); pass --netnum {saved_net}")
         if "backbone.input_adapter.scale" in state["model"] and model.backbone.input_adapter is None:
             model.backbone.set_input_adapter(pretrained.InputAdapter.identity(opt.n_bands))  # filled by the load
         try:
@@ -279,9 +301,14 @@ class ShardSampler(Sampler[int]):
 
 def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namespace, job: Job) -> None:
     rt = init_runtime(local_rank, nproc, args)
+    if rt.distributed and job.mode.job in ("train", "finetune"):    # torchrun: rank 0 alone claimed the name
+        name = [job.expnum]
+        dist.broadcast_object_list(name, src=0)
+        job.expnum = name[0]
     try:
-        for seed in range(args.seed, args.seed + args.nseeds):
-            run_one(args, job, rt, seed)
+        for ts in args.ts_list:                   # --ts 5,20: every train scale, every seed
+            for seed in range(args.seed, args.seed + args.nseeds):
+                run_one(argparse.Namespace(**{**vars(args), "ts": ts}), job, rt, seed)
     finally:
         rt.close()
 
@@ -341,6 +368,7 @@ def fit(model: nn.Module, train: list[Sample], args: argparse.Namespace, job: Jo
     criterion = nn.CrossEntropyLoss()
     frozen = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()} if args.hos == 9 else None
     bar = use_tqdm(rt, args)
+    epoch_log = EpochLog(job.log, resume=True, key=("seed",)) if rt.is_main and job.log is not None else None
     epochs = range(args.sepoch, args.mepoch)       # --sepoch: epochs already done (with --resume)
     if bar:
         from tqdm import tqdm
@@ -365,6 +393,8 @@ def fit(model: nn.Module, train: list[Sample], args: argparse.Namespace, job: Jo
             n += len(y)
         if frozen is not None and epoch == args.sepoch:
             check_frozen(model.backbone, frozen)
+        if epoch_log is not None:
+            epoch_log.add(epoch + 1, {"seed": seed, "loss": total / max(n, 1), "lr": optimizer.param_groups[0]["lr"]})
         if rt.is_main and ((epoch + 1) % max(1, args.mepoch // 5) == 0 or epoch + 1 == args.mepoch):
             log.info("seed %d epoch %d/%d  loss %.4f", seed, epoch + 1, args.mepoch, total / max(n, 1))
 
@@ -466,80 +496,6 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, args: argparse.Namespace, job
         png.parent.mkdir(parents=True, exist_ok=True)
         save_confusion_png(m["confusion"], opt.classes, png)
     return m
-
-
-def probe_features(args: argparse.Namespace, job: Job, rt: Runtime) -> tuple[np.ndarray, ...]:
-    """Frozen features of the whole training and test splits, cached on disk by checkpoint."""
-    opt = job.opt
-    src = job.init
-    tag = f"{args.netnum}|{opt.name}|{job.index.split_version}|{opt.dtype}|{opt.input_size}|ptcp{args.ptcp}|"
-    tag += "baseline-input-v1|"
-    if args.weights:
-        tag += f"weights {Path(args.weights).resolve()}|{Path(args.weights).stat().st_mtime_ns}|"
-    tag += f"{src.resolve()}|{src.stat().st_mtime_ns}|{src.stat().st_size}" if src else f"random-seed{args.seed}"
-    key = hashlib.sha1(tag.encode()).hexdigest()[:16]
-    path = opt.cache_dir / opt.cache_key / "features" / f"{key}.npz"
-    if path.exists():
-        z = np.load(path)
-        log.info("frozen features from cache %s", path)
-        return z["ftr"], z["ytr"], z["fte"], z["yte"]
-    reseed(args.seed, 0, 0)
-    model = build_classifier(args, job).to(rt.device)
-    tf = lambda o: plain(o.input_size, o.mean, o.std)  # noqa: E731
-    kw = dict(batch_size=128, num_workers=args.workers, shuffle=False)
-    ftr, ytr = extract_features(model.backbone, DataLoader(make_dataset(opt, job.index.train, tf), **kw), rt.device, rt.amp)
-    fte, yte = extract_features(model.backbone, DataLoader(make_dataset(opt, job.index.test, tf), **kw), rt.device, rt.amp)
-    out = (ftr.numpy(), ytr.numpy(), fte.numpy(), yte.numpy())
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, ftr=out[0], ytr=out[1], fte=out[2], yte=out[3])
-        os.replace(tmp, path)
-    except OSError as err:
-        log.warning("could not cache features in %s (%s)", path, err)
-    return out
-
-
-def logreg_predict(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
-    """Standardised features, multinomial logistic regression, C by stratified CV on the shots only."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    folds = min(5, int(np.bincount(y_train).min()))
-    if folds >= 2:
-        grid = GridSearchCV(pipe, {"logisticregression__C": np.logspace(-3, 3, 7)},
-                            cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1)
-        grid.fit(f_train, y_train)
-        best_c = float(grid.best_params_["logisticregression__C"])
-        model = grid.best_estimator_
-    else:                                  # one shot per class: no fold to validate on
-        best_c = 1.0
-        model = pipe.fit(f_train, y_train)
-    return model.predict(f_test), best_c
-
-
-def run_probe(args: argparse.Namespace, job: Job) -> None:
-    """``--probe``: features once, then one classifier per seed."""
-    rt = init_runtime(None, None, args)
-    ftr, ytr, fte, yte = probe_features(args, job, rt)
-    pos = {s.path: i for i, s in enumerate(job.index.train)}
-    for seed in range(args.seed, args.seed + args.nseeds):
-        t0 = time.time()
-        chosen = np.array([pos[s.path] for s in few_shot(job.index.pool, args.ts, seed, job.opt.classes)])
-        if args.probe == "logreg":
-            pred, c = logreg_predict(ftr[chosen], ytr[chosen], fte, seed)
-            log.info("logistic regression: C = %g chosen by cross-validation on the %d training shots", c, len(chosen))
-            chosen_param, select_on = f"C={c:g}", "shots"
-        else:
-            k = min(20, len(chosen))
-            pred = knn_predict(torch.from_numpy(ftr[chosen]), torch.from_numpy(ytr[chosen]), torch.from_numpy(fte),
-                               job.opt.num_classes, k=k).numpy()
-            chosen_param, select_on = f"k={k}", ""
-        report(yte, pred, args, job, seed, len(chosen), len(yte), 0, 0.0, time.time() - t0, hos="", probe=args.probe,
-               probe_param=chosen_param, select_on=select_on, selection_labels=str(len(chosen)) if select_on else "")
 
 
 def run(argv: list[str] | None, parser: argparse.ArgumentParser) -> None:

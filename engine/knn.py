@@ -1,7 +1,8 @@
-"""Frozen-feature tools: feature extraction and weighted kNN classification.
+"""Frozen-feature tools: feature extraction and kNN classification.
 
 Used every epoch as the pretraining monitor (k=20, cosine similarity, weights
-exp(sim / 0.07) as in Wu et al. 2018 / DINO) and by main_cls.py ``--probe knn``.
+exp(sim / 0.07) as in Wu et al. 2018 / DINO) and by main_cls.py ``--probe knn``
+(engine/probe.py), which also offers plain majority vote.
 """
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from torch.utils.data import DataLoader
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, loader: DataLoader, device: torch.device,
-                     amp: bool = False, channels_last: bool = False) -> tuple[Tensor, Tensor]:
-    """Pooled backbone features (float32, on CPU) and labels; BatchNorm in eval mode."""
+def extract_indexed(backbone: nn.Module, loader: DataLoader, device: torch.device,
+                    amp: bool = False, channels_last: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Pooled backbone features (float32, on CPU), labels, and each row's dataset index.
+
+    The index is what the dataset returned with the image, so callers can pair a row with
+    its file whatever order the loader used. BatchNorm runs in eval mode.
+    """
     was_training = backbone.training
     backbone.eval()
-    feats, labels = [], []
-    for x, y, _ in loader:
+    feats, labels, index = [], [], []
+    for x, y, i in loader:
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -26,22 +31,45 @@ def extract_features(backbone: nn.Module, loader: DataLoader, device: torch.devi
             f = backbone(x)
         feats.append(f.float().cpu())
         labels.append(torch.as_tensor(y))
+        index.append(torch.as_tensor(i))
     backbone.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+    return torch.cat(feats), torch.cat(labels), torch.cat(index)
+
+
+def extract_features(backbone: nn.Module, loader: DataLoader, device: torch.device,
+                     amp: bool = False, channels_last: bool = False) -> tuple[Tensor, Tensor]:
+    """Pooled backbone features (float32, on CPU) and labels, in loader order."""
+    feats, labels, _ = extract_indexed(backbone, loader, device, amp, channels_last)
+    return feats, labels
 
 
 def knn_predict(train_f: Tensor, train_y: Tensor, test_f: Tensor, num_classes: int,
-                k: int = 20, t: float = 0.07, chunk: int = 1024) -> Tensor:
-    """Weighted kNN on cosine similarity; returns predicted labels of ``test_f``."""
+                k: int = 20, t: float = 0.07, chunk: int = 1024, vote: str = "weighted") -> Tensor:
+    """kNN on cosine similarity; returns predicted labels of ``test_f``.
+
+    ``vote="weighted"``: each of the k nearest training features votes exp(sim / t) for its
+    class. ``vote="majority"``: one vote each; a tie between classes goes to the one whose
+    tied neighbours have the larger summed similarity. k above the number of training
+    features uses all of them (engine/probe.py warns and records it).
+    """
+    if vote not in ("weighted", "majority"):
+        raise ValueError(f"vote must be 'weighted' or 'majority', not {vote!r}")
     train_f = nn.functional.normalize(train_f.float(), dim=1)
     test_f = nn.functional.normalize(test_f.float(), dim=1)
+    train_y = train_y.long()
     k = min(k, train_f.shape[0])
     preds = []
     for i in range(0, test_f.shape[0], chunk):
         sim = test_f[i:i + chunk] @ train_f.T
         w, idx = sim.topk(k, dim=1)
-        votes = torch.zeros(sim.shape[0], num_classes)
-        votes.scatter_add_(1, train_y[idx], (w / t).exp())
+        if vote == "weighted":
+            votes = torch.zeros(sim.shape[0], num_classes).scatter_add_(1, train_y[idx], (w / t).exp())
+        else:
+            # counts dominate: a summed similarity lies in [-k, k], one more vote is worth 2k + 1
+            count = torch.zeros(sim.shape[0], num_classes, dtype=torch.float64)
+            count.scatter_add_(1, train_y[idx], torch.ones_like(w, dtype=torch.float64))
+            simsum = torch.zeros_like(count).scatter_add_(1, train_y[idx], w.double())
+            votes = count * (2 * k + 1) + simsum
         preds.append(votes.argmax(1))
     return torch.cat(preds)
 

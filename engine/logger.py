@@ -12,10 +12,16 @@ log = logging.getLogger(__name__)
 
 
 class EpochLog:
-    """Rows of per-epoch numbers; the CSV is rewritten atomically after every epoch."""
+    """Rows of per-epoch numbers; the CSV is rewritten atomically after every epoch.
 
-    def __init__(self, csv_path: Path, tb_dir: Path | None = None, resume: bool = False):
+    Adding epoch N drops rows from epoch N on (a resumed run replaces them), only among rows
+    with the same ``key`` values (e.g. the same seed).
+    """
+
+    def __init__(self, csv_path: Path, tb_dir: Path | None = None, resume: bool = False,
+                 key: tuple[str, ...] = ()):
         self.path = Path(csv_path)
+        self.key = key          # columns that tell interleaved runs apart, e.g. ("seed",) in fine-tuning
         self.rows: list[dict] = []
         if resume and self.path.exists():
             with open(self.path, newline="") as f:
@@ -29,7 +35,8 @@ class EpochLog:
                 log.warning("tensorboard is not installed: no event files, the CSV log still works")
 
     def add(self, epoch: int, values: dict[str, float]) -> None:
-        self.rows = [r for r in self.rows if int(r["epoch"]) < epoch]   # a resumed run replaces
+        mine = lambda r: all(str(r.get(k)) == str(values.get(k)) for k in self.key)  # noqa: E731
+        self.rows = [r for r in self.rows if int(r["epoch"]) < epoch or not mine(r)]   # a resumed run replaces
         self.rows.append({"epoch": epoch, **values})
         cols = list(dict.fromkeys(k for r in self.rows for k in r))
         buf = io.StringIO()

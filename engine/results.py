@@ -14,6 +14,7 @@ table (:func:`save_predictions`), named in its ``predictions`` cell.
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import io
 import json
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from config.errors import UserError
-from engine.atomic import atomic_write
+from engine.atomic import atomic_write, disk_full_error
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def code_version(repo: str | os.PathLike | None = None) -> str:
         if out.returncode == 0 and out.stdout.strip():
             changed = subprocess.run(
                 ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
-                 ":(exclude,top)results"], capture_output=True, text=True, timeout=10, check=False)
+                 ":(exclude)results"], capture_output=True, text=True, timeout=10, check=False)
             dirty = changed.returncode != 0 or bool(changed.stdout.strip())
             return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -195,7 +196,7 @@ def _rewrite_with(path: Path, line: bytes) -> None:
             old += b"\n"
     else:
         old = header
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    mode = path.stat().st_mode & 0o777 if path.exists() else None     # new: what the umask gives
     atomic_write(path, lambda f: (f.write(old), f.write(line)), mode)
 
 
@@ -284,14 +285,20 @@ def save_predictions(table: str | os.PathLike, stem: str, paths: list[str], y_tr
     while True:
         target = folder / f"{safe}_{uuid.uuid4().hex[:8]}.csv"
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)     # the umask applies
         except FileExistsError:
             continue
         break
-    with os.fdopen(fd, "wb") as f:      # the row that names this file is appended only afterwards
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with os.fdopen(fd, "wb") as f:      # the row that names this file is appended only afterwards
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as err:            # a full disk or Ctrl-C: no partial predictions file
+        target.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(target, err) from None
+        raise
     return target.relative_to(table.parent).as_posix()
 
 

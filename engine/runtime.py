@@ -1,7 +1,13 @@
 """Per-process runtime: device, process group, AMP/channels_last switches, seeding.
 
-CUDA-only features (bf16 autocast, channels_last, cudnn.benchmark, NCCL) switch on only
-when a GPU is present; on CPU the same code runs with gloo and plain float32.
+``--amp`` (bf16 autocast) and ``--channels-last`` work on every device (on CPU they mostly
+exist so that CI runs the same code paths a GPU run takes); cudnn.benchmark and NCCL switch
+on only when a GPU is present, gloo is used on CPU.
+
+Augmentation randomness is derived per SAMPLE from ``(seed, epoch, rank, index)``
+(:class:`SeededSampler` + :class:`PerSampleSeed`), not from the DataLoader workers' RNG
+state, so workers can persist across epochs, every rank draws its own augmentations, and a
+resumed run draws exactly the views of an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -12,11 +18,12 @@ import random
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +83,11 @@ def init_runtime(local_rank: int | None, nproc: int | None, args: argparse.Names
         if not cuda:
             # Leave the two cores to the processes rather than oversubscribing them.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, nproc or world)))
-    amp = bool(getattr(args, "amp", False)) and cuda
-    cl = bool(getattr(args, "channels_last", False)) and cuda
-    if rank == 0 and not cuda and (getattr(args, "amp", False) or getattr(args, "channels_last", False)):
-        log.info("--amp / --channels-last are GPU features; running float32 on CPU")
+    amp = bool(getattr(args, "amp", False))
+    cl = bool(getattr(args, "channels_last", False))
+    if rank == 0 and not cuda and amp:
+        log.info("--amp on CPU: bf16 autocast runs (convolutions and matmuls in bf16), usually slower than "
+                 "float32 on CPUs without bf16 units; it is there so CPU runs take the GPU's code path")
     return Runtime(device, rank, local, world, distributed, amp, cl)
 
 
@@ -96,9 +104,76 @@ def reseed(seed: int, epoch: int, rank: int) -> None:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: numpy/random follow torch's per-worker seed."""
+    """DataLoader worker_init_fn (fine-tuning): numpy/random follow torch's per-worker seed."""
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
+    random.seed(s)
+
+
+def sample_seed(seed: int, epoch: int, rank: int, index: int) -> int:
+    """The 63-bit seed of one sample's augmentations in one epoch on one rank (a SeedSequence hash,
+    so nearby tuples give unrelated streams)."""
+    state = np.random.SeedSequence([seed % 2**63, epoch, rank, index]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+class SeededSampler(Sampler):
+    """Wraps a sampler of indices; yields ``(index, sample_seed(seed, epoch, rank, index))``.
+
+    Call :meth:`set_epoch` before each epoch (it also forwards to a DistributedSampler).
+    The sampler runs in the main process, so the epoch reaches persistent workers through
+    the indices they are handed.
+    """
+
+    def __init__(self, base: Sampler, seed: int, rank: int) -> None:
+        self.base, self.seed, self.rank, self.epoch = base, seed, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for i in self.base:
+            yield int(i), sample_seed(self.seed, self.epoch, self.rank, int(i))
+
+
+class PerSampleSeed(Dataset):
+    """``dataset[(i, s)]`` = ``dataset[i]`` drawn with torch, numpy and random seeded by ``s``.
+
+    In a DataLoader worker the global generators are simply reseeded (the worker owns them);
+    in the main process (``--workers 0``) their state is saved and restored around the
+    sample, so the training step's own randomness does not depend on the data.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]):
+        i, s = key
+        if get_worker_info() is not None:
+            _seed_all(s)
+            return self.dataset[i]
+        states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+        try:
+            _seed_all(s)
+            return self.dataset[i]
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.random.set_rng_state(states[2])
+
+
+def _seed_all(s: int) -> None:
+    """Seed the CPU generators of torch, numpy and random (no CUDA: workers never touch it)."""
+    torch.random.default_generator.manual_seed(s)
+    np.random.seed(s % 2**32)
     random.seed(s)
 
 

@@ -6,7 +6,7 @@
 #   scripts/few_shot.sh --ds euroms --netnum 000000 --protocol hos0 --mepoch 100   # random init, end to end
 #
 # --protocol: hos0 | hos1 | hos9 (train; with --expnum these fine-tune, mode 41) or
-#             logreg | knn (frozen features, extracted once and reused).
+#             logreg | knn (frozen features, extracted once; all train scales in one call).
 # Other flags after -- go to main_cls.py unchanged.
 set -euo pipefail
 PY=${PY:-python}
@@ -31,7 +31,13 @@ case "$PROTO" in
   logreg|knn) PFLAGS=(--probe "$PROTO");;
   *) echo "few_shot.sh: --protocol $PROTO is not one of hos0 hos1 hos9 logreg knn" >&2; exit 2;;
 esac
-for ts in $TS; do
-  "$PY" main_cls.py --ds "$DS" --ts "$ts" --mode "$MODE" --netnum "$NET" "${INIT[@]}" "${PFLAGS[@]}" \
-    --seed 0 --nseeds "$SEEDS" "${EXTRA[@]}"
-done
+if [ "$PROTO" = logreg ] || [ "$PROTO" = knn ]; then
+  # one process for the whole sweep: features once, one row per (train scale, seed)
+  "$PY" main_cls.py --ds "$DS" --ts "$(echo $TS | tr ' ' ',')" --mode "$MODE" --netnum "$NET" "${INIT[@]}" \
+    "${PFLAGS[@]}" --seed 0 --nseeds "$SEEDS" "${EXTRA[@]}"
+else
+  for ts in $TS; do
+    "$PY" main_cls.py --ds "$DS" --ts "$ts" --mode "$MODE" --netnum "$NET" "${INIT[@]}" "${PFLAGS[@]}" \
+      --seed 0 --nseeds "$SEEDS" "${EXTRA[@]}"
+  done
+fi

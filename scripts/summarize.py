@@ -88,7 +88,8 @@ def canon(column: str, value: str) -> str:
 def identity(cells: dict[str, str]) -> tuple[str, ...]:
     derived = dict(cells)
     param = cells.get("probe_param", "")
-    derived["probe_kind"] = param.split("=", 1)[0] if "=" in param else param
+    # logreg's C is chosen per draw (one protocol); kNN's "k=20,weighted" names the protocol itself
+    derived["probe_kind"] = "C" if param.startswith("C=") else param
     return tuple(canon(c, derived.get(c, "")) for c in IDENTITY)
 
 

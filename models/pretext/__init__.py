@@ -2,11 +2,15 @@
 
 A pretext module provides
   ``build(args, opt, backbone) -> nn.Module`` whose ``forward(views)`` returns
-      ``(loss, stats)`` (stats: floats to log) and which keeps the shared ``.backbone``;
+      ``(loss, stats)`` (stats: detached 0-dim tensors to log, never ``.item()``: the epoch
+      loop sums them on the device and reads them once per epoch) and which keeps the
+      shared ``.backbone``;
   ``make_transform(args, opt) -> callable`` turning a raw C x H x W tensor into the
       views that forward expects;
   ``LOSSES``: the ``--loss`` names it accepts;
-and optionally ``add_args(group)`` (its own command-line flags), ``check_args(args)``
+and optionally ``SYNC_BN = True`` (the loss couples the images of a batch, as contrastive
+and redundancy-reduction losses do: on GPUs with several processes BatchNorm is then
+synchronised unless ``--no-sync-bn``), ``add_args(group)`` (its own command-line flags), ``check_args(args)``
 (raise UserError on bad values, before any worker starts) and
 ``build_optimizer(args, model, lr) -> Optimizer`` (when ``--optimizer`` does not fit, e.g.
 a GAN's Adam with betas 0.5/0.999 and separate generator/discriminator groups),

@@ -28,6 +28,7 @@ from models.pretext.ema import (add_hidden_dim, check_positive, check_unit, cosi
 from models.pretext.simclr import embedding_std
 
 LOSSES = ("BYOLLoss", "byol")
+SYNC_BN = True           # BN statistics over all processes' batches on GPUs by default (--no-sync-bn)
 USES_AUG = True
 AUG = 6                  # the asymmetric BYOL views
 FEATURE_DIM = 256

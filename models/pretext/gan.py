@@ -201,7 +201,7 @@ class GAN(nn.Module):
         state.update({k: b.clone() for k, b in d.named_buffers()})
         return functional_call(d, state, (x,))
 
-    def forward(self, views: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, views: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         real = views
         fake = self.sample(len(real), real.device)
         logit_real, feat_real = self.discriminator(real)
@@ -210,16 +210,16 @@ class GAN(nn.Module):
 
         logit_g, feat_g = self.discriminate_frozen(fake, detach_params=True)
         loss_g = logit_g.new_zeros(())
-        stats: dict[str, float] = {}
+        stats: dict[str, Tensor] = {}
         if self.adv_weight:
             loss_g = loss_g + self.adv_weight * _bce(logit_g, 1.0)
         if self.fm_weight:
             fm = feature_matching_loss(feat_real.detach(), feat_g)
             loss_g = loss_g + self.fm_weight * fm
-            stats["loss_fm"] = fm.item()
-        stats.update({"loss_d": loss_d.item(), "loss_g": loss_g.item(),
-                      "d_real": torch.sigmoid(logit_real.detach()).mean().item(),
-                      "d_fake": torch.sigmoid(logit_fake.detach()).mean().item()})
+            stats["loss_fm"] = fm.detach()
+        stats.update({"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
+                      "d_real": torch.sigmoid(logit_real.detach()).mean(),
+                      "d_fake": torch.sigmoid(logit_fake.detach()).mean()})
         return loss_d + loss_g, stats
 
 

@@ -77,10 +77,12 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, context_weight: float
         ``(loss, mse_hole, mse_context)``.
     """
     err = (pred.float() - target.float()).pow(2).mean(dim=1)          # N x H x W, mean over bands
-    has_context = not bool(mask.all())
-    m = mask.to(err.device)
-    hole = err[:, m].mean()
-    context = err[:, ~m].mean() if has_context else err.new_zeros(())
+    # weighted sums instead of boolean indexing: no host synchronisation on a GPU
+    m = mask.to(device=err.device, dtype=err.dtype)
+    n = err.shape[0]
+    hole_px = m.sum()
+    hole = (err * m).sum() / (n * hole_px)
+    context = (err * (1 - m)).sum() / (n * (m.numel() - hole_px)).clamp(min=1)   # 0 when all is hole
     return (1 - context_weight) * hole + context_weight * context, hole, context
 
 
@@ -116,7 +118,7 @@ class Inpaint(nn.Module):
         fmap = self.backbone.feature_maps(masked)[-1]
         return self.decoder(fmap, masked.shape[-2:]), fmap
 
-    def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         masked, target = views
         pred, fmap = self.reconstruct(masked)
         loss, hole, context = masked_mse(pred, target, centre_mask(target.shape[-1], self.fraction),
@@ -125,7 +127,7 @@ class Inpaint(nn.Module):
         # 0 * z keeps pooling layers with weights (plain torchvision backbones, family 9) in the
         # graph, so DistributedDataParallel finds a gradient for every parameter
         loss = loss + 0.0 * z.sum()
-        return loss, {"mse_hole": hole.item(), "mse_context": context.item(), "emb_std": embedding_std(z)}
+        return loss, {"mse_hole": hole.detach(), "mse_context": context.detach(), "emb_std": embedding_std(z)}
 
 
 def vis_rows(model: Inpaint, views: tuple[Tensor, Tensor]) -> list[list[Tensor]]:

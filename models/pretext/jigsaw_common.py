@@ -236,11 +236,11 @@ class Jigsaw(nn.Module):
         z = self.backbone(tiles.flatten(0, 1))               # N*T x D, the shared backbone
         return self.classifier(self.tile_fc(z).reshape(tiles.shape[0], -1)), z
 
-    def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         tiles, labels = views                                # N x T x C x h x w, N
         logits, z = self.classify(tiles)
         loss = F.cross_entropy(logits.float(), labels)
-        acc = (logits.detach().argmax(1) == labels).float().mean().item()
+        acc = (logits.detach().argmax(1) == labels).float().mean()
         return loss, {"acc": acc, "emb_std": embedding_std(z)}
 
 

@@ -38,6 +38,7 @@ from models.pretext.simclr import embedding_std
 log = logging.getLogger(__name__)
 
 LOSSES = ("InfoNCELoss", "infonce")
+SYNC_BN = True           # BN statistics over all processes' batches on GPUs by default (--no-sync-bn)
 USES_AUG = True          # --aug / --aug_p choose the two views (MoCo v2 uses SimCLR's augmentation)
 TAU = 0.2
 FEATURE_DIM = 128

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from config.dataset_cfg import DatasetOpt
 
 LOSSES = ("MultiTaskLoss", "multitask")
+SYNC_BN = True           # exemplar contrast couples a batch's images: SyncBatchNorm by default on several GPUs
 TAU = 0.5                # exemplar NT-Xent temperature (--tau)
 FEATURE_DIM = 128        # exemplar projection size (--feature_dim)
 TASKS = ("inpaint", "recog", "exemplar")
@@ -148,7 +149,7 @@ class MultiTask(nn.Module):
         else:
             self.projector = self.criterion = None
 
-    def forward(self, views: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, views: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """``(perturbed, image, copy, label)`` batches -> weighted loss and per-task stats."""
         perturbed, image, copy, label = views
         n = image.shape[0]
@@ -157,7 +158,7 @@ class MultiTask(nn.Module):
         batch = ([perturbed] if inpaint else []) + ([image, copy] if pair else [])
         maps = self.backbone.feature_maps(torch.cat(batch, dim=0))
         losses: dict[str, Tensor] = {}
-        stats: dict[str, float] = {}
+        stats: dict[str, Tensor] = {}
         if inpaint:
             recon = self.decoder([m[:n] for m in maps], image.shape[-2:])
             losses["inpaint"] = inpainting_loss(recon, image, perturbed)
@@ -167,13 +168,13 @@ class MultiTask(nn.Module):
             if self.recognizer is not None:
                 logits = self.recognizer(last_img, last_copy)
                 losses["recog"] = F.cross_entropy(logits.float(), label)
-                stats["recog_acc"] = (logits.detach().argmax(dim=1) == label).float().mean().item()
+                stats["recog_acc"] = (logits.detach().argmax(dim=1) == label).float().mean()
             if self.projector is not None:
                 z = self.projector(self.backbone.pool(last))
                 losses["exemplar"] = self.criterion(z[:n], z[n:])
                 stats["emb_std"] = embedding_std(z)
         loss = sum(self.weights[t] * losses[t] for t in self.tasks)
-        stats.update({f"loss_{t}": v.item() for t, v in losses.items()})
+        stats.update({f"loss_{t}": v.detach() for t, v in losses.items()})
         return loss, stats
 
 

@@ -15,6 +15,7 @@ from models.heads import ProjectionHead
 
 LOSSES = ("NTXentLoss", "ntxent")
 USES_AUG = True          # --aug / --aug_p choose the two views
+SYNC_BN = True           # the loss couples a batch's images: SyncBatchNorm by default on several GPUs
 TAU = 0.5                # NT-Xent temperature (--tau)
 FEATURE_DIM = 128        # projection size (--feature_dim)
 

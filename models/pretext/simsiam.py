@@ -7,8 +7,8 @@ and output ``--feature_dim`` 2048) and a predictor (2048 -> ``--pred-hidden`` 51
 under a stop-gradient (the collapse-preventing ingredient the paper isolates). Each
 view is its own batch through the networks (BatchNorm per view, as in the paper's
 code). Views: SimCLR's (``--aug`` 5, ``--aug_p`` S5 by default), as in the paper.
-The paper keeps the predictor's learning rate fixed; here it follows ``--lr_policy``
-like every other parameter.
+The paper's recipe can keep the predictor's learning rate fixed (``--fix-pred-lr`` in
+its code, off there by default); here it follows ``--lr_policy`` like every other parameter.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from models.pretext.ema import add_hidden_dim, check_positive
 from models.pretext.simclr import embedding_std
 
 LOSSES = ("SimSiamLoss", "simsiam")
+SYNC_BN = True           # BN statistics over all processes' batches on GPUs by default (--no-sync-bn)
 USES_AUG = True
 FEATURE_DIM = 2048
 HIDDEN_DIM = 2048

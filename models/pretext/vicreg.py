@@ -23,6 +23,7 @@ from models.pretext.ema import add_hidden_dim, check_positive
 from models.pretext.simclr import embedding_std
 
 LOSSES = ("VICRegLoss", "vicreg")
+SYNC_BN = True           # BN statistics over all processes' batches on GPUs by default (--no-sync-bn)
 USES_AUG = True
 AUG = 6
 FEATURE_DIM = 8192

@@ -79,3 +79,14 @@ def test_pooling(tmp_path):
         get_opt("aid+euroms", ns(data_root=str(SHARED)))
     with pytest.raises(UserError, match="pools several"):
         get_opt("aid+euromsrgb", ns(data_root=str(SHARED), split_file=str(tmp_path)))
+
+
+def test_rgb_bands_are_one_based_and_in_range(demo_root, tmp_path):
+    """Band 0 would silently pick the last band through a negative index."""
+    import shutil
+    root = tmp_path / "mine"
+    shutil.copytree(demo_root / "rsssl_demo", root, ignore=shutil.ignore_patterns(".*"))
+    for bad in ("0,3,2", "4,3,14", "4,3"):
+        with pytest.raises(UserError, match=f"--rgb-bands '{bad}' must"):
+            get_opt(str(root), ns(rgb_bands=bad))
+    assert get_opt(str(root), ns(rgb_bands="4,3,2")).rgb_bands == ("B4", "B3", "B2")

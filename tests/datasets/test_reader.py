@@ -79,3 +79,32 @@ def test_not_a_raster_and_truncated(tmp_path):
     jpg.write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(UserError, match="not a readable image"):
         read_raw(jpg)
+
+
+def test_an_image_over_the_pixel_limit_names_the_file_and_the_way_to_allow_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from datasets.reader import MAX_PIXELS_ENV, band_count
+    path = tmp_path / "big.png"
+    Image.new("RGB", (120, 100), (10, 20, 30)).save(path)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "5000")
+    with pytest.raises(UserError) as e:
+        read_raw(path)
+    assert str(path) in str(e.value) and "12,000 pixels" in str(e.value) and f"{MAX_PIXELS_ENV}=12000" in str(e.value)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "12000")
+    assert read_raw(path).shape == (3, 100, 120) and band_count(path) == 3
+    monkeypatch.setenv(MAX_PIXELS_ENV, "none")
+    assert read_raw(path)[:, 0, 0].tolist() == [10, 20, 30]
+    monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
+    with pytest.raises(UserError, match=f"{MAX_PIXELS_ENV}=lots must be a number of pixels"):
+        read_raw(path)
+
+
+def test_band_count_reads_headers_like_read_raw(tmp_path):
+    from PIL import Image
+
+    from datasets.reader import band_count
+    Image.new("L", (8, 8)).save(tmp_path / "g.png")
+    Image.new("RGBA", (8, 8)).save(tmp_path / "a.png")
+    for name in ("g.png", "a.png"):
+        assert band_count(tmp_path / name) == read_raw(tmp_path / name).shape[0]

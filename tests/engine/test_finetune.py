@@ -89,28 +89,42 @@ def test_linear_probe_keeps_bn_statistics(demo_root, pretrained, tmp_path, monke
     assert seen["training"] is False
 
 
-def test_probes_cache_features_and_vary_with_seed(demo_root, pretrained, tmp_path, caplog):
+def test_probe_sweep_extracts_features_once_and_writes_a_row_per_draw(demo_root, pretrained, tmp_path, caplog):
     res = tmp_path / "p.csv"
     base = cls_args(demo_root, pretrained, res, "--mode", "41", "--expnum", "20186093531_pretrain", "--cepoch", "1")
-    main_cls.main(base + ["--probe", "logreg", "--ts", "5", "--nseeds", "3"])
     with caplog.at_level("INFO"):
-        main_cls.main(base + ["--probe", "knn", "--ts", "2"])
-    assert "frozen features from cache" in caplog.text
+        main_cls.main(base + ["--probe", "logreg", "--ts", "2,5", "--nseeds", "2"])
+    assert caplog.text.count("frozen features of") == 1
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        main_cls.main(base + ["--probe", "knn", "--ts", "2", "--knn-vote", "majority", "--knn-k", "5"])
+        main_cls.main(base + ["--probe", "knn", "--ts", "0.1"])             # 1 shot per class: 6 < k = 20
+    assert caplog.text.count("frozen features from cache") == 2 and "frozen features of" not in caplog.text
     got = rows(res)
-    assert [r["probe"] for r in got] == ["logreg"] * 3 + ["knn"]
-    assert [r["seed"] for r in got] == ["0", "1", "2", "0"]
-    assert {r["n_train"] for r in got} == {"30", "12"}
+    assert [(r["probe"], r["ts"], r["seed"]) for r in got] == [
+        ("logreg", "2.0", "0"), ("logreg", "2.0", "1"), ("logreg", "5.0", "0"), ("logreg", "5.0", "1"),
+        ("knn", "2.0", "0"), ("knn", "0.1", "0")]
+    assert [r["n_train"] for r in got] == ["12", "12", "30", "30", "12", "6"]
+    assert all(r["probe_param"].startswith("C=") and r["select_on"] == "shots" for r in got[:4])
+    assert [r["selection_labels"] for r in got[:4]] == ["shots:12", "shots:12", "shots:30", "shots:30"]
+    assert got[4]["probe_param"] == "k=5,majority" and got[5]["probe_param"] == "k=6,weighted"
+    assert "--knn-k 20 exceeds the 6 shots" in caplog.text
+    assert {r["n_test"] for r in got} == {"12"}
 
 
-def test_logreg_probe_beats_chance_on_separable_features():
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(4, 16)) * 4
-    y = np.repeat(np.arange(4), 5)
-    f = centers[y] + rng.normal(size=(20, 16))
-    yt = np.repeat(np.arange(4), 50)
-    ft = centers[yt] + rng.normal(size=(200, 16))
-    pred, c = finetune.logreg_predict(f, y, ft, seed=0)
-    assert (pred == yt).mean() > 0.9 and 1e-3 <= c <= 1e3
+def test_training_modes_run_every_train_scale(demo_root, tmp_path):
+    res = tmp_path / "r.csv"
+    main_cls.main(cls_args(demo_root, tmp_path / "ck", res, "--mode", "11", "--ts", "0.1,2", "--mepoch", "1"))
+    assert [(r["ts"], r["n_train"]) for r in rows(res)] == [("0.1", "6"), ("2.0", "12")]
+    assert len(list((tmp_path / "ck").glob(f"{NET}_*_ts0.1_s0_1.pth"))) == 1
+    assert len(list((tmp_path / "ck").glob(f"{NET}_*_ts2_s0_1.pth"))) == 1
+
+
+def test_pretraining_takes_one_train_scale(demo_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main_cls_ss_train.main(["--mode", "910", "--ds", "demo", "--data-root", str(demo_root), "--ts", "5,20"])
+    assert e.value.code == 2
+    assert "pretraining takes one train scale" in capsys.readouterr().err
 
 
 def test_train_then_test_and_val_modes(demo_root, tmp_path):
@@ -183,7 +197,19 @@ BAD = [
     (["--mode", "910"], "run it with main_cls_ss_train.py"),
     (["--mode", "11", "--hos", "5"], "--hos 5 is not a protocol"),
     (["--mode", "31", "--probe", "knn", "--expnum", "x", "--cepoch", "1"], "does not exist"),
-    (["--mode", "11", "--ts", "-1"], "--ts -1.0 must be > 0"),
+    (["--mode", "11", "--ts", "-1"], "--ts -1 is not a train scale"),
+    (["--mode", "11", "--ts", "0"], "--ts 0 is not a train scale"),
+    (["--mode", "11", "--ts", "nan"], "--ts nan is not a train scale"),
+    (["--mode", "11", "--ts", "inf"], "--ts inf is not a train scale"),
+    (["--mode", "11", "--ts", "5,nan"], "--ts nan is not a train scale"),
+    (["--mode", "11", "--ts", "5.5"], "must be a whole number"),
+    (["--mode", "11", "--ts", "five"], "--ts five is not a number"),
+    (["--mode", "11", "--ts", "5,,20"], "empty value in the list"),
+    (["--mode", "11", "--ts", "5,5"], "repeats a value"),
+    (["--mode", "31", "--ts", "5,20", "--expnum", "e", "--cepoch", "1"], "give a single --ts"),
+    (["--mode", "11", "--probe", "knn", "--select-on", "val"], "--select-on belongs to --probe logreg"),
+    (["--mode", "11", "--knn-k", "5"], "--knn-k belongs to --probe knn"),
+    (["--mode", "11", "--probe", "knn", "--knn-k", "0"], "--knn-k 0 must be >= 1"),
     (["--mode", "11", "--loss", "Focal"], "--loss Focal"),
     (["--mode", "11", "--expnum", "x", "--cepoch", "1"], "drop them"),
     ([], "--mode is required"),

@@ -64,9 +64,10 @@ def test_resume_reaches_the_same_weights(demo_root, tmp_path, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(pretrain, "train_one_epoch", crash_after_two)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stop:      # Ctrl-C: exit 130, no traceback
         main_cls_ss_train.main(args_for(demo_root, part, "--mepoch", "3", "--ckpt_freq", "1", "--expnum", "2_pretrain",
                                         "--knn-freq", "0"))
+    assert stop.value.code == 130
     assert not (part / "090000_2_pretrain_3.pth").exists()
     monkeypatch.setattr(pretrain, "train_one_epoch", real)
     main_cls_ss_train.main(args_for(demo_root, part, "--mepoch", "3", "--ckpt_freq", "1", "--knn-freq", "0",
@@ -105,12 +106,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(demo_root, tmp_pat
 def test_two_gloo_processes_train(demo_root, tmp_path):
     from tests.conftest import run_script
     r = run_script(["main_cls_ss_train.py", *args_for(demo_root, tmp_path, "--mp-distributed", "--nproc", "2",
-                                                     "--mepoch", "1", "--expnum", "4_pretrain",
+                                                     "--mepoch", "1", "--expnum", "4_pretrain", "--pin-memory",
                                                      "--dist-url", "tcp://127.0.0.1:29533")], timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "batch 16 (8 x 2 processes)" in r.stdout
     assert "no GPU: using the gloo backend instead of nccl" in r.stdout
     assert (tmp_path / "090000_4_pretrain_1.pth").exists()
+    # the node's one shared --pin-memory copy was built, mapped by both processes, and its name removed
+    assert "--pin-memory: one cache per node, shared by its processes (2 in all)" in r.stdout
+    assert not list(Path("/dev/shm").glob("rsssl_4_pretrain_*"))
 
 
 def test_killed_worker_ends_the_job_without_hanging(demo_root, tmp_path):
@@ -139,7 +143,7 @@ BAD = [
     (["--dtype", "SAR"], "--dtype SAR is not available"),
     (["--aug", "7"], "7"),
     (["--aug_p", "Z9"], "Z9"),
-    (["--mode", "915"], "--mode 915 is not a pretraining mode"),
+    (["--mode", "919"], "--mode 919 is not a pretraining mode"),
     (["--mode", "41"], "run it with main_cls.py"),
     (["--sync-bn", "--mp-distributed"], "--sync-bn needs GPUs"),
     (["--nproc", "2"], "--nproc set up several processes; add --mp-distributed"),

@@ -100,7 +100,9 @@ def test_overlap_with_the_test_split_is_refused_unless_allowed(demo, demo_root, 
                    "--ts", "2", "--expnum", EXP, "--cepoch", "1", "--probe", "knn", "--allow-overlap"])
     with open(res, newline="") as f:
         (row,) = list(csv.DictReader(f))
-    assert row["allow_overlap"] == "1" and row["pretrain_datasets"].startswith("demo@")
+    assert row["allow_overlap"] == "1" and row["pretrain_datasets"] == f"demo@{index.split_version}"
+    assert row["probe"] == "knn" and row["probe_param"].startswith("k=") and row["split_version"] == index.split_version
+    assert row["bs"] == row["optimizer"] == row["lr"] == "" and row["epochs"] == "0"     # a probe trains nothing
 
 
 def test_altered_scene_keys_are_refused(demo, demo_root, tmp_path):

@@ -153,3 +153,24 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
             rows = slice(rank * PAIRS // world, (rank + 1) * PAIRS // world)
             alone = NTXentLoss(temperature=TAU)(model(x_a[rows]), model(x_b[rows]))
             assert abs(r["local"].item() - alone.item()) < 1e-5
+
+
+def test_bf16_autocast_keeps_the_similarities_in_fp32() -> None:
+    """Fixed inputs, tau 0.1, batch 256: the loss under CPU bf16 autocast is the fp32 loss to 1e-5
+    (a bf16 similarity matmul is off by 3e-5 to 9e-4 on such inputs)."""
+    gen = torch.Generator().manual_seed(0)
+    z_a = torch.randn(256, 128, generator=gen)
+    z_b = z_a + 0.5 * torch.randn(256, 128, generator=gen)       # correlated views: a loss well below log(511)
+    loss = NTXentLoss(temperature=0.1)
+    ref = loss(z_a, z_b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss(z_a, z_b)
+    assert mixed.dtype == torch.float32
+    assert abs(mixed.item() - ref.item()) < 1e-5
+    # the check can fail: the same formula with a bf16 matmul misses the bound
+    zn = nn.functional.normalize(torch.cat([z_a, z_b]), dim=1)
+    logits = (zn.bfloat16() @ zn.bfloat16().T).float() / 0.1
+    rows = torch.arange(512)
+    logits[rows, rows] = float("-inf")
+    bf16 = nn.functional.cross_entropy(logits, (rows + 256) % 512)
+    assert abs(bf16.item() - ref.item()) > 1e-5

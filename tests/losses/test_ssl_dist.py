@@ -21,6 +21,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from losses import BarlowTwinsLoss, VICRegLoss
+from models.pretext.dino import DINO
+from models.pretext.moco import MoCo
 
 N, IN_DIM, OUT_DIM, WORLD = 16, 12, 6, 2
 
@@ -51,17 +53,11 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _models() -> dict[str, nn.Module]:
     """The same initial models in every process."""
-    from models.pretext.moco import MoCo
     torch.manual_seed(0)
-    out = {"barlow": nn.Linear(IN_DIM, OUT_DIM), "vicreg": nn.Linear(IN_DIM, OUT_DIM),
-           "moco": MoCo(TinyBackbone(), feature_dim=OUT_DIM, hidden_dim=8, queue=40, momentum=0.9, tau=0.2)}
-    try:
-        from models.pretext.dino import DINO
-        out["dino"] = DINO(TinyBackbone(), out_dim=OUT_DIM * 3, hidden_dim=8, bottleneck=4, momentum=0.9,
-                           student_temp=0.1, teacher_temp=0.04, center_momentum=0.9, freeze_last=0.0)
-    except ImportError:
-        pass
-    return out
+    return {"barlow": nn.Linear(IN_DIM, OUT_DIM), "vicreg": nn.Linear(IN_DIM, OUT_DIM),
+            "moco": MoCo(TinyBackbone(), feature_dim=OUT_DIM, hidden_dim=8, queue=40, momentum=0.9, tau=0.2),
+            "dino": DINO(TinyBackbone(), out_dim=OUT_DIM * 3, hidden_dim=8, bottleneck=4, momentum=0.9,
+                         student_temp=0.1, teacher_temp=0.04, center_momentum=0.9, freeze_last=0.0)}
 
 
 def step(name: str, net: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
@@ -111,7 +107,6 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     x_a, x_b = _inputs()
     models = _models()
-    assert {"barlow", "vicreg", "moco"} <= set(models)
     for name, model in models.items():
         single = step(name, model, x_a, x_b)
         ref = state_of(model)
@@ -129,5 +124,6 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
                 torch.testing.assert_close(g[k], v, rtol=1e-4, atol=1e-6, msg=f"{name} {k}")
     # a missing gather would show: the local-only Barlow loss differs from the global one
     assert abs(ranks[0]["barlow_local"].item() - ranks[0]["barlow"]["loss"].item()) > 1e-3
-    # MoCo: the queue holds both processes' keys, rank 0's rows first
+    # MoCo: the queue holds both processes' keys, rank 0's rows first; DINO's centre moved
     assert int(ranks[0]["moco"]["buf.queue_ptr"]) == N
+    assert ranks[1]["dino"]["buf.criterion.center"].abs().sum() > 0

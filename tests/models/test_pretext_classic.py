@@ -326,7 +326,7 @@ def test_vis_rows(name: str, bands: int, monkeypatch) -> None:
         shown = torch.stack([r[2] for r in rows])
         torch.testing.assert_close(shown, recon, rtol=0, atol=0)
         hole = inpaint.masked_mse(shown, target, inpaint.centre_mask(SIZE, inpaint.DEFAULT_MASK))[1]
-        assert hole.item() == pytest.approx(stats["mse_hole"], rel=1e-5)
+        assert hole.item() == pytest.approx(stats["mse_hole"].item(), rel=1e-5)
     elif name == "colorize":
         assert [tuple(t.shape) for t in rows[0]] == [(1, SIZE, SIZE), (bands, SIZE, SIZE), (bands, SIZE, SIZE)]
         assert torch.equal(torch.stack([r[0] for r in rows]), views[0])

@@ -67,7 +67,9 @@ def test_forward_views_and_stats(name: str, bands: int) -> None:
     loss, stats = net(real)
     assert loss.dim() == 0 and torch.isfinite(loss)
     keys = {"loss_d", "loss_g", "d_real", "d_fake"} | ({"loss_fm"} if name == "gan_fm" else set())
-    assert set(stats) == keys and all(isinstance(v, float) for v in stats.values())
+    assert set(stats) == keys and all(torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad
+                                      for v in stats.values())     # detached 0-dim: no host sync in the loop
+    stats = {k: v.item() for k, v in stats.items()}
     assert loss.item() == pytest.approx(stats["loss_d"] + stats["loss_g"], rel=1e-5)
     assert 0 < stats["d_real"] < 1 and 0 < stats["d_fake"] < 1
     # an untrained head is near chance: L_D near 2 log 2, the non-saturating L_G near log 2
@@ -112,6 +114,7 @@ def test_one_backward_gives_each_network_only_its_own_gradient(name: str, netnum
     assert all(p.grad is not None for p in g_params + d_params)   # DDP needs a gradient for every parameter
 
     loss_d, loss_g = reference_losses(net, real, 5, name == "gan_fm", flags.get("gan_fm_bce", 1.0 if name == "gan" else 0.0))
+    stats = {k: v.item() for k, v in stats.items()}
     assert stats["loss_d"] == pytest.approx(loss_d.item(), rel=1e-6)
     assert stats["loss_g"] == pytest.approx(loss_g.item(), rel=1e-6)
     ref_g = torch.autograd.grad(loss_g, g_params, retain_graph=True)
@@ -167,7 +170,7 @@ def test_discriminator_separates_a_fixed_batch() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        gaps.append(stats["d_real"] - stats["d_fake"])
+        gaps.append((stats["d_real"] - stats["d_fake"]).item())
     # chance at the start (0.0 on this seed), about 0.68 after 20 steps while G trains too
     assert abs(gaps[0]) < 0.1 and gaps[-1] > 0.4 and np.mean(gaps[-5:]) > np.mean(gaps[:5]) + 0.3, gaps
 

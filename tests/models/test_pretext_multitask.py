@@ -175,14 +175,17 @@ def test_switched_off_tasks_have_no_head_no_loss_and_no_input(tasks):
 def test_loss_is_the_weighted_sum_of_the_logged_task_losses():
     views = batch(13, 4)
     loss, stats = model_for(13, weights=(3.0, 0.5, 2.0))(views)
+    stats = {k: v.item() for k, v in stats.items()}          # 0-dim tensors (the loop reads them once per epoch)
     expect = 3.0 * stats["loss_inpaint"] + 0.5 * stats["loss_recog"] + 2.0 * stats["loss_exemplar"]
     assert loss.item() == pytest.approx(expect, rel=1e-5)
     # same weights (same initialisation): same task losses; the total follows the weights
     loss1, stats1 = model_for(13, weights=(1.0, 1.0, 1.0))(views)
+    stats1 = {k: v.item() for k, v in stats1.items()}
     for t in mt.TASKS:
         assert stats1[f"loss_{t}"] == pytest.approx(stats[f"loss_{t}"], rel=1e-5)
     assert loss1.item() == pytest.approx(sum(stats[f"loss_{t}"] for t in mt.TASKS), rel=1e-5)
     loss2, stats2 = model_for(13, ("inpaint", "exemplar"), (20.0, 1.0, 1.0))(views)
+    stats2 = {k: v.item() for k, v in stats2.items()}
     assert loss2.item() == pytest.approx(20 * stats2["loss_inpaint"] + stats2["loss_exemplar"], rel=1e-5)
 
 

@@ -1,0 +1,489 @@
+"""Frozen-feature probes of main_cls.py (``--probe logreg|knn``): features once, a classifier per draw.
+
+A sweep (``--ts 5,20 --nseeds 5``) extracts the backbone's pooled features of the training
+split (few-shot pool and validation slice) and of the test split ONCE, then fits one probe
+per (ts, seed) draw and appends one result row each.
+
+Feature cache: ``<cache>/<dataset>/features/<key>.npz``. The key names everything the
+features depend on: the checkpoint's content (SHA-256), or ImageNet weights, or the seed of a
+random initialisation; the netnum; the dataset folder, its split version and file list
+(paths and labels); band selection, input size and normalisation. Each file stores the image
+paths with the features, and features are looked up by path, never by position, so a changed
+file list can neither hit a stale entry nor pair an image with another image's features.
+Files are written under a unique temporary name and renamed into place (concurrent runs).
+
+Logistic regression (the protocol of Kolesnikov et al. 2019 / Corley et al. 2023): features
+standardised with the statistics of the shots, multinomial logistic regression minimising
+``C * sum(cross-entropy) + 0.5 * ||W||^2`` (intercept not penalised; sklearn's objective),
+C from ``C_GRID`` chosen by stratified 5-fold cross-validation on the shots only (the label
+rule: a 5-shot row used 5 labels per class), or on the validation slice with
+``--select-on val``. Ties go to the smallest C, as GridSearchCV does. The solver is L-BFGS in
+float64 on the whole batch: all folds and the refit on all shots are solved together as one
+block problem, along the C grid from strong to weak regularisation, each C warm-started from
+the previous one and stopped by sklearn's tolerance (max |gradient| of the mean-loss
+objective <= 1e-4). bench/probe.py measures it against the GridSearchCV path it replaces.
+
+kNN: cosine similarity to the shots; ``--knn-vote weighted`` (default; votes exp(sim / 0.07),
+Wu et al. 2018) or ``majority`` (one vote per neighbour, ties broken by the class's summed
+similarity). When ``--knn-k`` exceeds the number of shots, k is clamped to it with a warning
+and the row's ``probe_param`` records the k used: a sweep over ``--ts`` keeps its smallest
+draw instead of failing, and the row never claims a k it did not use.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from config.errors import UserError
+from datasets.folder import make_dataset
+from datasets.index import Sample, few_shot
+from datasets.transforms import plain
+from engine import labels
+from engine.atomic import atomic_write
+from engine.knn import extract_indexed, knn_predict
+from engine.runtime import Runtime, init_runtime, reseed
+
+if TYPE_CHECKING:
+    from engine.finetune import Job
+
+log = logging.getLogger(__name__)
+
+C_GRID: tuple[float, ...] = tuple(float(c) for c in np.logspace(-3, 3, 7))
+CV_FOLDS = 5
+TOL = 1e-4                 # sklearn's default tol for lbfgs: max |gradient| of the mean-loss objective
+MAX_ITER = 2000            # per C, as the sklearn path it replaces (max_iter=2000)
+FEATURE_FORMAT = 2         # bump when what a cached row means changes
+
+
+def add_args(g: argparse._ArgumentGroup) -> None:
+    """Flags of the frozen-feature probes (group of main_cls.py's classification flags)."""
+    g.add_argument("--select-on", dest="select_on", choices=("shots", "val"), default=None,
+                   help="--probe logreg: choose C by cross-validation on the shots (default; the row used only "
+                        "its shots' labels) or on the validation slice")
+    g.add_argument("--knn-k", dest="knn_k", type=int, default=None,
+                   help="--probe knn: neighbours (default 20; clamped to the number of shots, with a warning)")
+    g.add_argument("--knn-vote", dest="knn_vote", choices=("weighted", "majority"), default=None,
+                   help="--probe knn: votes weighted by exp(cosine / 0.07) (default) or one vote per neighbour")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Probe flags that would go unused fail; defaults are filled in for the probe that uses them."""
+    given = {"--select-on": args.select_on, "--knn-k": args.knn_k, "--knn-vote": args.knn_vote}
+    owners = {"--select-on": "logreg", "--knn-k": "knn", "--knn-vote": "knn"}
+    for flag, value in given.items():
+        if value is not None and args.probe != owners[flag]:
+            raise UserError(f"{flag} belongs to --probe {owners[flag]}"
+                            + (f", not --probe {args.probe}" if args.probe else "; add it or drop the flag"))
+    if args.probe == "logreg":
+        args.select_on = args.select_on or "shots"
+    if args.probe == "knn":
+        args.knn_k = 20 if args.knn_k is None else args.knn_k
+        args.knn_vote = args.knn_vote or "weighted"
+        if args.knn_k < 1:
+            raise UserError(f"--knn-k {args.knn_k} must be >= 1 (default 20)")
+
+
+# ---------------------------------------------------------------------------------------------
+# features and their cache
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class FeatureTable:
+    """Features of images, addressed by image path."""
+
+    paths: list[str]
+    feats: np.ndarray           # (n, d) float32, row i belongs to paths[i]
+
+    def __post_init__(self) -> None:
+        self.row = {p: i for i, p in enumerate(self.paths)}
+        if len(self.row) != len(self.paths) or len(self.paths) != len(self.feats):
+            raise ValueError("a feature table needs one row per distinct path")
+
+    def covers(self, samples: Sequence[Sample]) -> bool:
+        return all(s.path.as_posix() in self.row for s in samples)
+
+    def take(self, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
+        """Features and labels of ``samples``, in their order."""
+        idx = [self.row[s.path.as_posix()] for s in samples]
+        return self.feats[idx], np.array([s.label for s in samples], dtype=np.int64)
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's content (a copied or renamed checkpoint keeps its features)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def samples_digest(samples: Sequence[Sample]) -> str:
+    """SHA-256 of the sorted (path, label) pairs: changes whenever the file list or a label does."""
+    h = hashlib.sha256()
+    for p, y in sorted((s.path.as_posix(), s.label) for s in samples):
+        h.update(f"{p}\t{y}\n".encode())
+    return h.hexdigest()
+
+
+def feature_identity(args: argparse.Namespace, job: "Job") -> dict:
+    """Everything the cached features depend on (the cache key is its digest)."""
+    opt, index = job.opt, job.index
+    if job.init is not None:
+        weights = f"checkpoint sha256:{file_digest(job.init)}"
+    elif args.ptcp and getattr(args, "weights", None):
+        weights = f"imagenet file sha256:{file_digest(Path(args.weights))}"
+    elif args.ptcp:
+        import torchvision
+        weights = f"imagenet torchvision {torchvision.__version__}"
+    else:
+        weights = f"random init seed {args.seed} torch {torch.__version__}"
+    return {
+        "format": FEATURE_FORMAT, "netnum": args.netnum, "weights": weights,
+        "input_adapter": "baseline-input-v1",       # how ImageNet / SSL4EO weights see our bands
+        "dataset": opt.name, "root": str(Path(opt.root).resolve()),
+        "split_version": str(getattr(index, "split_version", "")),
+        "train_files": samples_digest(index.train), "test_files": samples_digest(index.test),
+        "bands": list(opt.bands), "input_size": int(opt.input_size),
+        "mean": [round(float(v), 6) for v in np.asarray(opt.mean).ravel()],
+        "std": [round(float(v), 6) for v in np.asarray(opt.std).ravel()],
+    }
+
+
+def load_cache(path: Path, identity: dict, samples: Sequence[Sample]) -> FeatureTable | None:
+    """The cached table at ``path`` if it was made for ``identity`` and covers every sample."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stored = json.loads(str(z["identity"]))
+            table = FeatureTable([str(p) for p in z["paths"]], z["feats"])
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("ignoring unreadable feature cache %s (%s)", path, err)
+        return None
+    if stored != identity or not table.covers(samples):
+        log.warning("feature cache %s was made for other inputs; extracting again", path)
+        return None
+    return table
+
+
+def save_cache(path: Path, identity: dict, table: FeatureTable) -> None:
+    """Write under a unique temporary name, then rename: concurrent runs never clash."""
+    def write(f) -> None:
+        np.savez(f, identity=np.array(json.dumps(identity, sort_keys=True)),
+                 paths=np.array(table.paths), feats=table.feats)
+    try:
+        atomic_write(path, write)
+    except OSError as err:
+        log.warning("could not cache features in %s (%s)", path, err)
+
+
+def probe_features(args: argparse.Namespace, job: "Job", rt: Runtime) -> FeatureTable:
+    """Frozen features of the training split (pool and validation slice) and the test split, cached."""
+    from engine.finetune import build_classifier
+    opt = job.opt
+    samples = list(job.index.train) + list(job.index.test)
+    identity = feature_identity(args, job)
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    path = opt.cache_dir / opt.cache_key / "features" / f"{key}.npz"
+    table = load_cache(path, identity, samples)
+    if table is not None:
+        log.info("frozen features from cache %s", path)
+        return table
+    t0 = time.time()
+    reseed(args.seed, 0, 0)
+    model = build_classifier(args, job).to(rt.device)
+    ds = make_dataset(opt, samples, lambda o: plain(o.input_size, o.mean, o.std))
+    loader = DataLoader(ds, batch_size=128, num_workers=args.workers, shuffle=False)
+    feats, _, idx = extract_indexed(model.backbone, loader, rt.device, rt.amp, rt.channels_last)
+    if sorted(idx.tolist()) != list(range(len(samples))):
+        raise RuntimeError(f"feature extraction covered {len(set(idx.tolist()))} of {len(samples)} images")
+    table = FeatureTable([samples[i].path.as_posix() for i in idx.tolist()], feats.numpy())
+    log.info("frozen features of %d images (%d-d) in %.1f s; cached in %s", len(samples), table.feats.shape[1],
+             time.time() - t0, path)
+    save_cache(path, identity, table)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# logistic regression
+# ---------------------------------------------------------------------------------------------
+
+def standardize(x_fit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale of the fitting rows (population std; 1 where a feature is constant, as sklearn)."""
+    mean = x_fit.mean(0)
+    scale = x_fit.std(0)
+    scale[scale < 10 * np.finfo(scale.dtype).eps * np.maximum(np.abs(mean), 1.0)] = 1.0
+    return mean, scale
+
+
+def row_space(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis (d, r) of the span of the rows of ``x`` (n, d), float64.
+
+    With n >= d it is a complete basis of R^d (eigenvectors of x^T x, all kept); with n < d,
+    the right singular vectors of the directions whose eigenvalue of x x^T is above 1e-12 of
+    the largest. Eigendecompositions of the smaller Gram matrix in torch: on a busy 2-core
+    machine numpy's threaded SVD of a 600 x 512 matrix took 11 s, this 0.4 s.
+    """
+    n, d = x.shape
+    if n >= d:
+        return torch.linalg.eigh(x.T @ x)[1]
+    lam, U = torch.linalg.eigh(x @ x.T)
+    keep = lam > lam.max().clamp_min(1e-300) * 1e-12
+    return (x.T @ U[:, keep]) / lam[keep].sqrt()
+
+
+class _BlockLogreg:
+    """P multinomial logistic regressions on one set of rows, solved together as one problem.
+
+    Problem p fits the rows with ``w[p] == 1`` of its own standardised copy ``x[p]`` and minimises
+    ``mean CE + ||W_p||^2 / (2 C n_p)``: sklearn's ``C * sum CE + 0.5 ||W_p||^2`` divided by
+    ``C n_p``, intercept not penalised. The sum over problems is separable, so its minimiser is
+    every problem's minimiser and its gradient is theirs side by side.
+
+    Each problem is solved in variables that make L-BFGS fast without changing its minimiser:
+    ``W_p`` lies in the row space of its fitting rows (a component outside it changes no logit
+    and only adds penalty), spanned by the right singular vectors ``V_p`` of those rows, so
+    ``W_p = V_p B_p``. Each entry of ``B_p`` (direction i, class k) and of the intercept is
+    divided by the square root of the objective's curvature along it, estimated at the
+    warm start: ``sum_rows p_k (1 - p_k) proj_i^2 / n_p + 1 / (C n_p)``. ``B_p`` carries warm
+    starts across C. The gradients run in ``dtype`` (float32 is 2-3x faster on CPU than
+    float64 and accurate enough for tol 1e-4; the sklearn-equivalence test uses float64).
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int,
+                 dtype: torch.dtype = torch.float64):
+        P, n, _ = x.shape
+        self.dtype = dtype
+        self.V = [row_space(torch.from_numpy(x[p][w[p] > 0])) for p in range(P)]   # (d, r_p) each
+        r = max(1, max(v.shape[1] for v in self.V))
+        self.proj = torch.zeros(P, n, r, dtype=dtype)                       # padding columns stay 0
+        for p, V in enumerate(self.V):
+            self.proj[p, :, :V.shape[1]] = torch.from_numpy(x[p]) @ V
+        self.onehot = torch.nn.functional.one_hot(torch.from_numpy(y), num_classes).to(dtype)
+        self.w = torch.from_numpy(w).to(dtype)
+        self.n = self.w.sum(1)                                              # (P,)
+        self.B = torch.zeros(P, r, num_classes, dtype=dtype)
+        self.b = torch.zeros(P, num_classes, dtype=dtype)
+
+    def logits(self) -> torch.Tensor:
+        """(P, n, K) logits of every row (fitting and held-out) under the current solution."""
+        return torch.baddbmm(self.b[:, None, :], self.proj, self.B)
+
+    def weights(self, p: int) -> tuple[np.ndarray, np.ndarray]:
+        """``W_p`` (d, K) in the standardised feature space and the intercept ``b_p``."""
+        r = self.V[p].shape[1]
+        return (self.V[p] @ self.B[p, :r].double()).numpy(), self.b[p].double().numpy()
+
+    def solve(self, C: float, tol: float = TOL, max_iter: int = MAX_ITER) -> int:
+        """Minimise at ``C``, warm-started from the current solution; returns L-BFGS iterations.
+
+        Stops when every gradient entry in the scaled variables is <= ``tol``.
+        """
+        reg = (1.0 / (C * self.n))[:, None, None]                          # (P, 1, 1)
+        wn = (self.w / self.n[:, None])[..., None]                          # (P, n, 1)
+        with torch.no_grad():                                               # curvature at the warm start
+            p = self.logits().softmax(-1)
+            h = p * (1 - p) * wn
+            D = (torch.bmm(self.proj.transpose(1, 2) ** 2, h) + reg).rsqrt()   # (P, r, K)
+            Db = h.sum(1).clamp_min(1e-12).rsqrt()                          # (P, K), intercept
+        param = torch.nn.Parameter(torch.cat([self.B / D, (self.b / Db)[:, None, :]], 1))
+
+        def closure() -> torch.Tensor:
+            with torch.no_grad():
+                B, b = param[:, :-1] * D, param[:, -1] * Db
+                logp = torch.baddbmm(b[:, None, :], self.proj, B).log_softmax(-1)
+                loss = (-(logp * self.onehot).sum(-1, keepdim=True) * wn).sum() + 0.5 * (reg * B * B).sum()
+                R = (logp.exp() - self.onehot) * wn
+                g = torch.empty_like(param)
+                g[:, :-1] = (torch.bmm(self.proj.transpose(1, 2), R) + reg * B) * D
+                g[:, -1] = R.sum(1) * Db
+            param.grad = g
+            return loss
+
+        lbfgs = torch.optim.LBFGS([param], lr=1, max_iter=max_iter, max_eval=max_iter * 5 // 4,
+                                  tolerance_grad=tol, tolerance_change=tol * 1e-6, history_size=10,
+                                  line_search_fn="strong_wolfe")
+        lbfgs.step(closure)
+        theta = param.detach()
+        self.B, self.b = theta[:, :-1] * D, theta[:, -1] * Db
+        return int(lbfgs.state[param].get("n_iter", 0))
+
+
+@dataclass
+class LogReg:
+    """A fitted probe: standardisation of its shots and the linear map."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    theta: np.ndarray           # (d + 1, K): weights, last row the intercept
+    classes: np.ndarray         # the labels of the K columns
+    C: float
+
+    def decision(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, np.float64) - self.mean) / self.scale
+        return z @ self.theta[:-1] + self.theta[-1]
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        z = self.decision(x)
+        z = np.exp(z - z.max(1, keepdims=True))
+        return z / z.sum(1, keepdims=True)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.classes[self.decision(x).argmax(1)]
+
+
+def _problems(x: np.ndarray, fit_masks: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """One standardised copy of ``x`` per problem, with that problem's fitting rows' statistics."""
+    stats = [standardize(x[m]) for m in fit_masks]
+    return np.stack([(x - mu) / sd for mu, sd in stats]), stats
+
+
+def fit_logreg(x: np.ndarray, y: np.ndarray, C: float, tol: float = TOL, max_iter: int = MAX_ITER,
+               dtype: torch.dtype = torch.float64) -> LogReg:
+    """Standardise ``x`` with its own statistics and fit at one ``C`` (sklearn's objective)."""
+    return fit_logreg_path(x, y, [C], tol, max_iter, dtype)[0]
+
+
+def fit_logreg_path(x: np.ndarray, y: np.ndarray, Cs: Sequence[float], tol: float = TOL,
+                    max_iter: int = MAX_ITER, dtype: torch.dtype = torch.float64) -> list[LogReg]:
+    """Fits at every C of ``Cs`` (in that order, each warm-started from the previous)."""
+    x = np.asarray(x, np.float64)
+    classes, yi = np.unique(y, return_inverse=True)
+    xs, ((mu, sd),) = _problems(x, [np.ones(len(x), bool)])
+    block = _BlockLogreg(xs, yi, np.ones((1, len(x))), len(classes), dtype)
+    out = []
+    for C in Cs:
+        block.solve(float(C), tol, max_iter)
+        W, b = block.weights(0)
+        out.append(LogReg(mu, sd, np.vstack([W, b]), classes, float(C)))
+    return out
+
+
+@dataclass
+class LogregResult:
+    pred: np.ndarray            # predicted labels of the test features
+    C: float
+    select_on: str              # "shots", "val" or "none" (one shot per class with --select-on shots)
+    selection_labels: int       # labels the choice of C read
+    scores: dict[float, float]  # selection accuracy per C
+
+
+def stratified_folds(y: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Held-out masks of stratified k-fold CV (k = min(5, smallest class)); the folds GridSearchCV used."""
+    from sklearn.model_selection import StratifiedKFold
+    k = min(CV_FOLDS, int(np.bincount(np.unique(y, return_inverse=True)[1]).min()))
+    if k < 2:
+        return []
+    out = []
+    for _, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        m = np.zeros(len(y), bool)
+        m[held] = True
+        out.append(m)
+    return out
+
+
+def logreg_probe(x_shots: np.ndarray, y_shots: np.ndarray, x_test: np.ndarray, seed: int,
+                 select_on: str = "shots", x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
+                 Cs: Sequence[float] = C_GRID, tol: float = TOL, max_iter: int = MAX_ITER,
+                 dtype: torch.dtype = torch.float32) -> LogregResult:
+    """Choose C (CV on the shots, or the validation slice), refit on all shots, predict ``x_test``.
+
+    Shots: the refit on all shots and the CV folds form one block problem solved along ``Cs``
+    (ascending: strong to weak regularisation, warm starts). Val: the refit alone along ``Cs``,
+    each solution scored on ``x_val``. Ties go to the smallest C.
+    """
+    x = np.asarray(x_shots, np.float64)
+    classes, yi = np.unique(y_shots, return_inverse=True)
+    Cs = sorted(float(c) for c in Cs)
+    if select_on == "val":
+        if x_val is None or y_val is None or len(y_val) == 0:
+            raise UserError("--select-on val needs a validation slice; this dataset's split has none")
+        held_masks = []
+    elif select_on == "shots":
+        held_masks = stratified_folds(y_shots, seed)
+    else:
+        raise ValueError(f"select_on must be 'shots' or 'val', not {select_on!r}")
+    if select_on == "shots" and not held_masks:
+        log.warning("one shot per class leaves no fold to validate C on: C = 1 (fixed); "
+                    "--select-on val chooses C on the validation slice instead")
+        model = fit_logreg(x, y_shots, 1.0, tol, max_iter, dtype)
+        return LogregResult(model.predict(x_test), 1.0, "none", 0, {})
+    fit_masks = [np.ones(len(x), bool)] + [~m for m in held_masks]
+    xs, stats = _problems(x, fit_masks)
+    block = _BlockLogreg(xs, yi, np.stack(fit_masks), len(classes), dtype)
+    scores, refits = {}, {}
+    for C in Cs:
+        block.solve(C, tol, max_iter)
+        W, b = block.weights(0)
+        refits[C] = LogReg(*stats[0], np.vstack([W, b]), classes, C)
+        if select_on == "val":
+            scores[C] = float((refits[C].predict(x_val) == y_val).mean())
+        else:
+            pred = block.logits()[1:].argmax(-1).numpy()                    # every fold's model, every row
+            scores[C] = float(np.mean([(pred[p][held] == yi[held]).mean() for p, held in enumerate(held_masks)]))
+    best = max(scores.values())
+    C = min(c for c, s in scores.items() if s == best)
+    n_sel = len(y_val) if select_on == "val" else len(y_shots)
+    return LogregResult(refits[C].predict(x_test), C, select_on, n_sel, scores)
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep
+# ---------------------------------------------------------------------------------------------
+
+def knn_probe(x_shots: np.ndarray, y_shots: np.ndarray, x_test: np.ndarray, num_classes: int, k: int,
+              vote: str) -> tuple[np.ndarray, int]:
+    """kNN predictions and the k used (clamped to the number of shots, with a warning)."""
+    used = min(k, len(y_shots))
+    if used < k:
+        log.warning("--knn-k %d exceeds the %d shots: using k = %d (every shot votes%s)", k, len(y_shots), used,
+                    "; majority vote then picks the class with most shots, ties by summed similarity"
+                    if vote == "majority" else ", weighted by similarity")
+    pred = knn_predict(torch.from_numpy(x_shots), torch.from_numpy(y_shots), torch.from_numpy(x_test),
+                       num_classes, k=used, vote=vote)
+    return pred.numpy(), used
+
+
+def run_probe(args: argparse.Namespace, job: "Job") -> None:
+    """``--probe``: features once, then one classifier and one result row per (ts, seed)."""
+    from engine.finetune import report
+    rt = init_runtime(None, None, args)
+    try:
+        table = probe_features(args, job, rt)
+    finally:
+        rt.close()
+    index, opt = job.index, job.opt
+    pool = labels.fewshot_pool(index)              # the label rule (engine/labels.py)
+    test = labels.final_eval_set(index)
+    x_test, y_test = table.take(test)
+    x_val = y_val = None
+    if args.probe == "logreg" and args.select_on == "val":
+        x_val, y_val = table.take(labels.selection_set(index))
+    for ts in args.ts_list:
+        row_args = argparse.Namespace(**{**vars(args), "ts": ts})
+        for seed in range(args.seed, args.seed + args.nseeds):
+            t0 = time.time()
+            shots = few_shot(pool, ts, seed, opt.classes)
+            x, y = table.take(shots)
+            if args.probe == "logreg":
+                res = logreg_probe(x, y, x_test, seed, args.select_on, x_val, y_val)
+                pred = res.pred
+                extra = {"probe_param": f"C={res.C:g}", "select_on": res.select_on,
+                         "selection_labels": f"{res.select_on}:{res.selection_labels}"}
+                log.info("logistic regression: C = %g chosen on %s (%s)", res.C, extra["selection_labels"],
+                         ", ".join(f"C={c:g} {100 * s:.1f}" for c, s in res.scores.items()))
+            else:
+                pred, k = knn_probe(x, y, x_test, opt.num_classes, args.knn_k, args.knn_vote)
+                extra = {"probe_param": f"k={k},{args.knn_vote}", "select_on": "", "selection_labels": ""}
+            report(y_test, pred, row_args, job, seed, len(shots), len(y_test), 0, 0.0, time.time() - t0,
+                   hos="", probe=args.probe, eval_set=test, **extra)
