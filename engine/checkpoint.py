@@ -60,12 +60,14 @@ def log_path(ckpt_dir: str | os.PathLike, netnum: str, expnum: str) -> Path:
 def run_files(ckpt_dir: str | os.PathLike, netnum: str, expnum: str) -> list[Path]:
     """Every file (and TensorBoard folder) of run ``<netnum>_<expnum>`` in ``ckpt_dir``, sorted.
 
-    ``<netnum>_<expnum>_*`` only: ``E-2`` and other runs whose names start like ``E`` are
-    not matched.
+    Only the names a run writes (epochs, best, state, log, figures, classifiers), so runs whose
+    names extend ``E`` (``E-2``, ``E_ms``) are not matched.
     """
     folder = Path(ckpt_dir)
     stem = f"{netnum}_{expnum}"
-    found = sorted(folder.glob(f"{glob.escape(stem)}_*")) if folder.is_dir() else []
+    tags = re.compile(re.escape(stem) + r"_(\d+\.pth|best\.pth|state\.pth|log\.csv|vis_e\d+\.png"
+                      r"|ts[0-9.e+-]+_s\d+_\d+\.pth)")
+    found = sorted(p for p in folder.glob(f"{glob.escape(stem)}_*") if tags.fullmatch(p.name)) if folder.is_dir() else []
     tb = folder / "tb" / stem
     return found + ([tb] if tb.exists() else [])
 

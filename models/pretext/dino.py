@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from config.codes import decode_netnum
 from config.errors import UserError
+from engine.guards import MIN_INPUT_SIZE
 from datasets.views import MultiCrop
 from losses.dino import DINOLoss
 from models.heads import mlp
@@ -144,4 +146,12 @@ def build(args: argparse.Namespace, opt, backbone: nn.Module) -> DINO:
 
 
 def make_transform(args: argparse.Namespace, opt) -> MultiCrop:
-    return MultiCrop(opt.input_size, opt.mean, opt.std, opt.rgb_index, getattr(args, "local_crops", LOCAL_CROPS))
+    """DINO's multi-crop; local crops smaller than the backbone takes are a user error."""
+    crops = MultiCrop(opt.input_size, opt.mean, opt.std, opt.rgb_index, getattr(args, "local_crops", LOCAL_CROPS))
+    if crops.n_local and getattr(args, "netnum", None):
+        need = MIN_INPUT_SIZE.get(decode_netnum(args.netnum).backbone, 1)
+        if crops.local_size < need:
+            raise UserError(f"--mode 916's local crops are {crops.local_size} px (3/7 of {opt.input_size}) but --netnum "
+                            f"{args.netnum} needs at least {need} px; use --local-crops 0, a larger --input_size, "
+                            "or a ResNet (e.g. --netnum 000000)")
+    return crops

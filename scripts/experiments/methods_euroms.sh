@@ -38,7 +38,7 @@ EPOCHS=${EPOCHS:-10}
 BS=${BS:-64}
 WARMUP=${WARMUP:-2}
 PAR=${PAR:-8}                       # runs side by side (each pretraining is followed by its probe)
-MODES=${MODES:-"910 911 912 913 914 915 916"}
+MODES=${MODES-"910 911 912 913 914 915 916"}     # MODES="" probes random init only
 PROBE_EPOCH=${PROBE_EPOCH:-$EPOCHS}
 NET=090000
 
@@ -71,10 +71,8 @@ pretrain() {   # mode -> checkpoint expnum in $CKPT/<mode>.expnum (skipped when 
 probe() {      # logistic regression at 5 and 20 labels x 5 seeds; no arguments = random init
   local s=$SECONDS src=(--mode 11)
   [ $# -gt 0 ] && src=(--mode 41 --expnum "$(cat "$CKPT/$1.expnum")" --cepoch "$PROBE_EPOCH" --ckpt "$CKPT")
-  for ts in 5 20; do
-    "$PY" main_cls.py --ds euroms --data-root "$ROOT" --netnum $NET --workers 0 --no-progress \
-      --results "$RES" --ts $ts --probe logreg --nseeds 5 "${src[@]}" > /dev/null
-  done
+  "$PY" main_cls.py --ds euroms --data-root "$ROOT" --netnum $NET --workers 0 --no-progress \
+    --results "$RES" --ts 5,20 --probe logreg --nseeds 5 "${src[@]}" > /dev/null
   log "probe ${1:-random}: $(( SECONDS - s )) s"
 }
 

@@ -70,6 +70,15 @@ def test_a_name_with_files_of_an_older_run_is_skipped(tmp_path):
     assert ckpt.claim_expnum(tmp_path, NET, "pretrain", STAMP) == "26335080308-2_pretrain"
 
 
+def test_runs_whose_names_extend_another_are_not_its_files(tmp_path):
+    for name in ("E_ms_1.pth", "E_ms_log.csv", "E-2_best.pth", "E_ms_ts5_s0_200.pth"):
+        (tmp_path / f"{NET}_{name}").write_bytes(b"")
+    assert ckpt.run_files(tmp_path, NET, "E") == []
+    for name in ("E_1.pth", "E_best.pth", "E_state.pth", "E_log.csv", "E_vis_e0001.png", "E_ts0.5_s3_200.pth"):
+        (tmp_path / f"{NET}_{name}").write_bytes(b"")
+    assert len(ckpt.run_files(tmp_path, NET, "E")) == 6
+
+
 def test_concurrent_claims_never_share_a_name(tmp_path):
     got, barrier = [], threading.Barrier(8)
 

@@ -1,7 +1,8 @@
 """The losses of modes 911-916 against direct transcriptions of their papers' pseudo-code.
 
-LightlySSL is not used as the reference: its releases pin their own torch range and would
-replace the project's torch 2.14.1 in the venv. Each reference below is the paper's
+LightlySSL is not used as the reference: lightly 1.6.0 (checked with ``pip download --no-deps``)
+accepts torch 2.14.1 but requires pytorch_lightning and hydra-core, a heavy test-only extra for
+six short formulas. Each reference below is the paper's
 Algorithm 1 (or equation) written out in plain torch on the same tensors, in float64.
 """
 from __future__ import annotations

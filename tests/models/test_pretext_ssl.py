@@ -168,6 +168,10 @@ def test_user_errors() -> None:
         dino.check_args(namespace(dino, dino_center_momentum=1.0))
     with pytest.raises(UserError, match="--hidden-dim 0"):
         barlow.check_args(namespace(barlow, hidden_dim=0))
+    with pytest.raises(UserError, match="local crops are 28 px .* --netnum 050000 needs at least 32 px"):
+        dino.make_transform(namespace(dino, netnum="050000"), make_opt(13, 64))
+    assert len(dino.make_transform(namespace(dino, netnum="050000", local_crops=0), make_opt(13, 64))(
+        raw_images(1, 13, side=70)[0])) == 2
 
 
 # --- through the entry script ------------------------------------------------------------------
@@ -210,8 +214,9 @@ def test_resume_restores_queue_teacher_and_centre_exactly(code, demo_root, tmp_p
         return real(*a, **k)
 
     monkeypatch.setattr(pretrain, "train_one_epoch", crash_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stop:                  # Ctrl-C: exit 130
         main_cls_ss_train.main(cli(demo_root, part, code, "--expnum", "2_pretrain", *extra))
+    assert stop.value.code == 130
     monkeypatch.setattr(pretrain, "train_one_epoch", real)
     main_cls_ss_train.main(cli(demo_root, part, code, *extra, "--resume", str(part / "000000_2_pretrain_state.pth")))
     a = torch.load(full / "000000_1_pretrain_state.pth", weights_only=False)["model"]
