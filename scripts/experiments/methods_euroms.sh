@@ -89,8 +89,8 @@ wait
 
 # Pretraining diagnostics from each run's log: loss and embedding std (std over the batch of
 # the L2-normalised projector output, averaged over dimensions: about 1/sqrt(d) when spread,
-# ~0 when collapsed) at the first and last epoch, and the monitor's kNN accuracy.
-CKPT="$CKPT" NET=$NET MODES="$MODES" OUT="${RES%.csv}_pretrain.md" "$PY" - <<'PYEOF'
+# ~0 when collapsed) at the first epoch and the probed one, and the monitor's kNN accuracy.
+CKPT="$CKPT" NET=$NET MODES="$MODES" UPTO="$PROBE_EPOCH" OUT="${RES%.csv}_pretrain.md" "$PY" - <<'PYEOF'
 import csv, os
 from pathlib import Path
 from config.codes import PRETEXTS
@@ -99,7 +99,7 @@ lines = ["| mode | method | epochs logged | loss first -> last | emb_std first -
          "|---|---|---|---|---|---|---|"]
 for mode in os.environ["MODES"].split():
     exp = (ck / f"{mode}.expnum").read_text().strip()
-    rows = list(csv.DictReader(open(ck / f"{net}_{exp}_log.csv")))
+    rows = [r for r in csv.DictReader(open(ck / f"{net}_{exp}_log.csv")) if int(r["epoch"]) <= int(os.environ["UPTO"])]
     std = [float(r["emb_std"]) for r in rows]
     knn = [r.get("knn_top1") for r in rows if r.get("knn_top1")]
     last_knn = f"{float(knn[-1]):.1f}" if knn else "-"
