@@ -71,7 +71,7 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--cache-size", dest="cache_size", type=int, default=None,
                    help="with --pin-memory: cache every image resized to this side (e.g. the training resolution, "
                         "or more to keep random crops sharp) instead of at native resolution")
-    g.add_argument("--knn-freq", dest="knn_freq", type=parse_knn_freq, default="auto",
+    g.add_argument("--knn-freq", dest="knn_freq", default="auto",
                    help="kNN monitor on the validation slice: auto (about 5%% of the training time: after epoch 1, "
                         "then as often as that budget allows, and after the last epoch), or every N epochs (0: off)")
     g.add_argument("--knn-per-class", dest="knn_per_class", type=int, default=200,
@@ -143,6 +143,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     check_process_flags(args)
     guards.check_values(args)
     guards.check_pretrain_values(args)
+    args.knn_freq = parse_knn_freq(args.knn_freq)
     decode_netnum(args.netnum)
     module = pretexts.load(mode)
     if (args.aug is not None or args.aug_p is not None) and not getattr(module, "USES_AUG", False):
@@ -582,7 +583,7 @@ def parse_knn_freq(text: str) -> int | str:
     except ValueError:
         n = -1
     if n < 0:
-        raise argparse.ArgumentTypeError(f"--knn-freq {text} must be >= 0 epochs (0: off) or auto; pass e.g. --knn-freq auto")
+        raise UserError(f"--knn-freq {text} must be >= 0 epochs (0: off) or auto; pass e.g. --knn-freq auto")
     return n
 
 

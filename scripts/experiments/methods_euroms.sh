@@ -40,6 +40,7 @@ WARMUP=${WARMUP:-2}
 PAR=${PAR:-8}                       # runs side by side (each pretraining is followed by its probe)
 MODES=${MODES-"910 911 912 913 914 915 916"}     # MODES="" probes random init only
 PROBE_EPOCH=${PROBE_EPOCH:-$EPOCHS}
+PROBE_RANDOM=${PROBE_RANDOM:-1}     # 0: no random-init row (when adding methods to a table that has it)
 NET=090000
 
 declare -A OPTIM=([910]=lars [911]=sgd [912]=lars [913]=sgd [914]=lars [915]=lars [916]=adamw)
@@ -76,8 +77,8 @@ probe() {      # logistic regression at 5 and 20 labels x 5 seeds; no arguments 
   log "probe ${1:-random}: $(( SECONDS - s )) s"
 }
 
-probe &                              # random init: no pretraining to wait for
-running=1
+running=0
+if [ "$PROBE_RANDOM" = 1 ]; then probe & running=1; fi     # random init: no pretraining to wait for
 for mode in $MODES; do
   { pretrain "$mode" && probe "$mode"; } &
   running=$(( running + 1 ))

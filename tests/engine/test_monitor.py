@@ -11,6 +11,7 @@ import main_cls_ss_train
 from datasets.options import get_opt
 from datasets.folder import prepare_dataset
 from datasets.transforms import plain
+from config.errors import UserError
 from engine import pretrain
 from engine.runtime import Runtime
 
@@ -60,7 +61,7 @@ def test_auto_cadence_keeps_the_monitor_near_five_percent():
 
 def test_knn_freq_flag():
     assert pretrain.parse_knn_freq("auto") == "auto" and pretrain.parse_knn_freq("3") == 3
-    with pytest.raises(argparse.ArgumentTypeError, match="--knn-freq -1 must be >= 0 epochs"):
+    with pytest.raises(UserError, match="--knn-freq -1 must be >= 0 epochs"):
         pretrain.parse_knn_freq("-1")
 
 
