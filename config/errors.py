@@ -50,6 +50,19 @@ def user_message(err: BaseException) -> str:
     return text
 
 
+_written: list[str] = []
+
+
+def note_written(path: object) -> None:
+    """Record the last file completed atomically (engine.atomic calls this), for the Ctrl-C message."""
+    _written[:] = [str(path)]
+
+
+def last_written() -> str | None:
+    """The last file this process completed with engine.atomic.atomic_write, if any."""
+    return _written[0] if _written else None
+
+
 def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
     """Decorate an entry point: a :class:`UserError` becomes one line on stderr and exit 2;
     Ctrl-C becomes one line and :class:`Interrupted` (exit 130)."""
@@ -65,7 +78,6 @@ def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
         except KeyboardInterrupt:
             _sigint["handled"] = True
             logging.shutdown()
-            from engine.atomic import last_written
             done = last_written()
             print("interrupted (Ctrl-C): " + (f"the last file written, {done}, is complete" if done else
                                               "no checkpoint was written") + "; nothing half-written was left behind",

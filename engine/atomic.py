@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from config.errors import UserError
+from config.errors import UserError, note_written
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 _TMP = re.compile(r"^\..+\.([0-9a-f]{6})-(\d+)\.[^.]+\.tmp$")
 FOREIGN_TMP_AGE_S = 24 * 3600     # a temp file of another host (shared filesystem) this old is dead
-_last: list[Path] = []
 
 
 def default_mode() -> int:
@@ -96,7 +95,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], m
             raise disk_full_error(path, full) from None
         raise
     _fsync_dir(path.parent)
-    _last[:] = [path]
+    note_written(path)
 
 
 def _disk_full_cause(err: BaseException) -> OSError | None:
@@ -117,7 +116,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def last_written() -> Path | None:
     """The last file this process completed with :func:`atomic_write` (for the Ctrl-C message)."""
-    return _last[0] if _last else None
+    from config.errors import last_written as _last_written
+    done = _last_written()
+    return Path(done) if done else None
 
 
 def create_exclusive(path: str | os.PathLike) -> None:

@@ -153,7 +153,7 @@ BAD = [
     (["--mt-tasks", "inpaint"], "--mt-tasks belongs to --mode 920 (multitask), not 910 (simclr)"),
     (["--jigsaw-perms", "10"], "--jigsaw-perms belongs to --mode 972/973 (jigsaw4, jigsaw9), not 910"),
     (["--netnum", "0A0000"], "--netnum '0A0000' must be a 6-digit string"),
-    (["--ts", "0"], "--ts 0.0 must be > 0"),
+    (["--ts", "0"], "--ts 0 is not a train scale"),
     (["--loss", "TripletLoss"], "--loss TripletLoss does not fit"),
     (["--optimizer", "rmsprop"], "rmsprop"),
     (["--lr_policy", "exp"], "exp"),
