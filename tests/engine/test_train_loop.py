@@ -42,13 +42,15 @@ def count_host_syncs(monkeypatch):
     """Record every call of a tensor->host method made FROM the project's code (not torch's, not the tests')."""
     calls: list[tuple[str, str, int]] = []
     tests = str(REPO / "tests")
+    venv = str(REPO / ".venv")         # `make` installs the packages inside the checkout
     for name in SYNC_METHODS:
         real = getattr(torch.Tensor, name)
 
         def wrapper(self, *a, _real=real, _name=name, **k):
             frame = sys._getframe(1)
             path = frame.f_code.co_filename
-            if path.startswith(str(REPO)) and not path.startswith(tests):
+            if (path.startswith(str(REPO)) and not path.startswith((tests, venv))
+                    and "site-packages" not in path):
                 calls.append((_name, path, frame.f_lineno))
             return _real(self, *a, **k)
         monkeypatch.setattr(torch.Tensor, name, wrapper)
