@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -22,6 +23,15 @@ needs_aid = pytest.mark.skipif(not AID_SUBSET.is_dir(),
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Split records, statistics and feature caches go to a temporary folder."""
     monkeypatch.setenv("RSSSL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread (tests opt in with usefixtures): on 2 shared cores more threads only spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -18,12 +18,7 @@ MEAN, STD = [100.0, 110.0, 120.0, 900.0], [50.0, 45.0, 40.0, 300.0]
 RGB = (0, 1, 2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -18,13 +18,7 @@ from engine.results import RESULT_COLUMNS
 NET = "000000"          # resnet18_small: any input size, cheapest to build
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 shared cores more threads only spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pre_args(root, ck, *extra):

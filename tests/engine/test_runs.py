@@ -27,13 +27,7 @@ NET = "000000"
 STAMP = datetime(2026, 12, 1, 8, 3, 8)        # -> 26335080308
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 shared cores more threads only spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pre_args(root, ck, *extra):
