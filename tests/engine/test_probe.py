@@ -64,6 +64,43 @@ def test_block_problems_solve_each_fold_independently():
         assert np.abs(got.predict_proba(x) - alone.predict_proba(x)).max() < 1e-6
 
 
+def _mean_loss_gradient(x, y, W, b, C):
+    """Gradient of sklearn's objective divided by C n (mean CE + ||W||^2 / (2 C n)), numpy float64."""
+    z = x @ W + b
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    R = (p - np.eye(W.shape[1])[y]) / len(y)
+    return np.vstack([x.T @ R + W / (C * len(y)), R.sum(0)])
+
+
+def test_every_problem_of_a_block_meets_the_tolerance_on_its_own():
+    # two problems of very different difficulty: an easy, strongly regularised one must not stop
+    # the hard one early, and the hard one must not drag the easy one past its optimum
+    x, y, _ = blobs((20, 20, 20), 10, seed=11, spread=0.7)
+    easy = np.zeros(len(y), bool)
+    easy[::3] = True
+    masks = [easy, np.ones(len(y), bool)]
+    xs, stats = probe._problems(x, masks)
+    block = probe._BlockLogreg(xs, y, np.stack(masks).astype(float), 3)
+    tol = 1e-6
+    block.solve(50.0, tol=tol, max_iter=5000)
+    for p, m in enumerate(masks):
+        W, b = block.weights(p)
+        g = _mean_loss_gradient(xs[p][m], y[m], W, b, 50.0)
+        assert np.abs(g).max() <= 10 * tol          # V_p is orthonormal: the B-space criterion bounds this
+
+
+def test_refit_warm_start_maps_weights_between_standardisations():
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(30, 5)) * 3 + 1
+    W, b = rng.normal(size=(5, 4)), rng.normal(size=4)
+    mu1, sd1 = probe.standardize(x[:20])
+    mu2, sd2 = probe.standardize(x)
+    raw = probe._to_raw(W, b, mu1, sd1)
+    W2, b2 = probe._from_raw(*raw, mu2, sd2)
+    np.testing.assert_allclose(((x - mu1) / sd1) @ W + b, ((x - mu2) / sd2) @ W2 + b2, atol=1e-10)
+
+
 def test_float32_path_agrees_with_float64():
     x, y, _ = blobs((30, 20, 10), 40, seed=3, spread=2.0)
     xt, _, _ = blobs((40, 40, 40), 40, seed=3, spread=2.0)
@@ -92,7 +129,7 @@ def test_cross_validation_scores_and_choice_match_gridsearchcv():
     from sklearn.preprocessing import StandardScaler
     x, y, centres = blobs((10, 10, 10), 8, seed=3, spread=2.5)
     xt = centres[np.arange(3).repeat(30)] + 2.5 * np.random.default_rng(9).normal(size=(90, 8)) + 3.0
-    res = probe.logreg_probe(x, y, xt, seed=4, tol=1e-9, max_iter=5000)
+    res = probe.logreg_probe(x, y, xt, seed=4, tol=1e-9, max_iter=5000, cv_tol=1e-9)
     grid = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(tol=1e-9, max_iter=5000)),
                         {"logisticregression__C": np.logspace(-3, 3, 7)},
                         cv=StratifiedKFold(5, shuffle=True, random_state=4)).fit(x, y)
