@@ -21,8 +21,9 @@ rule: a 5-shot row used 5 labels per class), or on the validation slice with
 are solved side by side, each its own L-BFGS (float32, in the row space of its fitting rows,
 diagonally preconditioned) batched over folds, along the C grid from strong to weak
 regularisation with warm starts (secant steps in log C), and stopped by sklearn's criterion
-(max |gradient| of the mean-loss objective <= 1e-4); the refit on all shots runs once, at the
-chosen C, warm-started from the folds' mean model. bench/probe.py measures it against the
+(max |gradient| of the mean-loss objective) at 1e-3: the fold models only rank C. The refit on
+all shots runs once, at the chosen C, warm-started from the folds' mean model, to sklearn's
+1e-4. bench/probe.py measures it against the
 GridSearchCV path it replaces.
 
 kNN: cosine similarity to the shots; ``--knn-vote weighted`` (default; votes exp(sim / 0.07),
