@@ -9,6 +9,7 @@ code main_cls.py ran before (7 C values x 5 stratified folds, max_iter 2000, one
 
     python bench/probe.py                              # 20 per class (600 x 512 x 30), 5 seeds
     python bench/probe.py --per-class 10 --seeds 3     # the quick version
+    python bench/probe.py --old-blas-threads 1         # the old path at its best BLAS setting
 
 The last line is
     probe: <speedup>x faster than sklearn GridSearchCV, accuracy difference <d> points
@@ -17,6 +18,7 @@ with speedup = total seconds old / total seconds new, d = new minus old accuracy
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import statistics
@@ -100,6 +102,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="few-shot draws (seeds 0..N-1)")
     parser.add_argument("--data", default=str(SHARED), help="folder holding aid_subset/")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for feature extraction")
+    parser.add_argument("--old-blas-threads", type=int, default=0,
+                        help="pin the old path's BLAS to N threads (threadpoolctl); 0 = as main_cls.py ran it. "
+                             "On a 2-core machine scipy's L-BFGS loop over small matrices runs ~18x slower with "
+                             "OpenBLAS's 2 threads than with 1, so this gives the old path its best setting")
     a = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     warnings.filterwarnings("ignore")            # sklearn's ConvergenceWarning at max_iter 2000, every fit
@@ -120,14 +126,22 @@ def main() -> None:
             rng = np.random.default_rng(seed)
             idx = np.concatenate([rng.permutation(np.flatnonzero(yp == c))[:a.per_class] for c in np.unique(yp)])
             return xp[idx], yp[idx]
-    print(f"{source}; {a.per_class} per class, seeds 0..{a.seeds - 1}, test {len(y_test)} images")
+    def pinned() -> contextlib.AbstractContextManager:
+        """The old path's BLAS thread limit, applied around it only."""
+        if a.old_blas_threads <= 0:
+            return contextlib.nullcontext()
+        from threadpoolctl import threadpool_limits
+        return threadpool_limits(limits=a.old_blas_threads, user_api="blas")
+    print(f"{source}; {a.per_class} per class, seeds 0..{a.seeds - 1}, test {len(y_test)} images; "
+          f"old path BLAS threads: {a.old_blas_threads or 'default'}")
     print("| seed | shots x dim | old C | old acc | old s | new C | new acc | new s |")
     print("|---|---|---|---|---|---|---|---|")
     t_old, t_new, diffs = [], [], []
     for seed in range(a.seeds):
         x, y = draw(seed)
         t0 = time.perf_counter()
-        pred_old, c_old = sklearn_gridsearch_predict(x, y, x_test, seed)
+        with pinned():
+            pred_old, c_old = sklearn_gridsearch_predict(x, y, x_test, seed)
         t_old.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         res = logreg_probe(x, y, x_test, seed)
