@@ -97,15 +97,26 @@ class RasterCache:
             data = np.empty(shape, dtype=first.dtype)
         data[0] = first
         odd: dict[int, np.ndarray] = {}          # images of another shape than the first
+
+        def fill(i: int) -> np.ndarray | None:
+            """Reads image i straight into its row (an image of another shape comes back instead).
+
+            Writing from the reading thread keeps at most one decoded image per thread alive:
+            results handed back through ``pool.map`` queue up whenever the threads outpace the
+            consumer, up to the whole dataset, and the peak would no longer be one copy."""
+            a = read(self.paths[i])
+            if a.shape == first.shape and a.dtype == first.dtype:
+                data[i] = a
+                return None
+            return a
+
         with ThreadPoolExecutor(max(1, threads)) as pool:
-            it = pool.map(read, self.paths[1:])
+            it = pool.map(fill, range(1, n))
             if progress:
                 from tqdm import tqdm
                 it = tqdm(it, total=n - 1, desc="caching", leave=False)
             for i, a in enumerate(it, start=1):
-                if a.shape == first.shape and a.dtype == first.dtype:
-                    data[i] = a
-                else:
+                if a is not None:
                     odd[i] = a
         if odd:
             if spec.shared is not None:

@@ -29,7 +29,10 @@ def test_one_preallocated_array_equal_to_the_files_and_peak_is_one_copy(demo):
     assert isinstance(cache.data, np.ndarray) and cache.data.shape[0] == len(paths)
     one = cache.data[0].nbytes
     assert cache.nbytes == one * len(paths)
-    assert peak < cache.nbytes + 12 * one          # a list + np.stack would peak at twice the cache
+    # each of the 2 reading threads holds at most its image in flight (measured: 3.8 images over the
+    # cache); results queued through pool.map reached 14.5 when the threads outran the consumer,
+    # and a list + np.stack would peak at twice the cache
+    assert peak < cache.nbytes + 8 * one
     for i in (0, 17, len(paths) - 1):
         assert np.array_equal(cache[i], read_raw(paths[i], opt.band_index, len(opt.band_names)))
 
