@@ -23,8 +23,7 @@ diagonally preconditioned) batched over folds, along the C grid from strong to w
 regularisation with warm starts (secant steps in log C), and stopped by sklearn's criterion
 (max |gradient| of the mean-loss objective) at 1e-3: the fold models only rank C. The refit on
 all shots runs once, at the chosen C, warm-started from the folds' mean model, to sklearn's
-1e-4. bench/probe.py measures it against the
-GridSearchCV path it replaces.
+1e-4. bench/probe.py measures it against the GridSearchCV path it replaces.
 
 kNN: cosine similarity to the shots; ``--knn-vote weighted`` (default; votes exp(sim / 0.07),
 Wu et al. 2018) or ``majority`` (one vote per neighbour, ties broken by the class's summed
@@ -269,7 +268,7 @@ class _BlockLogreg:
     def __init__(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int,
                  dtype: torch.dtype = torch.float64):
         P, n, _ = x.shape
-        self.dtype, self.K = dtype, num_classes
+        self.dtype = dtype
         fit = [np.flatnonzero(w[p] > 0) for p in range(P)]
         self.V = [row_space(torch.from_numpy(x[p][fit[p]])) for p in range(P)]   # (d, r_p) each
         r = max(1, max(v.shape[1] for v in self.V))
@@ -328,7 +327,6 @@ class _BlockLogreg:
         no longer decreases its objective beyond rounding. Returns the iterations of the
         slowest problem.
         """
-        P, r, K = self.B.shape
         reg = (1.0 / (C * self.n))[:, None, None]                          # (P, 1, 1)
         with torch.no_grad():                                               # curvature at the warm start
             pr = torch.baddbmm(self.b[:, None, :], self.fit_proj, self.B).softmax(-1)
@@ -336,8 +334,7 @@ class _BlockLogreg:
             D = torch.cat([(torch.bmm(self.fit_proj.transpose(1, 2) ** 2, h) + reg).rsqrt(),
                            h.sum(1, keepdim=True).clamp_min(1e-12).rsqrt()], 1)   # (P, r + 1, K)
         theta = torch.cat([self.B, self.b[:, None, :]], 1) / D             # scaled variables
-        active = torch.arange(P)
-        iters = _lbfgs(_LogregObjective(self, reg, D), theta, active, tol, max_iter, history)
+        iters = _lbfgs(_LogregObjective(self, reg, D), theta, tol, max_iter, history)
         theta = theta * D
         self.B, self.b = theta[:, :-1].contiguous(), theta[:, -1].contiguous()
         return iters
@@ -370,8 +367,7 @@ class _LogregObjective:
         return f, g * self.Ds, g
 
 
-def _lbfgs(fg: _LogregObjective, theta: torch.Tensor, active: torch.Tensor, tol: float, max_iter: int,
-           history: int) -> int:
+def _lbfgs(fg: _LogregObjective, theta: torch.Tensor, tol: float, max_iter: int, history: int) -> int:
     """Independent L-BFGS minimisations of the problems of ``theta`` (P, ...), updated in place.
 
     Every problem keeps its own curvature pairs, step length (Armijo backtracking from 1, the
@@ -380,7 +376,8 @@ def _lbfgs(fg: _LogregObjective, theta: torch.Tensor, active: torch.Tensor, tol:
     """
     shape = theta.shape[1:]
     eps = torch.finfo(theta.dtype).eps
-    x = theta[active].flatten(1)
+    active = torch.arange(len(theta))
+    x = theta.flatten(1).clone()                                        # theta is written back at the end
     f, g, gn = fg(x.view(-1, *shape))
     g = g.flatten(1)
     S: list[torch.Tensor] = []
@@ -421,13 +418,13 @@ def _lbfgs(fg: _LogregObjective, theta: torch.Tensor, active: torch.Tensor, tol:
             t = torch.where(ok, t, 0.5 * t)
         g_new = g_new.flatten(1)
         s, y = x_new - x, g_new - g
-        sy = (s * y).sum(1, keepdim=True)
-        stalled = (f_new >= f - slack) & (sy.squeeze(1) <= eps * (s * s).sum(1))
+        sy, ss = (s * y).sum(1, keepdim=True), (s * s).sum(1, keepdim=True)
         # strictly convex: s.y > 0 up to rounding; a pair that lost it to rounding is replaced by
         # one that leaves the current scaling unchanged
-        bad = sy <= eps * (s * s).sum(1, keepdim=True)
+        bad = sy <= eps * ss
+        stalled = (f_new >= f - slack) & bad.squeeze(1)
         y = torch.where(bad, s, y)
-        sy = torch.where(bad, (s * s).sum(1, keepdim=True), sy)
+        sy = torch.where(bad, ss, sy)
         S.append(s), Y.append(y), rho.append(1.0 / sy.clamp_min(torch.finfo(sy.dtype).tiny))
         if len(S) > history:
             S.pop(0), Y.pop(0), rho.pop(0)
@@ -551,17 +548,18 @@ def logreg_probe(x_shots: np.ndarray, y_shots: np.ndarray, x_test: np.ndarray, s
     fit_masks = [~m for m in held_masks]
     xs, stats = _problems(x, fit_masks)
     block = _BlockLogreg(xs, yi, np.stack(fit_masks), len(classes), dtype)
-    scores, fold_models = {}, {}
+    scores, solutions = {}, {}
     for C in block.path(Cs, cv_tol, max_iter):
         pred = block.logits().argmax(-1).numpy()                            # every fold's model, every row
         scores[C] = float(np.mean([(pred[p][held] == yi[held]).mean() for p, held in enumerate(held_masks)]))
-        fold_models[C] = [block.weights(p) for p in range(len(held_masks))]
+        solutions[C] = block.B, block.b                                     # each solve makes new tensors
     best = max(scores.values())
     C = min(c for c, s in scores.items() if s == best)
     # the refit on all shots, at the chosen C only, warm-started from the folds' mean model
-    (mu, sd), = [standardize(x)]
-    raw = [_to_raw(W, b, *stats[p]) for p, (W, b) in enumerate(fold_models[C])]
-    refit = _BlockLogreg(((x - mu) / sd)[None], yi, np.ones((1, len(x))), len(classes), dtype)
+    block.B, block.b = solutions[C]
+    raw = [_to_raw(*block.weights(p), *stats[p]) for p in range(len(held_masks))]
+    xs, ((mu, sd),) = _problems(x, [np.ones(len(x), bool)])
+    refit = _BlockLogreg(xs, yi, np.ones((1, len(x))), len(classes), dtype)
     refit.set_weights(0, *_from_raw(np.mean([w for w, _ in raw], 0), np.mean([b for _, b in raw], 0), mu, sd))
     refit.solve(C, tol, max_iter)
     W, b = refit.weights(0)

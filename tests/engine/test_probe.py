@@ -90,6 +90,17 @@ def test_every_problem_of_a_block_meets_the_tolerance_on_its_own():
         assert np.abs(g).max() <= 10 * tol          # V_p is orthonormal: the B-space criterion bounds this
 
 
+def test_a_solve_that_starts_at_the_optimum_keeps_it():
+    # zero iterations (C = 1000 on the AID features often starts converged): nothing may move
+    x, y, _ = blobs((15, 15), 5, seed=13)
+    xs, _ = probe._problems(x, [np.ones(len(y), bool)])
+    block = probe._BlockLogreg(xs, y, np.ones((1, len(y))), 2)
+    block.solve(1.0, tol=1e-8)
+    before = block.weights(0)
+    assert block.solve(1.0, tol=1e-8) == 0
+    np.testing.assert_allclose(block.weights(0)[0], before[0], rtol=1e-12, atol=1e-14)   # up to the rescaling
+
+
 def test_refit_warm_start_maps_weights_between_standardisations():
     rng = np.random.default_rng(12)
     x = rng.normal(size=(30, 5)) * 3 + 1
