@@ -26,3 +26,4 @@ bench: $(STAMP)
 	$(PY) bench/ntxent.py
 	$(PY) bench/pretrain_step.py --mode 920
 	$(PY) bench/epoch.py
+	$(PY) bench/probe.py --per-class 10 --seeds 3
