@@ -54,12 +54,12 @@ _written: list[str] = []
 
 
 def note_written(path: object) -> None:
-    """Record the last file completed atomically (engine.atomic calls this), for the Ctrl-C message."""
+    """Record the last file completed atomically (config.atomic calls this), for the Ctrl-C message."""
     _written[:] = [str(path)]
 
 
 def last_written() -> str | None:
-    """The last file this process completed with engine.atomic.atomic_write, if any."""
+    """The last file this process completed with config.atomic.atomic_write, if any."""
     return _written[0] if _written else None
 
 

@@ -13,7 +13,7 @@ from config.errors import UserError, exit_on_user_error
 from datasets.folder import describe, prepare_dataset
 from datasets.index import split_csv
 from datasets.options import get_opt
-from engine.atomic import atomic_write_text
+from config.atomic import atomic_write_text
 
 
 @exit_on_user_error

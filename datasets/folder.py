@@ -24,7 +24,8 @@ from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
 from datasets.index import Index, Sample, build_index
 from datasets.reader import read_raw
-from engine.atomic import atomic_write_text
+from config.atomic import atomic_write_text
+from datasets.transforms import resize
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,6 @@ def shared_cache_path(key: str, paths: Sequence[Path]) -> Path:
 
 def _resized(a: np.ndarray, size: int) -> np.ndarray:
     """``C x H x W`` -> ``C x size x size`` (bilinear, antialiased), rounded and clipped to ``a``'s dtype."""
-    from datasets.transforms import resize
     out = resize(torch.from_numpy(a.astype(np.float32)), size).numpy()
     if np.issubdtype(a.dtype, np.integer):
         info = np.iinfo(a.dtype)

@@ -43,11 +43,11 @@ import numpy as np
 
 from config.dataset_cfg import RASTER_EXTENSIONS, DatasetOpt
 from config.errors import UserError
-from engine.atomic import atomic_write_text
+from config.atomic import atomic_write_text
+from datasets.splitfile import read_split_file
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 RULE_VERSION = "v2"      # v1 (until 2026-12): keyed by relative path incl. extension, no validation slice
 
 
@@ -202,7 +202,6 @@ def build_index(opt: DatasetOpt) -> Index:
     samples = [Sample(p, label, scene_key(p, opt.root)) for label, files in per_class.items() for p in files]
     cls = {s.key: (names[s.label] if s.label >= 0 else "") for s in samples}
     if opt.split_file is not None:
-        from datasets.splitfile import read_split_file
         assign = read_split_file(opt.split_file, opt, cls)
         if opt.classes is not None and "val" not in assign.values():
             log.info("%s has no validation rows: the validation slice is cut from its training rows "

@@ -27,7 +27,8 @@ from pathlib import Path, PurePosixPath
 
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
-from datasets.index import SPLITS
+
+SPLITS = ("train", "val", "test")     # the three sides of every split, in this order
 
 
 def _few(items: list[str], n: int = 3) -> str:

@@ -28,8 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from config.atomic import create_exclusive
+from config.codes import decode_netnum
+from config.ckptio import STATE_TAG, atomic_save, read_checkpoint
 from config.errors import UserError
-from engine.atomic import atomic_write, create_exclusive
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,6 @@ EXPNUM_TIME_FORMAT = "%y%j%H%M%S"
 BACKBONE_META_KEYS: tuple[str, ...] = (
     "netnum", "in_channels", "bands", "mode", "epoch", "expnum", "dataset", "args",
 )
-STATE_TAG = "state"
 _MAX_LISTED = 5
 
 
@@ -141,19 +142,6 @@ def state_path(ckpt_dir: str | os.PathLike, netnum: str, expnum: str) -> Path:
     return Path(ckpt_dir) / f"{netnum}_{expnum}_{STATE_TAG}.pth"
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` that never leaves a partial file at ``path``.
-
-    The object is written to a temporary file in the same directory, flushed and
-    fsynced, then renamed over ``path`` (atomic on POSIX).  If anything fails, the
-    temporary file is removed and an older ``path`` is left untouched, so a crash
-    or a full disk during a save never destroys the last good checkpoint.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
 def _plain(value: Any) -> Any:
     """Turn ``args`` and other metadata into built-in types, loadable with ``weights_only``."""
     if isinstance(value, argparse.Namespace):
@@ -189,43 +177,6 @@ def save_backbone(path: str | os.PathLike, backbone_state_dict: Mapping[str, tor
     state = {k: v.detach().cpu() for k, v in _strip_module_prefix(backbone_state_dict).items()}
     atomic_save({"backbone": state, "meta": _plain(meta)}, path)
     log.info("saved backbone to %s", path)
-
-
-def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint", weights_only: bool = True,
-                    hint: str = "re-run the job that wrote it") -> Any:
-    """``torch.load`` on CPU; a missing or unreadable file is a user error naming it.
-
-    ``weights_only=False`` unpickles in full (optimiser and RNG objects): only for files
-    this tool wrote.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise _missing_file_error(path, what)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as err:
-        raise UserError(f"{what} {path} cannot be read ({type(err).__name__}: {err}); "
-                        f"it may be truncated, {hint}") from err
-
-
-def _missing_file_error(path: Path, what: str) -> UserError:
-    """Say which file is missing and which files of the same experiment exist.
-
-    For a backbone only backbone files are listed; for a training state, every file.
-    """
-    folder = path.parent
-    if not folder.is_dir():
-        return UserError(f"{what} {path} does not exist and neither does its folder {folder}; check --ckpt")
-    prefix = path.stem.rsplit("_", 1)[0] if "_" in path.stem else path.stem
-    found = sorted(p.name for p in folder.glob(f"{glob.escape(prefix)}_*.pth"))
-    if what == "checkpoint":
-        found = [name for name in found if not name.endswith(f"_{STATE_TAG}.pth")]
-    if found:
-        listed = ", ".join(found[:20]) + (f" (and {len(found) - 20} more)" if len(found) > 20 else "")
-        return UserError(f"{what} {path} does not exist; {folder} has {listed}: pick one of those with --cepoch")
-    return UserError(
-        f"{what} {path} does not exist and {folder} has no {prefix}_*.pth; check --netnum, --expnum and --ckpt"
-    )
 
 
 def _first_conv_in_channels(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, int] | None:
@@ -304,7 +255,6 @@ def _pretrained_with(meta: Mapping[str, Any]) -> str:
     net = meta.get("netnum")
     if not net:
         return ""
-    from config.codes import decode_netnum
     try:
         arch = f" ({decode_netnum(str(net)).backbone})"
     except UserError:

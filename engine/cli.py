@@ -12,6 +12,7 @@ import math
 import sys
 
 from config import codes
+from config.errors import UserError
 
 
 class ListCodes(argparse.Action):
@@ -46,7 +47,6 @@ TS_HELP = ("give a fraction in (0, 1] of each class's training images or a whole
 
 def train_scale(text: str) -> float:
     """One ``--ts`` value: a finite fraction in (0, 1] or a whole number of images per class > 1."""
-    from config.errors import UserError
     try:
         v = float(text)
     except ValueError:
@@ -67,7 +67,6 @@ class TrainScales(argparse.Action):
         super().__init__(option_strings, dest, **kw)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from config.errors import UserError
         parts = [v for v in str(values).replace(" ", "").split(",")]
         if not all(parts):
             raise UserError(f"--ts {values}: empty value in the list; e.g. --ts 5,20")
@@ -171,7 +170,6 @@ def setup_logging(is_main: bool = True) -> None:
 
 def check_process_flags(args: argparse.Namespace) -> None:
     """Multi-process flags only mean something with --mp-distributed; --gpu only without it."""
-    from config.errors import UserError
     if not args.mp_distributed:
         given = [f for f, v, d in (("--nproc", args.nproc, None), ("--world-size", args.world_size, 1),
                                    ("--rank", args.rank, 0), ("--dist-url", args.dist_url, "tcp://localhost:10010"))

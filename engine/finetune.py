@@ -27,6 +27,7 @@ from config import baselines
 from config.codes import Mode, decode_mode, decode_netnum
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
+from config.limits import check_input_size
 from datasets.folder import make_dataset, prepare_dataset
 from datasets.index import Index, Sample, few_shot
 from datasets.options import get_opt
@@ -34,9 +35,9 @@ from datasets.transforms import Normalize, build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
 from engine import guards, labels, probe, provenance
-from engine.atomic import remove_stale_tmp
+from config.atomic import remove_stale_tmp
 from engine.cli import check_process_flags, setup_logging
-from engine.dist import spawn
+from config.dist import spawn
 from engine.logger import EpochLog
 from engine.metrics import classification_metrics, format_confusion, save_confusion_png
 from engine.optim import build_optimizer
@@ -132,7 +133,7 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError(f"--ds {args.ds} has no class folders; main_cls.py needs labelled data (class-per-folder)")
     if opt.parts:
         raise UserError(f"--ds {args.ds}: pooled datasets are for pretraining only; evaluate on one dataset")
-    guards.check_input_size(args.netnum, opt.input_size)
+    check_input_size(args.netnum, opt.input_size)
     trains = mode.job in ("train", "finetune") and not args.probe
     world = (int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ
              else (args.nproc or max(1, torch.cuda.device_count())) * args.world_size if args.mp_distributed else 1)

@@ -20,19 +20,11 @@ from urllib.parse import urlparse
 
 import torch
 
-from config.codes import decode_netnum
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
 from datasets.index import Sample
 from datasets.reader import band_count, read_raw
-
-# Smallest input side (pixels) each backbone's forward pass takes, measured with
-# tests/engine/test_guards.py::test_min_input_sizes_are_exact (min works, min - 1 fails).
-# ResNets end in adaptive pooling and take any size.
-MIN_INPUT_SIZE: dict[str, int] = {
-    "vgg16_bn": 32, "googlenet": 15, "alexnet": 63, "alexnet_small": 15,
-}
-
+from engine.results import is_result_table
 
 def check_values(args: argparse.Namespace) -> None:
     """Numbers both entry scripts take: batch size, seed, workers, lr, epochs, processes, GPU."""
@@ -86,17 +78,6 @@ def check_gpu(gpu: int | None) -> None:
         raise UserError(f"--gpu {gpu}: no GPU is visible here (CUDA_VISIBLE_DEVICES, driver); drop --gpu to run on CPU")
     if not 0 <= gpu < n:
         raise UserError(f"--gpu {gpu} does not exist: {n} GPU(s) are visible, numbered 0..{n - 1}")
-
-
-def check_input_size(netnum: str, size: int) -> None:
-    """The backbone of ``netnum`` must take ``size x size`` inputs (see :data:`MIN_INPUT_SIZE`)."""
-    code = decode_netnum(netnum)
-    need = MIN_INPUT_SIZE.get(code.backbone, 1)
-    if size < need:
-        small = {"alexnet": " or alexnet_small (--netnum 080000, 15 px)", "vgg16_bn": "", "googlenet": ""}
-        raise UserError(f"--netnum {netnum} ({code.backbone}) needs inputs of at least {need}x{need} pixels but "
-                        f"the input is {size}x{size}; raise --input_size to {need} or more, or use a ResNet "
-                        f"(e.g. --netnum 000000, any size){small.get(code.backbone, '')}")
 
 
 def check_dist_port(args: argparse.Namespace) -> None:
@@ -190,7 +171,6 @@ def check_results_table(path: Path) -> None:
     """``--results``: a UTF-8 CSV with our columns, today's or an older schema that appending
     migrates (or no file yet), in a writable folder; checked before training so the row of a
     long fit is never refused at the end."""
-    from engine.results import is_result_table
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--results {path} is a folder; pass the path of a .csv file, e.g. {path / 'results.csv'}")

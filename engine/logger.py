@@ -6,7 +6,7 @@ import logging
 import io
 from pathlib import Path
 
-from engine.atomic import atomic_write_text
+from config.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -26,15 +26,16 @@ import models.pretext as pretexts
 from config.codes import PRETEXTS, Mode, decode_mode, decode_netnum
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
+from config.limits import check_input_size
 from datasets.folder import CacheSpec, RasterDataset, make_dataset, prepare_dataset, shared_cache_path
 from datasets.index import Index, Sample, few_shot
 from datasets.options import get_opt
 from datasets.transforms import plain
 from engine import checkpoint as ckpt
 from engine import guards
-from engine.atomic import remove_stale_tmp
+from config.atomic import remove_stale_tmp
 from engine.cli import check_process_flags, setup_logging
-from engine.dist import spawn
+from config.dist import spawn
 from engine.knn import balanced_subsample, knn_accuracy
 from engine.labels import monitor_sets
 from engine.logger import EpochLog
@@ -172,7 +173,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     if args.cache_size is not None and args.cache_size < opt.input_size:
         raise UserError(f"--cache-size {args.cache_size} is below the input size {opt.input_size}: every view would be "
                         f"upsampled; use at least {opt.input_size}")
-    guards.check_input_size(args.netnum, opt.input_size)
+    check_input_size(args.netnum, opt.input_size)
     args.gpu_aug = resolve_gpu_aug(args, module, opt)
     train = index.train if args.ts == 1 else few_shot(index.train, args.ts, args.seed, index.classes)
     bs = args.bs or opt.batch_size

@@ -51,7 +51,7 @@ from datasets.folder import make_dataset
 from datasets.index import Sample, few_shot
 from datasets.transforms import plain
 from engine import labels
-from engine.atomic import atomic_write
+from config.atomic import atomic_write
 from engine.knn import extract_indexed, knn_predict
 from engine.runtime import Runtime, init_runtime, reseed
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from config.errors import UserError
-from engine.atomic import atomic_write, disk_full_error
+from config.atomic import atomic_write, disk_full_error
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler, get_worker_info
+from engine.cli import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,6 @@ def init_runtime(local_rank: int | None, nproc: int | None, args: argparse.Names
         init = args.dist_url
     else:
         local, rank, world, init = 0, 0, 1, None
-    from engine.cli import setup_logging
     setup_logging(rank == 0)     # spawned workers start with no logging configured
     if cuda:
         gpu = local if (torchrun or local_rank is not None) else (args.gpu or 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from engine.dist import gather_with_grad
+from config.dist import gather_with_grad
 
 
 def off_diagonal(m: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.dist import is_dist, world_size
+from config.dist import is_dist, world_size
 
 
 class DINOLoss(nn.Module):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.dist import gather_with_grad, is_dist, rank
+from config.dist import gather_with_grad, is_dist, rank
 
 
 class NTXentLoss(nn.Module):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.dist import gather_with_grad
+from config.dist import gather_with_grad
 from losses.barlow import off_diagonal
 
 

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from config.baselines import IMAGENET_MEAN, IMAGENET_STD
 from config.codes import BACKBONES, decode_netnum
 from config.errors import UserError
+from models.pretrained import read_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,6 @@ def _torchvision_model(arch: str, ptcp: bool, weights: str | Path | None = None)
     model = getattr(tvm, arch)(weights=None, **kwargs)
     if ptcp:
         if weights is not None:
-            from models.pretrained import read_state_dict_file
             state = read_state_dict_file(weights, "--weights file")
         else:
             state = imagenet_state_dict(arch)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from config import baselines as B
 from config.codes import BACKBONES
+from config.ckptio import read_checkpoint
 from config.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,6 @@ def imagenet_targets(bands: Sequence[str], rgb_index: Sequence[int], mean: Seque
 
 def read_state_dict_file(path: str | Path, what: str) -> dict[str, Tensor]:
     """A torchvision-layout state dict (``--weights``), possibly wrapped in ``state_dict``/``model``."""
-    from engine.checkpoint import read_checkpoint   # engine imports models, not the other way at import time
     obj = read_checkpoint(path, what, weights_only=True, hint="download it again")
     state = _unwrap(obj)
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):

@@ -26,7 +26,7 @@ from datasets.folder import STATS_MAX_FILES, band_stats  # noqa: E402
 from datasets.index import build_index  # noqa: E402
 from datasets.options import get_opt  # noqa: E402
 from datasets.reader import read_raw  # noqa: E402
-from engine.atomic import atomic_write_text  # noqa: E402
+from config.atomic import atomic_write_text  # noqa: E402
 
 SPLITS = ("train", "val", "pool", "test", "all")
 

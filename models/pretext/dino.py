@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from config.codes import decode_netnum
 from config.errors import UserError
-from engine.guards import MIN_INPUT_SIZE
+from config.limits import MIN_INPUT_SIZE
 from datasets.views import MultiCrop
 from losses.dino import DINOLoss
 from models.heads import mlp

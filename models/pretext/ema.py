@@ -11,6 +11,7 @@ import math
 
 import torch
 from torch import nn
+from config.errors import UserError
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -45,7 +46,6 @@ def add_hidden_dim(group: argparse._ArgumentGroup) -> None:
 
 def check_positive(args: argparse.Namespace, *dests: str) -> None:
     """Refuse a flag that must be a positive integer when given."""
-    from config.errors import UserError
     for dest in dests:
         value = getattr(args, dest, None)
         if value is not None and value < 1:
@@ -54,7 +54,6 @@ def check_positive(args: argparse.Namespace, *dests: str) -> None:
 
 def check_unit(args: argparse.Namespace, dest: str, closed_top: bool = True) -> None:
     """Refuse a momentum outside [0, 1] (or [0, 1) when ``closed_top`` is False)."""
-    from config.errors import UserError
     value = getattr(args, dest)
     if not (0.0 <= value <= 1.0) or (not closed_top and value == 1.0):
         top = "1]" if closed_top else "1)"

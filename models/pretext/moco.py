@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from config.errors import UserError
 from datasets.views import build_views
-from engine.dist import all_gather_nograd
+from config.dist import all_gather_nograd
 from losses.infonce import InfoNCELoss
 from models.heads import mlp
 from models.pretext.ema import add_hidden_dim, check_positive, check_unit, ema_update, frozen_copy

@@ -20,7 +20,7 @@ import main_cls
 import main_cls_ss_train
 from config.errors import UserError
 from engine import checkpoint as ckpt
-from engine.dist import spawn
+from config.dist import spawn
 from tests.conftest import REPO
 
 NET = "000000"
@@ -154,7 +154,7 @@ def test_a_classifier_of_another_stem_names_its_netnum(demo_root, tmp_path, caps
 def test_full_disk_at_the_second_checkpoint_keeps_the_first(demo_root, tmp_path, monkeypatch, capsys):
     import errno
 
-    from engine import atomic
+    from config import atomic
     real = os.fsync
 
     def fsync(fd):             # the disk fills up while epoch 2's backbone is written

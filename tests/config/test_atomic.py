@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from config.errors import UserError
-from engine import atomic
-from engine.atomic import atomic_write_text, create_exclusive, remove_stale_tmp
+from config import atomic
+from config.atomic import atomic_write_text, create_exclusive, remove_stale_tmp
 from engine.checkpoint import atomic_save, save_backbone
 from engine.results import RESULT_COLUMNS, append_result, save_predictions
 

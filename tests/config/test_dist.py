@@ -1,4 +1,4 @@
-"""engine.dist: single-process fallbacks, and gather_with_grad forward/backward in 2 gloo processes."""
+"""config.dist: single-process fallbacks, and gather_with_grad forward/backward in 2 gloo processes."""
 from __future__ import annotations
 
 import socket
@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from config.errors import UserError
-from engine import dist as edist
+from config import dist as edist
 
 ROWS, COLS = 3, 2
 

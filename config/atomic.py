@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from config.errors import UserError, note_written
+from config.errors import last_written as _last_written
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
@@ -116,7 +117,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def last_written() -> Path | None:
     """The last file this process completed with :func:`atomic_write` (for the Ctrl-C message)."""
-    from config.errors import last_written as _last_written
     done = _last_written()
     return Path(done) if done else None
 
