@@ -4,13 +4,13 @@ Example (fine-tune a SimCLR backbone on AID with 5 labels per class, linear prob
     python main_cls.py --ds aid --ts 5 --mode 41 --hos 9 --netnum 020000 --expnum 20186093531_pretrain --cepoch 400
 """
 from config.errors import exit_on_user_error, run_script
-from engine import finetune
+from engine import evaljob, finetune
 from engine.cli import base_parser
 
 
 @exit_on_user_error
 def main(argv=None) -> None:
-    parser = finetune.add_args(base_parser(__doc__, script="cls"))
+    parser = evaljob.add_args(base_parser(__doc__, script="cls"))
     finetune.run(argv, parser)
 
 

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 import models.pretext as pretexts  # noqa: E402
 from datasets.folder import make_dataset  # noqa: E402
+from engine import plan as eplan  # noqa: E402
 from engine import pretrain  # noqa: E402
 from engine.cli import base_parser, setup_logging  # noqa: E402
 from engine.knn import balanced_subsample  # noqa: E402
@@ -72,8 +73,8 @@ def main() -> int:
                 str(a.size), "--bs", str(a.bs), "--mepoch", "1", "--lr", "1e-3", "--optimizer", "adam",
                 "--aug", "5", "--aug_p", "S5", "--workers", str(a.workers), "--knn-freq", "0", "--ckpt", ckpt,
                 "--no-progress", "--expnum", "1_bench"]
-        args = pretrain.add_args(base_parser("", "pretrain")).parse_args(argv)
-        plan = pretrain.prepare(args)
+        args = eplan.add_args(base_parser("", "pretrain")).parse_args(argv)
+        plan = eplan.resolve(args)
         labels = np.array([s.label for s in plan.train])
         per_class = -(-a.images // len(plan.index.classes))
         keep = balanced_subsample(labels, per_class, seed=0)[:a.images]
@@ -81,15 +82,15 @@ def main() -> int:
         module = pretexts.load(plan.mode)
 
         def harness(r: int) -> float:
-            plan.expnum = args.expnum = f"{r + 1}_bench"
-            pretrain.main_worker(None, None, args, plan)
+            plan.expnum = f"{r + 1}_bench"
+            pretrain.main_worker(None, None, plan)
             with open(Path(ckpt) / f"090000_{r + 1}_bench_log.csv") as f:
                 return float(list(csv.DictReader(f))[-1]["img_per_s"])
 
-        dataset = make_dataset(plan.opt, plan.train, lambda o: module.make_transform(args, o))
+        dataset = make_dataset(plan.opt, plan.train, lambda o: module.make_transform(plan.method, o))
         torch.manual_seed(0)
         backbone, _ = build_backbone("090000", plan.opt.n_bands)
-        model = module.build(args, plan.opt, backbone)
+        model = module.build(plan.method, plan.opt, backbone)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def loader() -> DataLoader:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate  # noqa: E402
 
 import models.pretext as pretexts  # noqa: E402
 from config.codes import decode_mode  # noqa: E402
-from engine import pretrain  # noqa: E402
+from engine import loop, plan  # noqa: E402
 from engine.cli import base_parser  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
 from engine.runtime import Runtime  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> int:
     torch.manual_seed(0)
     mode = decode_mode(a.mode, "pretrain")
     module = pretexts.load(mode)
-    args = pretrain.add_args(base_parser("", "pretrain")).parse_args(["--mode", a.mode, "--no-progress"])
+    args = plan.add_args(base_parser("", "pretrain")).parse_args(["--mode", a.mode, "--no-progress"])
     args.tau = 0.2
     opt = SimpleNamespace(input_size=a.size, n_bands=13, mean=np.full(13, 1000.0), std=np.full(13, 300.0),
                           rgb_index=(3, 2, 1))
@@ -79,7 +79,7 @@ def main() -> int:
 
     def harness() -> float:
         t = time.perf_counter()
-        pretrain.train_one_epoch(model, loader, opt_h, sched, 0, rt, args, None)
+        loop.train_one_epoch(model, loader, opt_h, sched, 0, rt, 10, None)
         return n / (time.perf_counter() - t)
 
     def bare() -> float:

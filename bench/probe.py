@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.probe import logreg_probe  # noqa: E402
+from engine.logreg import logreg_probe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -62,19 +62,19 @@ def sklearn_gridsearch_predict(f_train: np.ndarray, y_train: np.ndarray, f_test:
 
 def aid_features(data: Path, workers: int) -> tuple[np.ndarray, np.ndarray, list, list, object]:
     """Random-init ResNet-18 features of the AID subset through main_cls.py's probe code."""
-    from engine import finetune, labels, probe
+    from engine import evaljob, features, labels
     from engine.cli import base_parser
     from engine.runtime import init_runtime
 
     cache = os.environ.get("RSSSL_CACHE") or str(Path(tempfile.gettempdir()) / "rsssl-bench-cache")
-    parser = finetune.add_args(base_parser("", "cls"))
+    parser = evaljob.add_args(base_parser("", "cls"))
     args = parser.parse_args(["--ds", "aid", "--data-root", str(data), "--cache-dir", cache, "--mode", "11",
                               "--netnum", "090000", "--probe", "logreg", "--workers", str(workers),
                               "--no-progress", "--results", os.devnull])
-    job = finetune.prepare(args)
-    rt = init_runtime(None, None, args)
+    job = evaljob.resolve(args)
+    rt = init_runtime(None, None, job.procs)
     try:
-        table = probe.probe_features(args, job, rt)
+        table = features.probe_features(job, rt)
     finally:
         rt.close()
     return table, labels.fewshot_pool(job.index), labels.final_eval_set(job.index), job.opt.classes

@@ -16,6 +16,7 @@ a model.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
@@ -158,3 +159,17 @@ def build_optimizer(
         opt = LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     log.debug("optimizer %s: %d param group(s), lr %g, wd %g", key, len(opt.param_groups), lr, weight_decay)
     return opt
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """A resolved optimiser choice (``--optimizer``, ``--lr``, ``--momentum``, ``--wd``), checked by the plan."""
+
+    name: str
+    lr: float
+    momentum: float = 0.9
+    wd: float = 0.0
+
+    def build(self, params_or_model: ParamsLike) -> torch.optim.Optimizer:
+        return build_optimizer(self.name, params_or_model, self.lr, self.momentum, self.wd)
+

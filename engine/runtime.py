@@ -33,6 +33,30 @@ class TrainingDiverged(RuntimeError):
     """The loss stopped being finite; the run ends and keeps its last good checkpoint."""
 
 
+@dataclass(frozen=True)
+class Procs:
+    """How the run uses processes and devices: the resolved ``--mp-distributed``, ``--nproc``,
+    ``--world-size``, ``--rank``, ``--dist-url``, ``--dist-backend``, ``--gpu``, ``--amp``,
+    ``--channels-last`` and ``--no-progress`` flags (checked by the entry point's plan)."""
+
+    mp_distributed: bool = False
+    nproc: int | None = None
+    world_size: int = 1
+    rank: int = 0
+    dist_url: str = "tcp://localhost:10010"
+    dist_backend: str = "nccl"
+    gpu: int | None = None
+    amp: bool = False
+    channels_last: bool = False
+    progress: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Procs":
+        return cls(bool(args.mp_distributed), args.nproc, int(args.world_size), int(args.rank), str(args.dist_url),
+                   str(args.dist_backend), args.gpu, bool(getattr(args, "amp", False)),
+                   bool(getattr(args, "channels_last", False)), bool(getattr(args, "progress", True)))
+
+
 @dataclass
 class Runtime:
     device: torch.device
@@ -42,6 +66,7 @@ class Runtime:
     distributed: bool = False
     amp: bool = False
     channels_last: bool = False
+    progress: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -52,7 +77,7 @@ class Runtime:
             dist.destroy_process_group()
 
 
-def init_runtime(local_rank: int | None, nproc: int | None, args: argparse.Namespace) -> Runtime:
+def init_runtime(local_rank: int | None, nproc: int | None, procs: Procs) -> Runtime:
     """Pick the device and join the process group (``local_rank`` None: single process or torchrun)."""
     cuda = torch.cuda.is_available()
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -61,13 +86,13 @@ def init_runtime(local_rank: int | None, nproc: int | None, args: argparse.Names
         local = int(os.environ.get("LOCAL_RANK", 0))
         init = "env://"
     elif local_rank is not None:
-        local, rank, world = local_rank, args.rank * nproc + local_rank, args.world_size * nproc
-        init = args.dist_url
+        local, rank, world = local_rank, procs.rank * nproc + local_rank, procs.world_size * nproc
+        init = procs.dist_url
     else:
         local, rank, world, init = 0, 0, 1, None
     setup_logging(rank == 0)     # spawned workers start with no logging configured
     if cuda:
-        gpu = local if (torchrun or local_rank is not None) else (args.gpu or 0)
+        gpu = local if (torchrun or local_rank is not None) else (procs.gpu or 0)
         torch.cuda.set_device(gpu)
         device = torch.device("cuda", gpu)
         torch.backends.cudnn.benchmark = True
@@ -75,20 +100,19 @@ def init_runtime(local_rank: int | None, nproc: int | None, args: argparse.Names
         device = torch.device("cpu")
     distributed = init is not None
     if distributed:
-        backend = args.dist_backend if cuda else "gloo"
-        if not cuda and args.dist_backend != "gloo" and rank == 0:
-            log.info("no GPU: using the gloo backend instead of %s", args.dist_backend)
+        backend = procs.dist_backend if cuda else "gloo"
+        if not cuda and procs.dist_backend != "gloo" and rank == 0:
+            log.info("no GPU: using the gloo backend instead of %s", procs.dist_backend)
         dist.init_process_group(backend, init_method=init, world_size=world, rank=rank,
                                 timeout=timedelta(minutes=30))
         if not cuda:
             # Leave the two cores to the processes rather than oversubscribing them.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, nproc or world)))
-    amp = bool(getattr(args, "amp", False))
-    cl = bool(getattr(args, "channels_last", False))
+    amp, cl = procs.amp, procs.channels_last
     if rank == 0 and not cuda and amp:
         log.info("--amp on CPU: bf16 autocast runs (convolutions and matmuls in bf16), usually slower than "
                  "float32 on CPUs without bf16 units; it is there so CPU runs take the GPU's code path")
-    return Runtime(device, rank, local, world, distributed, amp, cl)
+    return Runtime(device, rank, local, world, distributed, amp, cl, procs.progress)
 
 
 def reseed(seed: int, epoch: int, rank: int) -> None:
@@ -191,6 +215,6 @@ def move_to(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
     return obj
 
 
-def use_tqdm(rt: Runtime, args: argparse.Namespace) -> bool:
+def use_tqdm(rt: Runtime) -> bool:
     """Progress bars on rank 0, on a terminal, unless --no-progress."""
-    return rt.is_main and getattr(args, "progress", True) and sys.stdout.isatty()
+    return rt.is_main and rt.progress and sys.stdout.isatty()

@@ -6,6 +6,7 @@ and MoCo keep a copy in each script).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -144,3 +145,18 @@ class LRSchedule:
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A resolved ``--lr_policy`` with its ``--warmup``, ``--milestones`` and ``--lr_decay`` over ``epochs``."""
+
+    policy: str
+    epochs: int
+    warmup: float = 0.0
+    milestones: tuple[int, ...] = ()
+    decay: float = 0.1
+
+    def build(self, base_lr: float, iters_per_epoch: int) -> LRSchedule:
+        return LRSchedule(self.policy, base_lr, self.epochs, iters_per_epoch, self.warmup, self.milestones, self.decay)
+

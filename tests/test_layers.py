@@ -30,7 +30,6 @@ DEFERRED: dict[tuple[str, str], str] = {
     ("datasets.folder", "datasets.demo"): "the demo generator (GDAL writes) runs only for --ds demo",
     ("engine.plan", "datasets.gpu_aug"): "torchvision.ops (roi_align) loads only when views are made on the device",
     ("engine.loaders", "datasets.gpu_aug"): "as above",
-    ("engine.monitors", "engine.vis"): "matplotlib-free PNG grid only with --vis",
 }
 
 

@@ -152,16 +152,16 @@ def test_a_split_without_val_rows_gets_the_hash_slice_of_its_train_rows(tmp_path
 def test_entry_scripts_take_split_file(tmp_path):
     """--split-file reaches the index of both entry scripts (it is not accepted and ignored)."""
     import main_cls  # noqa: F401  (the scripts build their parsers from engine.cli.base_parser)
-    from engine import finetune, pretrain
+    from engine import evaljob, plan
     from engine.cli import base_parser
     root, good = exported(tmp_path)
     common = ["--ds", str(root), "--split-file", str(good), "--netnum", "090000", "--workers", "0",
               "--ckpt", str(tmp_path / "ck"), "--input_size", "8", "--bs", "8"]
-    pre = pretrain.add_args(base_parser("", "pretrain")).parse_args(common + ["--mode", "910", "--ts", "1"])
-    cls = finetune.add_args(base_parser("", "cls")).parse_args(common + ["--mode", "11", "--ts", "2",
+    pre = plan.add_args(base_parser("", "pretrain")).parse_args(common + ["--mode", "910", "--ts", "1"])
+    cls = evaljob.add_args(base_parser("", "cls")).parse_args(common + ["--mode", "11", "--ts", "2",
                                                                           "--results", str(tmp_path / "r.csv")])
-    assert pretrain.prepare(pre).index.split_version.startswith("file-")
-    assert finetune.prepare(cls).index.split_version.startswith("file-")
+    assert plan.resolve(pre).index.split_version.startswith("file-")
+    assert evaljob.resolve(cls).index.split_version.startswith("file-")
 
 
 def test_lists_for_a_dataset_without_published_ones(tmp_path):

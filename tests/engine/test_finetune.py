@@ -9,7 +9,7 @@ import pytest
 
 import main_cls
 import main_cls_ss_train
-from engine import finetune
+from engine import evaljob, finetune
 from engine.cli import base_parser
 from tests.conftest import run_script
 
@@ -138,7 +138,7 @@ def test_train_then_test_and_val_modes(demo_root, tmp_path):
     assert train_row["pretrain_expnum"] == "random" and test_row["mode"] == "31"
     assert train_row["OA"] == test_row["OA"]                    # the saved classifier reproduces its score
     # mode 2x scores the fixed validation slice (engine/labels.py), not the training images outside the draw
-    job = finetune.prepare(finetune.add_args(base_parser("t", script="cls")).parse_args(
+    job = evaljob.resolve(evaljob.add_args(base_parser("t", script="cls")).parse_args(
         cls_args(demo_root, ck, res, "--mode", "21", "--ts", "3", "--expnum", expnum, "--cepoch", "2")))
     val = {s.path.relative_to(job.opt.root).as_posix() for s in job.index.val}
     assert len(val) == 6 and int(val_row["n_test"]) == 6     # 8 training images per class -> 1 in the slice

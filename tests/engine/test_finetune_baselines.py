@@ -15,7 +15,7 @@ import torchvision.models as tvm
 from torch import nn
 
 import main_cls
-from engine import finetune
+from engine import evaljob
 from engine.cli import base_parser
 
 NET = "090000"
@@ -46,7 +46,7 @@ def rows(path: Path) -> list[dict]:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    return finetune.add_args(base_parser("", script="cls")).parse_args(argv)
+    return evaljob.add_args(base_parser("", script="cls")).parse_args(argv)
 
 
 def test_ssl4eo_weights_give_an_ssl4eo_row(demo_root, weight_files, tmp_path):
@@ -76,17 +76,17 @@ def test_imagenet_weights_file_train_then_test(demo_root, weight_files, tmp_path
 
 def test_baselines_default_to_their_native_input_size(demo_root, weight_files, tmp_path):
     common = ["--ds", "demo", "--data-root", str(demo_root), "--netnum", NET, "--ts", "5"]
-    job = finetune.prepare(parse([*common, "--mode", "11", "--weights", str(weight_files["imagenet"])]))
+    job = evaljob.resolve(parse([*common, "--mode", "11", "--weights", str(weight_files["imagenet"])]))
     assert job.opt.input_size == 224 and job.pretext == "imagenet"
-    job = finetune.prepare(parse([*common, "--mode", "41", "--encoder_cp", str(weight_files["ssl4eo"])]))
+    job = evaljob.resolve(parse([*common, "--mode", "41", "--encoder_cp", str(weight_files["ssl4eo"])]))
     assert job.opt.input_size == 224 and job.pretext == "ssl4eo-moco"
-    job = finetune.prepare(parse([*common, "--mode", "41", "--encoder_cp", str(weight_files["ssl4eo"]),
+    job = evaljob.resolve(parse([*common, "--mode", "41", "--encoder_cp", str(weight_files["ssl4eo"]),
                                   "--input_size", "96"]))
     assert job.opt.input_size == 96                                  # the user's size wins
-    job = finetune.prepare(parse([*common, "--mode", "11"]))
+    job = evaljob.resolve(parse([*common, "--mode", "11"]))
     assert job.opt.input_size == 64 and job.pretext == "random"     # random init: the dataset's size
     small = ["--ds", "demo", "--data-root", str(demo_root), "--netnum", "000000", "--ts", "5"]
-    assert finetune.prepare(parse([*small, "--mode", "11", "--weights", str(weight_files["imagenet"])])).opt.input_size == 64
+    assert evaljob.resolve(parse([*small, "--mode", "11", "--weights", str(weight_files["imagenet"])])).opt.input_size == 64
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -10,8 +10,6 @@ import torch
 
 import main_cls
 import main_cls_ss_train
-from config.codes import BACKBONES
-from config.errors import UserError
 from engine import guards
 from engine.results import RESULT_COLUMNS
 
@@ -93,10 +91,10 @@ def test_main_cls_refuses(demo_root, tmp_path, capsys, extra, message):
 
 def test_batch_of_one_is_fine_for_a_linear_probe(demo_root, tmp_path):
     """--bs 1 is refused where BatchNorm trains (above); a linear probe keeps the backbone in eval mode."""
-    from engine import finetune
+    from engine import evaljob
     from engine.cli import base_parser
-    parser = finetune.add_args(base_parser("", script="cls"))
-    job = finetune.prepare(parser.parse_args(cls_args(demo_root, tmp_path / "ck", tmp_path / "r.csv",
+    parser = evaljob.add_args(base_parser("", script="cls"))
+    job = evaljob.resolve(parser.parse_args(cls_args(demo_root, tmp_path / "ck", tmp_path / "r.csv",
                                                       "--bs", "1", "--hos", "9")))
     assert job.expnum.endswith("_train") and job.log.exists()
 

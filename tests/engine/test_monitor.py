@@ -12,7 +12,8 @@ from datasets.options import get_opt
 from datasets.folder import prepare_dataset
 from datasets.transforms import plain
 from config.errors import UserError
-from engine import pretrain
+from engine import monitors, plan
+from engine.labels import monitor_sets
 from engine.runtime import Runtime
 
 
@@ -21,14 +22,10 @@ def demo(demo_root, size: int = 24):
     return prepare_dataset(get_opt("demo", args))
 
 
-def monitor_args(**kw) -> argparse.Namespace:
-    return argparse.Namespace(**{"knn_per_class": 3, "seed": 0, "workers": 0, "knn_freq": "auto", **kw})
-
-
 def test_reads_only_the_validation_slice_cached_at_input_size(demo_root):
     opt, index = demo(demo_root, 24)
-    mon = pretrain.KnnMonitor(monitor_args(), opt, index, Runtime(torch.device("cpu")))
-    memory, queries = pretrain.monitor_sets(index)
+    mon = monitors.KnnMonitor(opt, index, Runtime(torch.device("cpu")), per_class=3, seed=0, workers=0)
+    memory, queries = monitor_sets(index)
     test_paths = {s.path for s in index.test}
     assert not test_paths & {s.path for s in memory + queries}          # no test label is read
     assert not {s.path for s in memory} & {s.path for s in queries}     # queries are not in the memory
@@ -43,26 +40,26 @@ def test_reads_only_the_validation_slice_cached_at_input_size(demo_root):
 
 
 def test_auto_cadence_keeps_the_monitor_near_five_percent():
-    assert pretrain.auto_interval(0.5, 10.0) == 1        # 5 % of a 10 s epoch: every epoch
-    assert pretrain.auto_interval(0.51, 10.0) == 2
-    assert pretrain.auto_interval(3.0, 10.0) == 6        # 3 s every 6 epochs of 10 s = 5 %
-    mon = pretrain.KnnMonitor.__new__(pretrain.KnnMonitor)
+    assert monitors.auto_interval(0.5, 10.0) == 1        # 5 % of a 10 s epoch: every epoch
+    assert monitors.auto_interval(0.51, 10.0) == 2
+    assert monitors.auto_interval(3.0, 10.0) == 6        # 3 s every 6 epochs of 10 s = 5 %
+    mon = monitors.KnnMonitor.__new__(monitors.KnnMonitor)
     mon.freq, mon.next_due = "auto", None
     assert mon.due(1, 10)                                # the first epoch is measured
-    mon.next_due, ran = 1 + pretrain.auto_interval(3.0, 10.0), []
+    mon.next_due, ran = 1 + monitors.auto_interval(3.0, 10.0), []
     for e in range(2, 11):
         if mon.due(e, 10):
             ran.append(e)
-            mon.next_due = e + pretrain.auto_interval(3.0, 10.0)
+            mon.next_due = e + monitors.auto_interval(3.0, 10.0)
     assert ran == [7, 10]                                # 7 by the budget, 10 = the last epoch
     mon.freq = 4
     assert [e for e in range(1, 11) if mon.due(e, 10)] == [4, 8, 10]
 
 
 def test_knn_freq_flag():
-    assert pretrain.parse_knn_freq("auto") == "auto" and pretrain.parse_knn_freq("3") == 3
+    assert plan.parse_knn_freq("auto") == "auto" and plan.parse_knn_freq("3") == 3
     with pytest.raises(UserError, match="--knn-freq -1 must be >= 0 epochs"):
-        pretrain.parse_knn_freq("-1")
+        plan.parse_knn_freq("-1")
 
 
 def test_best_is_chosen_on_the_validation_knn(demo_root, tmp_path):

@@ -13,7 +13,7 @@ from config.errors import UserError
 from datasets.folder import prepare_dataset
 from datasets.index import Sample
 from engine import checkpoint as ckpt
-from engine import finetune, provenance
+from engine import evaljob, provenance
 from engine.cli import base_parser
 from models import build_model
 
@@ -22,7 +22,7 @@ EXP = "20186093531_pretrain"
 
 
 def parse(root: Path, ck: Path, *extra: str):
-    parser = finetune.add_args(base_parser("t", script="cls"))
+    parser = evaljob.add_args(base_parser("t", script="cls"))
     return parser.parse_args(["--ds", "demo", "--data-root", str(root), "--netnum", NET, "--input_size", "32",
                               "--workers", "0", "--ckpt", str(ck), "--no-progress", *extra])
 
@@ -78,7 +78,7 @@ def test_pretraining_writes_provenance_main_cls_accepts_it(demo, demo_root, tmp_
                             "--expnum", EXP, "--knn-freq", "0", "--no-progress"])
     meta = ckpt.read_checkpoint(ckpt.ckpt_path(ck, NET, EXP, 1))["meta"]
     assert meta["provenance"]["scene_keys"] == provenance.scene_keys(index.train, [opt.root])
-    job = finetune.prepare(parse(demo_root, ck, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
+    job = evaljob.resolve(parse(demo_root, ck, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
     assert job.init_meta["provenance"]["scene_keys_sha"] == meta["provenance"]["scene_keys_sha"]
 
 
@@ -89,7 +89,7 @@ def test_overlap_with_the_test_split_is_refused_unless_allowed(demo, demo_root, 
     leaked = with_keys(prov, prov["scene_keys"] + provenance.scene_keys(index.test[:3], [opt.root]))
     write_backbone(ck, "1", {"provenance": leaked})
     with pytest.raises(UserError, match=r"pretrained on 3 of the 12 test scenes of --ds demo.*--allow-overlap"):
-        finetune.prepare(parse(demo_root, ck, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
+        evaljob.resolve(parse(demo_root, ck, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
     with pytest.raises(SystemExit) as exit_:
         main_cls.main(["--ds", "demo", "--data-root", str(demo_root), "--netnum", NET, "--ckpt", str(ck),
                        "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1", "--probe", "knn"])
@@ -110,13 +110,13 @@ def test_altered_scene_keys_are_refused(demo, demo_root, tmp_path):
     prov = provenance.provenance(opt, index, index.train)
     write_backbone(tmp_path, "1", {"provenance": {**prov, "scene_keys": prov["scene_keys"][1:]}})
     with pytest.raises(UserError, match="do not match their recorded digest"):
-        finetune.prepare(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
+        evaljob.resolve(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
 
 
 def test_old_checkpoint_without_provenance_is_accepted_with_a_notice(demo_root, tmp_path, caplog):
     write_backbone(tmp_path, "1", {})
     with caplog.at_level("WARNING"):
-        job = finetune.prepare(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
+        job = evaljob.resolve(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
     assert job.init is not None and "has no provenance" in caplog.text
 
 
@@ -125,12 +125,12 @@ def test_other_normalisation_warns(demo, demo_root, tmp_path, caplog):
     prov = provenance.provenance(opt, index, index.train)
     write_backbone(tmp_path, "1", {"provenance": {**prov, "mean": [m + 100.0 for m in prov["mean"]]}})
     with caplog.at_level("WARNING"):
-        finetune.prepare(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
+        evaljob.resolve(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "1"))
     assert "this run normalises with" in caplog.text
     caplog.clear()
     write_backbone(tmp_path, "2", {"provenance": prov})
     with caplog.at_level("WARNING"):
-        finetune.prepare(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "2"))
+        evaljob.resolve(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "2"))
     assert "normalises" not in caplog.text
 
 
@@ -139,12 +139,12 @@ def test_cepoch_best_needs_a_validation_slice_choice(demo, demo_root, tmp_path):
     prov = provenance.provenance(opt, index, index.train)
     write_backbone(tmp_path, "best", {"provenance": prov})                 # written before the slice existed
     with pytest.raises(UserError, match="not by the kNN monitor on the validation slice"):
-        finetune.prepare(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "best"))
+        evaljob.resolve(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "best"))
     write_backbone(tmp_path, "best", {"provenance": prov, "selected_by": "val-knn", "selected_epoch": 1})
-    job = finetune.prepare(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "best"))
+    job = evaljob.resolve(parse(demo_root, tmp_path, "--mode", "41", "--ts", "2", "--expnum", EXP, "--cepoch", "best"))
     assert job.init_meta["selected_by"] == "val-knn"
 
 
 def test_allow_overlap_without_a_checkpoint_is_refused(demo_root, tmp_path):
     with pytest.raises(UserError, match="drop it"):
-        finetune.prepare(parse(demo_root, tmp_path, "--mode", "11", "--ts", "2", "--allow-overlap"))
+        evaljob.resolve(parse(demo_root, tmp_path, "--mode", "11", "--ts", "2", "--allow-overlap"))

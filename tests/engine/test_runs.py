@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 import torch

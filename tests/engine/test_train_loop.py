@@ -7,6 +7,7 @@ import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from torch.utils.data import Dataset, default_collate
 
 import models.pretext as pretexts
 from config.codes import decode_mode
-from engine import pretrain
+from engine import loaders, loop, plan, pretrain
 from engine.cli import base_parser
 from engine.optim import build_optimizer
 from engine.runtime import Runtime, TrainingDiverged
@@ -54,7 +55,7 @@ def count_host_syncs(monkeypatch):
 
 
 def pretrain_args(code: int, *extra: str):
-    return pretrain.add_args(base_parser("", "pretrain")).parse_args(["--mode", str(code), "--no-progress", *extra])
+    return plan.add_args(base_parser("", "pretrain")).parse_args(["--mode", str(code), "--no-progress", *extra])
 
 
 def setup(code: int, n_batches: int = 3, bs: int = 4, size: int = 32, lr: float = 1e-3, *extra: str):
@@ -63,7 +64,7 @@ def setup(code: int, n_batches: int = 3, bs: int = 4, size: int = 32, lr: float 
     args = pretrain_args(code, *extra)
     mode = decode_mode(code, "pretrain")
     module = pretexts.load(mode)
-    pretrain.resolve_head_flags(args, mode, module)
+    plan.resolve_head_flags(args, mode, module)
     if args.feature_dim is not None:                # tiny heads: the test is about the loop, not the method
         args.feature_dim = 32
     for dest, value in (("hidden_dim", 32), ("local_crops", 2)):
@@ -92,9 +93,9 @@ def test_one_host_sync_per_epoch_in_every_mode(code, monkeypatch):
     args, model, optimizer, schedule, batches = setup(code)
     rt = Runtime(torch.device("cpu"))
     with count_host_syncs(monkeypatch) as calls:
-        stats = pretrain.train_one_epoch(model, batches, optimizer, schedule, 0, rt, args, None)
+        stats = loop.train_one_epoch(model, batches, optimizer, schedule, 0, rt, args.mepoch, None)
     assert len(calls) == 1, calls
-    assert calls[0][0] == "tolist" and calls[0][1].endswith("engine/pretrain.py")
+    assert calls[0][0] == "tolist" and calls[0][1].endswith("engine/loop.py")
     assert all(isinstance(v, float) for v in stats.values()) and stats["loss"] == stats["loss"]   # finite floats
 
 
@@ -104,11 +105,12 @@ def test_device_augmentation_adds_no_host_sync(monkeypatch):
     args, model, optimizer, schedule, _ = setup(910)
     raw = raw_images(12, BANDS, side=40)
     batches = [(raw[i:i + 4], torch.zeros(4, dtype=torch.long), torch.arange(i, i + 4)) for i in range(0, 12, 4)]
-    module = pretexts.load(decode_mode(910, "pretrain"))
-    augment = pretrain.DeviceAugment(pretrain.build_batch_views(args, make_opt(BANDS, 32), module), 0, 0)
+    from datasets.gpu_aug import BatchViews
+    opt = make_opt(BANDS, 32)
+    augment = loaders.DeviceAugment(BatchViews(5, "S5", opt.input_size, opt.mean, opt.std, opt.rgb_index), 0, 0)
     with count_host_syncs(monkeypatch) as calls:
-        stats = pretrain.train_one_epoch(model, batches, optimizer, schedule, 0, Runtime(torch.device("cpu")), args,
-                                         None, augment=augment)
+        stats = loop.train_one_epoch(model, batches, optimizer, schedule, 0, Runtime(torch.device("cpu")), args.mepoch,
+                                     None, augment=augment)
     assert len(calls) == 1, calls
     assert 0 < stats["loss"] < 10
     a1, b1 = augment(raw[:4], 5)
@@ -124,7 +126,7 @@ def test_epoch_means_equal_the_steps_values():
     args, model, optimizer, schedule, batches = setup(910)
     optimizer.step = lambda: None
     rt = Runtime(torch.device("cpu"))
-    stats = pretrain.train_one_epoch(model, batches, optimizer, schedule, 0, rt, args, None)
+    stats = loop.train_one_epoch(model, batches, optimizer, schedule, 0, rt, args.mepoch, None)
     model.train()
     with torch.no_grad():
         per_step = [model(views) for views, _, _ in batches]
@@ -144,8 +146,8 @@ def test_non_finite_loss_stops_after_the_epoch_naming_the_step():
 
     model.forward = nan_at_step_two.__get__(model)
     with pytest.raises(TrainingDiverged, match=r"the loss became nan at epoch 4, iteration 2; nothing from this epoch"):
-        pretrain.train_one_epoch(model, batches, optimizer, schedule, 3, Runtime(torch.device("cpu")), args,
-                                 Path("last.pth"))
+        loop.train_one_epoch(model, batches, optimizer, schedule, 3, Runtime(torch.device("cpu")), args.mepoch,
+                             Path("last.pth"))
     assert calls["n"] == 3          # the epoch ran to its end: the check is read once, after it
 
 
@@ -153,8 +155,7 @@ def test_on_step_end_gets_the_run_progress():
     args, model, optimizer, schedule, batches = setup(910)
     seen: list[float] = []
     model.on_step_end = seen.append
-    pretrain.train_one_epoch(model, batches, optimizer, schedule, 1, Runtime(torch.device("cpu")), args, None,
-                             total_epochs=2)
+    loop.train_one_epoch(model, batches, optimizer, schedule, 1, Runtime(torch.device("cpu")), 2, None)
     assert seen == pytest.approx([4 / 6, 5 / 6, 6 / 6])
 
 
@@ -170,7 +171,7 @@ def test_bf16_autocast_and_channels_last_run_on_cpu():
 
     model.backbone.register_forward_hook(record)
     rt = Runtime(torch.device("cpu"), amp=True, channels_last=True)
-    stats = pretrain.train_one_epoch(model, batches, optimizer, schedule, 0, rt, args, None)
+    stats = loop.train_one_epoch(model, batches, optimizer, schedule, 0, rt, args.mepoch, None)
     assert seen == {"dtype": torch.bfloat16, "channels_last": True}
     assert 0 < stats["loss"] < 10 and 0 < stats["emb_std"] < 1
 
@@ -205,9 +206,8 @@ class RawViews(Dataset):
 
 
 def _first_batches(rank: int, world: int, epochs: int, workers: int) -> list:
-    args = pretrain_args(910, "--workers", str(workers), "--seed", "7")
     rt = Runtime(torch.device("cpu"), rank=rank, world=world, distributed=dist.is_initialized())
-    loader, sampler = pretrain.make_loader(RawViews(), 4, rt, args)
+    loader, sampler = loaders.make_loader(RawViews(), 4, rt, workers, seed=7)
     out = []
     for e in range(epochs):
         sampler.set_epoch(e)
@@ -255,8 +255,7 @@ def test_persistent_workers_give_a_resumed_epoch_the_same_views():
     """Epoch 2 after epochs 0-1 in persistent workers == epoch 2 of a fresh loader (a --resume), and
     == the same epoch drawn without workers."""
     run = _first_batches(0, 1, 3, workers=2)
-    resumed_loader_args = pretrain_args(910, "--workers", "2", "--seed", "7")
-    loader, sampler = pretrain.make_loader(RawViews(), 4, Runtime(torch.device("cpu")), resumed_loader_args)
+    loader, sampler = loaders.make_loader(RawViews(), 4, Runtime(torch.device("cpu")), 2, seed=7)
     assert loader.persistent_workers
     sampler.set_epoch(2)
     resumed = next(iter(loader))
@@ -267,8 +266,7 @@ def test_persistent_workers_give_a_resumed_epoch_the_same_views():
 
 def test_main_process_sampling_leaves_the_global_rng_alone():
     """--workers 0: drawing the views does not move torch's generator (the step's own randomness)."""
-    args = pretrain_args(910, "--workers", "0")
-    loader, sampler = pretrain.make_loader(RawViews(), 4, Runtime(torch.device("cpu")), args)
+    loader, sampler = loaders.make_loader(RawViews(), 4, Runtime(torch.device("cpu")), 0, seed=0)
     sampler.set_epoch(0)
     torch.manual_seed(3)
     expect = torch.rand(3)
@@ -291,7 +289,8 @@ def test_sync_bn_default(code, flags, device, distributed, expect):
     args = pretrain_args(code, *flags)
     module = pretexts.load(decode_mode(code, "pretrain"))
     rt = Runtime(torch.device(device), world=2 if distributed else 1, distributed=distributed)
-    assert pretrain.use_sync_bn(args, module, rt) is expect
+    stand_in = SimpleNamespace(module=module, sync_bn="on" if args.sync_bn else "off" if args.no_sync_bn else "auto")
+    assert pretrain.use_sync_bn(stand_in, rt) is expect
 
 
 def test_sync_bn_flags_contradicting_exit_2(demo_root, tmp_path, capsys):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist

@@ -16,7 +16,7 @@ import torch
 import main_cls_ss_train
 from config.errors import UserError
 from engine import checkpoint as ckpt
-from engine import pretrain
+from engine import plan, pretrain
 from models import build_backbone, build_model
 from models.pretext import byol, dino, moco, simsiam, barlow, vicreg
 from models.pretext.ema import cosine_momentum
@@ -29,7 +29,7 @@ SMALL = {"feature_dim": 16, "hidden_dim": 32, "pred_hidden": 8, "tau": None}
 def namespace(module, **over) -> argparse.Namespace:
     """The parsed flags of ``module`` with their defaults, small heads, plus ``over``."""
     p = argparse.ArgumentParser()
-    pretrain.add_args(p)
+    plan.add_args(p)
     args = p.parse_args([])
     args.aug, args.aug_p, args.mepoch = None, None, 2
     for k, v in {**SMALL, **over}.items():

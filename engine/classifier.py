@@ -1,0 +1,81 @@
+"""The classifier of main_cls.py: a backbone with its weights (random, ImageNet, pretrained,
+published, or a saved classifier's) and a linear head, and what each protocol trains of it."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from config.codes import decode_netnum
+from config.errors import UserError
+from datasets.transforms import Normalize
+from engine import checkpoint as ckpt
+from engine.evaljob import EvalJob
+from models import build_model, pretrained
+from models.backbones import SMALL_STEMS
+
+log = logging.getLogger(__name__)
+TRAIN_PLAN = "D"   # fine-tuning augmentation: random resized crop + 90-degree rotations/flips
+
+
+def build_classifier(job: EvalJob) -> nn.Module:
+    """The job's classifier: backbone (random, ImageNet, pretrained or a saved classifier's) + linear head."""
+    opt = job.opt
+    imagenet = job.imagenet
+    model = build_model(job.netnum, opt.n_bands, opt.num_classes, imagenet, opt.rgb_index,
+                        weights=job.weights if imagenet else None)
+    norm = Normalize(opt.mean, opt.std)           # the pipeline's statistics, std floor included
+    if imagenet and opt.rgb_index is not None and model.backbone.arch not in SMALL_STEMS:
+        targets = pretrained.imagenet_targets(opt.bands, opt.rgb_index, opt.mean)
+        model.backbone.set_input_adapter(pretrained.adapter_for(targets, norm.mean, norm.std))
+    if job.mode.job == "finetune":
+        foreign = pretrained.recognise(ckpt.read_checkpoint(job.init, weights_only=True), job.init)
+        if foreign is not None:
+            pretrained.load_foreign(foreign, model.backbone, opt.bands)
+            model.backbone.set_input_adapter(
+                pretrained.adapter_for(pretrained.ssl4eo_targets(opt.bands), norm.mean, norm.std))
+        else:
+            meta = ckpt.load_backbone(job.init, model.backbone)
+            log.info("backbone from %s (pretext %s, epoch %s, dataset %s)", job.init, meta.get("pretext"),
+                     meta.get("epoch"), meta.get("dataset"))
+    classifier = job.init if job.mode.job in ("val", "test") else job.resume
+    if classifier is not None:
+        state = ckpt.read_checkpoint(classifier, weights_only=False)
+        if "model" not in state:
+            raise UserError(f"{classifier} holds a backbone, not a trained classifier; --mode 2x/3x and --resume "
+                            "take checkpoints written by --mode 1x/4x")
+        saved_net = str((state.get("meta") or {}).get("netnum", job.netnum))
+        if saved_net != job.netnum:          # e.g. 000000 (resnet18_small) vs 090000 (resnet18): same layer names
+            raise UserError(f"{classifier} is a classifier of --netnum {saved_net} ({decode_netnum(saved_net).backbone}), "
+                            f"not {job.netnum} ({decode_netnum(job.netnum).backbone}); pass --netnum {saved_net}")
+        if "backbone.input_adapter.scale" in state["model"] and model.backbone.input_adapter is None:
+            model.backbone.set_input_adapter(pretrained.InputAdapter.identity(opt.n_bands))  # filled by the load
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise UserError(f"{classifier} does not fit --netnum {job.netnum} with {opt.n_bands} bands and "
+                            f"{opt.num_classes} classes ({str(err).splitlines()[0]})") from None
+        if job.resume is not None:
+            log.info("classifier weights from %s; training continues at epoch %d", classifier, job.sepoch + 1)
+    return model
+
+
+def param_groups(model: nn.Module, hos: int) -> list[dict]:
+    """Trainable parameter groups of a protocol; ``lr_scale`` is applied by the schedule."""
+    head = list(model.head.parameters())
+    if hos == 9:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        return [{"params": head, "lr_scale": 1.0}]
+    back = [p for p in model.backbone.parameters()]
+    return [{"params": back, "lr_scale": 0.2 if hos == 1 else 1.0}, {"params": head, "lr_scale": 1.0}]
+
+
+def check_frozen(backbone: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """Linear probe guard: every backbone parameter AND buffer must be unchanged."""
+    changed = [k for k, v in backbone.state_dict().items() if not torch.equal(v.detach().cpu(), before[k].cpu())]
+    if changed:
+        raise RuntimeError(f"linear probe (--hos 9) changed {len(changed)} backbone tensor(s), e.g. "
+                           f"{', '.join(changed[:3])}: the backbone is not frozen")
+    log.info("linear probe check passed: no backbone tensor changed in epoch 1")

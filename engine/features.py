@@ -1,0 +1,152 @@
+"""Frozen features for the probes, extracted once per sweep and cached by what they were made from.
+
+Cache: ``<cache>/<dataset>/features/<key>.npz``. The key names everything the features depend
+on: the checkpoint's content (SHA-256), or ImageNet weights, or the seed of a random
+initialisation; the netnum; the dataset folder, its split version and file list (paths and
+labels); band selection, input size and normalisation. Each file stores the image paths with the
+features, and features are looked up by path, never by position, so a changed file list can
+neither hit a stale entry nor pair an image with another image's features. Files are written
+under a unique temporary name and renamed into place (concurrent runs).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from config.atomic import atomic_write
+from datasets.folder import make_dataset
+from datasets.index import Sample
+from datasets.transforms import plain
+from engine.classifier import build_classifier
+from engine.evaljob import EvalJob
+from engine.knn import extract_indexed
+from engine.runtime import Runtime, reseed
+
+log = logging.getLogger(__name__)
+
+FEATURE_FORMAT = 2         # bump when what a cached row means changes
+
+
+@dataclass
+class FeatureTable:
+    """Features of images, addressed by image path."""
+
+    paths: list[str]
+    feats: np.ndarray           # (n, d) float32, row i belongs to paths[i]
+
+    def __post_init__(self) -> None:
+        self.row = {p: i for i, p in enumerate(self.paths)}
+        if len(self.row) != len(self.paths) or len(self.paths) != len(self.feats):
+            raise ValueError("a feature table needs one row per distinct path")
+
+    def covers(self, samples: Sequence[Sample]) -> bool:
+        return all(s.path.as_posix() in self.row for s in samples)
+
+    def take(self, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
+        """Features and labels of ``samples``, in their order."""
+        idx = [self.row[s.path.as_posix()] for s in samples]
+        return self.feats[idx], np.array([s.label for s in samples], dtype=np.int64)
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's content (a copied or renamed checkpoint keeps its features)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def samples_digest(samples: Sequence[Sample]) -> str:
+    """SHA-256 of the sorted (path, label) pairs: changes whenever the file list or a label does."""
+    h = hashlib.sha256()
+    for p, y in sorted((s.path.as_posix(), s.label) for s in samples):
+        h.update(f"{p}\t{y}\n".encode())
+    return h.hexdigest()
+
+
+def feature_identity(job: EvalJob) -> dict:
+    """Everything the cached features depend on (the cache key is its digest)."""
+    opt, index = job.opt, job.index
+    if job.init is not None:
+        weights = f"checkpoint sha256:{file_digest(job.init)}"
+    elif job.imagenet and job.weights is not None:
+        weights = f"imagenet file sha256:{file_digest(job.weights)}"
+    elif job.imagenet:
+        import torchvision
+        weights = f"imagenet torchvision {torchvision.__version__}"
+    else:
+        weights = f"random init seed {job.seeds[0]} torch {torch.__version__}"
+    return {
+        "format": FEATURE_FORMAT, "netnum": job.netnum, "weights": weights,
+        "input_adapter": "baseline-input-v1",       # how ImageNet / SSL4EO weights see our bands
+        "dataset": opt.name, "root": str(Path(opt.root).resolve()),
+        "split_version": str(getattr(index, "split_version", "")),
+        "train_files": samples_digest(index.train), "test_files": samples_digest(index.test),
+        "bands": list(opt.bands), "input_size": int(opt.input_size),
+        "mean": [round(float(v), 6) for v in np.asarray(opt.mean).ravel()],
+        "std": [round(float(v), 6) for v in np.asarray(opt.std).ravel()],
+    }
+
+
+def load_cache(path: Path, identity: dict, samples: Sequence[Sample]) -> FeatureTable | None:
+    """The cached table at ``path`` if it was made for ``identity`` and covers every sample."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stored = json.loads(str(z["identity"]))
+            table = FeatureTable([str(p) for p in z["paths"]], z["feats"])
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("ignoring unreadable feature cache %s (%s)", path, err)
+        return None
+    if stored != identity or not table.covers(samples):
+        log.warning("feature cache %s was made for other inputs; extracting again", path)
+        return None
+    return table
+
+
+def save_cache(path: Path, identity: dict, table: FeatureTable) -> None:
+    """Write under a unique temporary name, then rename: concurrent runs never clash."""
+    def write(f) -> None:
+        np.savez(f, identity=np.array(json.dumps(identity, sort_keys=True)),
+                 paths=np.array(table.paths), feats=table.feats)
+    try:
+        atomic_write(path, write)
+    except OSError as err:
+        log.warning("could not cache features in %s (%s)", path, err)
+
+
+def probe_features(job: EvalJob, rt: Runtime) -> FeatureTable:
+    """Frozen features of the training split (pool and validation slice) and the test split, cached."""
+    opt = job.opt
+    samples = list(job.index.train) + list(job.index.test)
+    identity = feature_identity(job)
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    path = opt.cache_dir / opt.cache_key / "features" / f"{key}.npz"
+    table = load_cache(path, identity, samples)
+    if table is not None:
+        log.info("frozen features from cache %s", path)
+        return table
+    t0 = time.time()
+    reseed(job.seeds[0], 0, 0)
+    model = build_classifier(job).to(rt.device)
+    ds = make_dataset(opt, samples, lambda o: plain(o.input_size, o.mean, o.std))
+    loader = DataLoader(ds, batch_size=128, num_workers=job.workers, shuffle=False)
+    feats, _, idx = extract_indexed(model.backbone, loader, rt.device, rt.amp, rt.channels_last)
+    if sorted(idx.tolist()) != list(range(len(samples))):
+        raise RuntimeError(f"feature extraction covered {len(set(idx.tolist()))} of {len(samples)} images")
+    table = FeatureTable([samples[i].path.as_posix() for i in idx.tolist()], feats.numpy())
+    log.info("frozen features of %d images (%d-d) in %.1f s; cached in %s", len(samples), table.feats.shape[1],
+             time.time() - t0, path)
+    save_cache(path, identity, table)
+    return table

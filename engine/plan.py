@@ -1,0 +1,325 @@
+"""The pretraining plan: main_cls_ss_train.py's flags, resolved and checked ONCE, in the launching process.
+
+``add_args`` defines the flags; :func:`resolve` decodes the codes, loads the dataset index,
+fills every default (the pretext's own temperature, projector size, loss, views), checks every
+value a user can get wrong and claims the run's name, so a mistake ends as one sentence and
+exit 2 before any worker starts. What it returns, a :class:`Plan`, is all a worker receives:
+the engine below never sees the parsed namespace and never checks a flag again.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import models.pretext as pretexts
+from config.codes import PRETEXTS, Mode, decode_mode, decode_netnum
+from config.atomic import remove_stale_tmp
+from config.dataset_cfg import DatasetOpt
+from config.errors import UserError
+from config.limits import check_input_size
+from datasets.folder import prepare_dataset
+from datasets.index import Index, Sample, few_shot
+from datasets.options import get_opt
+from engine import checkpoint as ckpt
+from engine import guards
+from engine.cli import check_process_flags
+from engine.optim import OptimSpec
+from engine.runtime import Procs
+from engine.schedules import ScheduleSpec
+from models import build_backbone
+
+log = logging.getLogger(__name__)
+
+# Flags every pretext may read besides its own (its module's add_args): they travel in Plan.method.
+METHOD_FLAGS = ("netnum", "seed", "mepoch", "ds", "loss", "tau", "feature_dim", "aug", "aug_p",
+                "optimizer", "lr", "momentum", "wd")
+
+
+def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of main_cls_ss_train.py on top of engine.cli.base_parser."""
+    g = p.add_argument_group("pretraining")
+    g.add_argument("--aug", type=int, help="SimCLR: how the two views are made (1-5, see README; default 5)")
+    g.add_argument("--aug_p", "--aug-p", dest="aug_p", help="SimCLR: augmentation plan of an augmented view (A-E, S1-S6; default S5)")
+    g.add_argument("--loss", help="loss of the pretext (default: the pretext's own, e.g. NTXentLoss for 910)")
+    g.add_argument("--feature_dim", "--feature-dim", dest="feature_dim", type=int, default=None,
+                   help="projection (or DINO prototype) output size of every method with a projector "
+                        "(default: the method's own, e.g. 128 for 910/911, 8192 for 914/915)")
+    g.add_argument("--tau", type=float, default=None,
+                   help="temperature of every method that has one (default: the method's own: 0.5 for 910, "
+                        "0.2 for 911, the student's 0.1 for 916)")
+    g.add_argument("--ckpt_freq", "--ckpt-freq", dest="ckpt_freq", type=int, default=0,
+                   help="every N epochs save the backbone <netnum>_<expnum>_<epoch>.pth and the full state for --resume (0: only the final backbone)")
+    g.add_argument("--no-sync-bn", dest="no_sync_bn", action="store_true",
+                   help="keep BatchNorm per process on GPUs (default there with several processes for pretexts whose "
+                        "loss couples a batch's images, e.g. 910/920: SyncBatchNorm)")
+    g.add_argument("--gpu-aug", dest="gpu_aug", action=argparse.BooleanOptionalAction, default=None,
+                   help="make the --aug/--aug_p views of each batch on the device (datasets/gpu_aug.py), the workers "
+                        "only decode; default: on with a GPU for the pretexts that use --aug (needs images of one size)")
+    g.add_argument("--cache-size", dest="cache_size", type=int, default=None,
+                   help="with --pin-memory: cache every image resized to this side (e.g. the training resolution, "
+                        "or more to keep random crops sharp) instead of at native resolution")
+    g.add_argument("--knn-freq", dest="knn_freq", default="auto",
+                   help="kNN monitor on the validation slice: auto (about 5%% of the training time: after epoch 1, "
+                        "then as often as that budget allows, and after the last epoch), or every N epochs (0: off)")
+    g.add_argument("--knn-per-class", dest="knn_per_class", type=int, default=200,
+                   help="kNN monitor: at most this many pool images per class in the memory bank (queries: the "
+                        "validation slice)")
+    owners: dict[str, set[str]] = {}     # flag dest -> pretexts that use it
+    defaults: dict[str, object] = {}
+    for module in pretexts.modules():
+        if hasattr(module, "add_args"):       # a pretext's own flags live in its module
+            name = module.__name__.rsplit(".", 1)[-1]
+            probe = argparse.ArgumentParser(add_help=False)
+            module.add_args(probe.add_argument_group())
+            for a in probe._actions:
+                owners.setdefault(a.dest, set()).add(name)
+                defaults.setdefault(a.dest, a.default)
+            module.add_args(_NewFlagsOnly(p.add_argument_group(f"pretext {name}"), p))
+    p.set_defaults(_pretext_flags={k: (sorted(v), defaults[k]) for k, v in owners.items()})
+    return p
+
+
+class _NewFlagsOnly:
+    """An argument group that skips flags already registered by an earlier pretext (shared flags)."""
+
+    def __init__(self, group: argparse._ArgumentGroup, parser: argparse.ArgumentParser) -> None:
+        self.group, self.parser = group, parser
+
+    def add_argument(self, *flags: str, **kwargs) -> argparse.Action | None:
+        if any(f in self.parser._option_string_actions for f in flags):
+            return None
+        return self.group.add_argument(*flags, **kwargs)
+
+
+def resolve_head_flags(args: argparse.Namespace, mode: Mode, module) -> None:
+    """``--tau``/``--feature_dim``: refused where the pretext has no temperature/projector, else
+    defaulted to the pretext's own value (its module's ``TAU`` / ``FEATURE_DIM``)."""
+    for dest, attr, what in (("tau", "TAU", "a temperature"), ("feature_dim", "FEATURE_DIM", "a projector")):
+        own = getattr(module, attr, None)
+        if own is None and getattr(args, dest) is not None:
+            codes = "/".join(str(c) for c, (n, _) in PRETEXTS.items()
+                             if getattr(pretexts.try_load(n), attr, None) is not None)
+            raise UserError(f"--{dest} applies to the modes with {what} ({codes}); --mode {mode.code} "
+                            f"({mode.pretext}) has none: drop it")
+        if getattr(args, dest) is None:
+            setattr(args, dest, own)
+    if args.tau is not None and not 0.005 <= args.tau <= 10:
+        raise UserError(f"--tau {args.tau} is outside 0.005..10; the papers use 0.04-0.5")
+    if args.feature_dim is not None and args.feature_dim < 1:
+        raise UserError(f"--feature_dim {args.feature_dim} must be a positive integer, e.g. 128")
+
+
+def parse_knn_freq(text: str) -> int | str:
+    """``--knn-freq``: ``auto``, or every N epochs (0: off)."""
+    if str(text).lower() == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise UserError(f"--knn-freq {text} must be >= 0 epochs (0: off) or auto; pass e.g. --knn-freq auto")
+    return n
+
+
+@dataclass
+class Plan:
+    """Everything a pretraining process needs, resolved and checked by :func:`resolve`."""
+
+    mode: Mode
+    method: argparse.Namespace       # the pretext's settings: its own flags and METHOD_FLAGS, defaults filled
+    opt: DatasetOpt
+    index: Index
+    train: list[Sample]
+    netnum: str
+    imagenet_init: bool              # --ptcp 1
+    seed: int
+    epochs: int                      # --mepoch
+    start_epoch: int
+    global_bs: int
+    optim: OptimSpec
+    schedule: ScheduleSpec
+    procs: Procs
+    workers: int
+    pin_memory: bool
+    cache_size: int | None
+    gpu_aug: bool
+    aug: int                         # the --aug code of the views (the pretext's default when not given)
+    aug_p: str
+    sync_bn: str                     # "on" (--sync-bn), "off" (--no-sync-bn) or "auto"
+    knn_freq: int | str
+    knn_per_class: int
+    ckpt_freq: int
+    vis: bool
+    ckpt_dir: Path
+    expnum: str                      # "" with --resume: the state file names the run
+    init_from: Path | None           # --expnum/--cepoch: a backbone to start from
+    resume: Path | None              # --resume: a training state
+    record: dict[str, Any]           # the resolved flags, written into every checkpoint's meta["args"]
+
+    @property
+    def module(self):
+        """The pretext module (looked up by name: modules do not travel to spawned processes)."""
+        return pretexts.load(self.mode)
+
+
+def resolve(args: argparse.Namespace) -> Plan:
+    """Decode codes, load the dataset index, check every user input once; claim the run's name last."""
+    mode = decode_mode(args.mode if args.mode is not None else 910, script="pretrain")
+    check_process_flags(args)
+    guards.check_values(args)
+    guards.check_pretrain_values(args)
+    args.knn_freq = knn_freq = parse_knn_freq(args.knn_freq)
+    decode_netnum(args.netnum)
+    module = pretexts.load(mode)
+    if (args.aug is not None or args.aug_p is not None) and not getattr(module, "USES_AUG", False):
+        raise UserError(f"--aug/--aug_p choose SimCLR's two views; --mode {mode.code} ({mode.pretext}) makes its own "
+                        "views: drop them")
+    for dest, (owners, default) in getattr(args, "_pretext_flags", {}).items():
+        if mode.pretext not in owners and getattr(args, dest, default) != default:
+            flag = "--" + dest.replace("_", "-")
+            codes = "/".join(str(c) for c, (n, _) in PRETEXTS.items() if n in owners)
+            raise UserError(f"{flag} belongs to --mode {codes} ({', '.join(owners)}), not {mode.code} "
+                            f"({mode.pretext}): drop it")
+    args.loss = args.loss or module.LOSSES[0]
+    if args.loss not in module.LOSSES:
+        raise UserError(f"--loss {args.loss} does not fit --mode {mode.code} ({mode.pretext}); use {module.LOSSES[0]}")
+    resolve_head_flags(args, mode, module)
+    if hasattr(module, "check_args"):
+        module.check_args(args)
+    if args.cache_size is not None and not args.pin_memory:
+        raise UserError("--cache-size sets the side of the --pin-memory cache; add --pin-memory or drop it")
+    if args.sync_bn and args.no_sync_bn:
+        raise UserError("--sync-bn and --no-sync-bn contradict each other; keep one")
+    if args.sync_bn and not torch.cuda.is_available():
+        raise UserError("--sync-bn needs GPUs (SyncBatchNorm has no CPU kernel); drop it on CPU")
+    opt, index = prepare_dataset(get_opt(args.ds, args))
+    module.make_transform(args, opt.parts[0] if opt.parts else opt)   # validates --aug / --aug_p
+    if args.cache_size is not None and args.cache_size < opt.input_size:
+        raise UserError(f"--cache-size {args.cache_size} is below the input size {opt.input_size}: every view would be "
+                        f"upsampled; use at least {opt.input_size}")
+    check_input_size(args.netnum, opt.input_size)
+    args.gpu_aug = gpu_aug = resolve_gpu_aug(args, module, opt)
+    train = index.train if args.ts == 1 else few_shot(index.train, args.ts, args.seed, index.classes)
+    bs = args.bs or opt.batch_size
+    world = planned_world_size(args)
+    if bs % world:
+        raise UserError(f"--bs {bs} is not divisible by the {world} processes; use a multiple of {world}")
+    if bs // world > len(train) // world:
+        raise UserError(f"--bs {bs} needs {bs // world} images per process but each of the {world} process(es) "
+                        f"gets {len(train) // world} of the {len(train)} training images; lower --bs")
+    if bs // world < 2:
+        raise UserError(f"--bs {bs} leaves {bs // world} image per process; contrastive learning needs at least 2")
+    if hasattr(module, "check_data"):         # e.g. MoCo sizes its queue from the training images
+        module.check_data(args, len(train), bs)
+    args.lr = args.lr or opt.lr
+    optim = OptimSpec(args.optimizer, args.lr, args.momentum, args.wd)
+    schedule = ScheduleSpec(args.lr_policy, args.mepoch, args.warmup, tuple(args.milestones), args.lr_decay)
+    # optimiser and schedule flags fail here, in the launching process, not inside a worker
+    optim.build([torch.zeros(1, requires_grad=True)])
+    schedule.build(args.lr, 1)
+    ckpt_dir = Path(args.ckpt)
+    start, init_from, expnum = args.sepoch, None, args.expnum
+    if args.resume:
+        if not Path(args.resume).is_file():
+            raise UserError(f"--resume {args.resume}: no such file; give a <netnum>_<expnum>_state.pth written with --ckpt_freq")
+    elif args.cepoch is not None:
+        if not args.expnum:
+            raise UserError("--cepoch needs --expnum: the run whose checkpoint to start from")
+        init_from = ckpt.ckpt_path(ckpt_dir, args.netnum, args.expnum, args.cepoch)
+        if not init_from.is_file():
+            raise UserError(f"--cepoch {args.cepoch}: {init_from} does not exist; check --ckpt, --netnum and --expnum")
+        if args.cepoch != "best" and not args.sepoch:
+            start = int(args.cepoch)
+    if start >= args.mepoch and not args.resume:
+        raise UserError(f"--sepoch/--cepoch {start} is not below --mepoch {args.mepoch}; raise --mepoch")
+    if init_from is not None:
+        expnum = None      # a new run starting from --expnum's checkpoint: never overwrite that run's files
+    if args.overwrite and not expnum:
+        raise UserError("--overwrite replaces the run --expnum names" + (", and --resume/--cepoch do not write under "
+                        "--expnum" if args.resume or init_from else "") + "; give --expnum E to replace run E, or drop --overwrite")
+    if init_from is not None and args.mp_distributed:
+        backbone, _ = build_backbone(args.netnum, opt.n_bands, False, opt.rgb_index)
+        ckpt.load_backbone(init_from, backbone)        # a mismatch is a user error, before workers start
+    guards.check_writable_folder(ckpt_dir, "--ckpt")
+    guards.check_dist_port(args)
+    owned = set(getattr(args, "_pretext_flags", {}))
+    method = argparse.Namespace(**{k: getattr(args, k) for k in (*METHOD_FLAGS, *sorted(owned)) if hasattr(args, k)})
+    record = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
+    return Plan(mode=mode, method=method, opt=opt, index=index, train=train, netnum=args.netnum,
+                imagenet_init=bool(args.ptcp), seed=args.seed, epochs=args.mepoch, start_epoch=start, global_bs=bs,
+                optim=optim, schedule=schedule, procs=Procs.from_args(args), workers=args.workers,
+                pin_memory=bool(args.pin_memory), cache_size=args.cache_size, gpu_aug=gpu_aug,
+                aug=aug_code(args, module), aug_p=args.aug_p or "S5",
+                sync_bn="on" if args.sync_bn else "off" if args.no_sync_bn else "auto", knn_freq=knn_freq,
+                knn_per_class=args.knn_per_class, ckpt_freq=args.ckpt_freq, vis=bool(args.vis), ckpt_dir=ckpt_dir,
+                expnum=claim_run_name(args, mode, ckpt_dir, expnum), init_from=init_from,
+                resume=Path(args.resume) if args.resume else None, record=record)
+
+
+def claim_run_name(args: argparse.Namespace, mode: Mode, ckpt_dir: Path, expnum: str | None) -> str:
+    """The run's expnum, made its own (last step of ``resolve``: nothing after it can fail).
+
+    A new name is claimed atomically; a given ``--expnum`` must be free unless ``--overwrite``;
+    ``--resume`` continues the name in its state file ("" here, set by ``main_worker``).
+    Under torchrun only rank 0 claims, and ``main_worker`` broadcasts the name.
+    """
+    if args.resume or os.environ.get("RANK", "0") != "0":
+        return ""
+    for p in remove_stale_tmp(ckpt_dir):
+        log.info("removed %s, left by a run that was killed while writing", p.name)
+    if expnum:
+        ckpt.claim_given_expnum(ckpt_dir, args.netnum, expnum, args.overwrite)
+        return expnum
+    return ckpt.claim_expnum(ckpt_dir, args.netnum, mode.name)
+
+
+def resolve_gpu_aug(args: argparse.Namespace, module, opt: DatasetOpt) -> bool:
+    """``--gpu-aug`` as asked, or by default: with a GPU, for pretexts whose views are ``--aug`` plans
+    that the batched path implements; a request it cannot honour is a user error."""
+    from datasets.gpu_aug import GPU_AUGS, GPU_PLANS, BatchViews
+    uses_aug = getattr(module, "USES_AUG", False)
+    plan_code, aug = args.aug_p or "S5", aug_code(args, module)
+    if args.gpu_aug is None:
+        return bool(torch.cuda.is_available() and uses_aug and not opt.parts and plan_code in GPU_PLANS
+                    and aug in GPU_AUGS)
+    if args.gpu_aug:
+        if not uses_aug:
+            raise UserError(f"--gpu-aug makes the --aug/--aug_p views of SimCLR-style pretexts; --mode {args.mode} "
+                            "makes its own views: drop --gpu-aug")
+        if opt.parts:
+            raise UserError(f"--gpu-aug normalises a batch with one set of band statistics; --ds {args.ds} pools "
+                            "datasets with their own: drop --gpu-aug")
+        module.make_transform(args, opt)                                        # the plan exists on the CPU path ...
+        BatchViews(aug, plan_code, opt.input_size, opt.mean, opt.std, opt.rgb_index)   # ... and on the device
+    return bool(args.gpu_aug)
+
+
+def aug_code(args: argparse.Namespace, module) -> int:
+    """``--aug``, or the pretext's default (its module's ``AUG``, else 5)."""
+    return getattr(module, "AUG", 5) if args.aug is None else args.aug
+
+
+def planned_world_size(args: argparse.Namespace) -> int:
+    """Processes the run will have: torchrun's WORLD_SIZE, nodes x processes per node, or 1."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    if args.mp_distributed:
+        nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
+        if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+            raise UserError(f"--nproc {nproc} exceeds the {torch.cuda.device_count()} GPU(s) here")
+        return nproc * args.world_size
+    return 1
+
+
+def processes_per_node(plan: Plan) -> int:
+    """Processes this node spawns for ``--mp-distributed``."""
+    p = plan.procs
+    return p.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
+
