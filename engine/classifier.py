@@ -3,15 +3,21 @@ published, or a saved classifier's) and a linear head, and what each protocol tr
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from config.codes import decode_netnum
 from config.errors import UserError
-from datasets.transforms import Normalize
+from datasets.folder import make_dataset
+from datasets.index import Sample
+from datasets.transforms import Normalize, plain
 from engine import checkpoint as ckpt
 from engine.evaljob import EvalJob
+from engine.runtime import move_to
 from models import build_model, pretrained
 from models.backbones import SMALL_STEMS
 
@@ -79,3 +85,44 @@ def check_frozen(backbone: nn.Module, before: dict[str, torch.Tensor]) -> None:
         raise RuntimeError(f"linear probe (--hos 9) changed {len(changed)} backbone tensor(s), e.g. "
                            f"{', '.join(changed[:3])}: the backbone is not frozen")
     log.info("linear probe check passed: no backbone tensor changed in epoch 1")
+
+
+BN_STATS_IMAGES = 2000      # at most this many training images re-estimate the BN statistics (a seeded subset)
+
+
+@torch.no_grad()
+def reestimate_bn(backbone: nn.Module, samples: Sequence[Sample], opt, device: torch.device, workers: int = 0,
+                  batch: int = 128, seed: int = 0, channels_last: bool = False) -> int:
+    """``--bn-stats reestimated``: every BatchNorm's running mean/var recomputed on plain training views.
+
+    Running statistics are reset and re-accumulated as the exact average over batches (momentum
+    None) of the batch statistics of the plain view (resize + normalise, no augmentation) of up
+    to :data:`BN_STATS_IMAGES` training images, with only the BN layers in train mode; the
+    weights do not change. A random-init backbone and a pretrained one then carry statistics of
+    the same images under the same views, so their features compare like for like (the
+    pretrained one otherwise carries statistics of augmented training views, the random one
+    none). Labels are not read. Returns the number of images used (0: no BatchNorm).
+    """
+    bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    samples = list(samples)
+    if len(samples) > BN_STATS_IMAGES:
+        keep = np.random.default_rng(seed).permutation(len(samples))[:BN_STATS_IMAGES]
+        samples = [samples[i] for i in sorted(keep)]
+    was = backbone.training
+    saved = [m.momentum for m in bns]
+    backbone.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None                    # cumulative average over the batches
+        m.train()
+    ds = make_dataset(opt, samples, lambda o: plain(o.input_size, o.mean, o.std))
+    for x, _, _ in DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=False):
+        backbone(move_to(x, device, channels_last))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    backbone.train(was)
+    log.info("BatchNorm statistics re-estimated on the plain views of %d training images", len(samples))
+    return len(samples)
+

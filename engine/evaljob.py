@@ -35,6 +35,7 @@ from models.backbones import SMALL_STEMS
 
 log = logging.getLogger(__name__)
 PROTOCOLS = {0: "all layers", 1: "backbone at lr/5", 9: "linear probe (frozen backbone)"}
+BN_POLICIES = ("as-trained", "reestimated")
 
 
 def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -54,6 +55,10 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="--probe knn: neighbours (default 20; clamped to the number of shots, with a warning)")
     g.add_argument("--knn-vote", dest="knn_vote", choices=("weighted", "majority"), default=None,
                    help="--probe knn: votes weighted by exp(cosine / 0.07) (default) or one vote per neighbour")
+    g.add_argument("--bn-stats", dest="bn_stats", choices=BN_POLICIES, default="as-trained",
+                   help="frozen backbones (--probe, --hos 9): BatchNorm statistics as the checkpoint has them "
+                        "(random init: none) or re-estimated on plain views of the training images, so every "
+                        "backbone is compared with the same statistics policy (the row records it)")
     g.add_argument("--results", help="CSV results table (default results/<ds>.csv)")
     g.add_argument("--allow-overlap", dest="allow_overlap", action="store_true",
                    help="evaluate a checkpoint whose pretraining images include test scenes of --ds (refused otherwise; the row records it)")
@@ -81,6 +86,7 @@ class EvalJob:
     select_on: str | None      # logreg: shots | val
     knn_k: int | None
     knn_vote: str | None
+    bn_stats: str              # frozen backbones: as-trained | reestimated
     tta: bool
     imagenet: bool             # --mode 1x with --ptcp 1 / --weights
     weights: Path | None       # --weights file
@@ -138,6 +144,9 @@ def _check_flags(args: argparse.Namespace, mode: Mode) -> None:
     if args.probe and args.tta:
         raise UserError("--tta averages a trained classifier over flips; --probe classifies frozen features: drop one")
     _check_probe_flags(args)
+    if args.bn_stats != "as-trained" and not (args.probe or (args.hos == 9 and mode.job in ("train", "finetune"))):
+        raise UserError(f"--bn-stats {args.bn_stats} sets the statistics of a FROZEN backbone (--probe, or --hos 9 "
+                        "in --mode 1x/4x); fine-tuning learns them and a saved classifier keeps its own: drop it")
     if len(args.ts_list) > 1 and mode.job in ("val", "test"):
         raise UserError(f"--mode {mode.code} evaluates one saved classifier, trained at one --ts; give a single "
                         f"--ts, not {','.join(f'{t:g}' for t in args.ts_list)}")
@@ -217,7 +226,8 @@ def resolve(args: argparse.Namespace) -> EvalJob:
     return EvalJob(mode=mode, opt=opt, index=index, netnum=args.netnum, init=init, init_expnum=init_exp,
                    init_epoch=init_ep, pretext=pretext, expnum=expnum, results=results, ts_list=tuple(args.ts_list),
                    seeds=tuple(range(args.seed, args.seed + args.nseeds)), hos=args.hos, probe=args.probe,
-                   select_on=args.select_on, knn_k=args.knn_k, knn_vote=args.knn_vote, tta=bool(args.tta),
+                   select_on=args.select_on, knn_k=args.knn_k, knn_vote=args.knn_vote, bn_stats=args.bn_stats,
+                   tta=bool(args.tta),
                    imagenet=bool(args.ptcp) and mode.job == "train",
                    weights=Path(args.weights) if args.weights else None,
                    resume=Path(args.resume) if args.resume else None, sepoch=args.sepoch,

@@ -26,7 +26,7 @@ from config.atomic import atomic_write
 from datasets.folder import make_dataset
 from datasets.index import Sample
 from datasets.transforms import plain
-from engine.classifier import build_classifier
+from engine.classifier import build_classifier, reestimate_bn
 from engine.evaljob import EvalJob
 from engine.knn import extract_indexed
 from engine.runtime import Runtime, reseed
@@ -93,6 +93,7 @@ def feature_identity(job: EvalJob) -> dict:
         "split_version": str(getattr(index, "split_version", "")),
         "train_files": samples_digest(index.train), "test_files": samples_digest(index.test),
         "bands": list(opt.bands), "input_size": int(opt.input_size),
+        "bn_stats": job.bn_stats,
         "mean": [round(float(v), 6) for v in np.asarray(opt.mean).ravel()],
         "std": [round(float(v), 6) for v in np.asarray(opt.std).ravel()],
     }
@@ -140,6 +141,9 @@ def probe_features(job: EvalJob, rt: Runtime) -> FeatureTable:
     t0 = time.time()
     reseed(job.seeds[0], 0, 0)
     model = build_classifier(job).to(rt.device)
+    if job.bn_stats == "reestimated":
+        reestimate_bn(model.backbone, job.index.train, opt, rt.device, job.workers, seed=job.seeds[0],
+                      channels_last=rt.channels_last)
     ds = make_dataset(opt, samples, lambda o: plain(o.input_size, o.mean, o.std))
     loader = DataLoader(ds, batch_size=128, num_workers=job.workers, shuffle=False)
     feats, _, idx = extract_indexed(model.backbone, loader, rt.device, rt.amp, rt.channels_last)

@@ -26,7 +26,7 @@ from datasets.transforms import build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
 from engine import labels
-from engine.classifier import TRAIN_PLAN, build_classifier, check_frozen, param_groups
+from engine.classifier import TRAIN_PLAN, build_classifier, check_frozen, param_groups, reestimate_bn
 from engine.cli import setup_logging
 from engine.evaljob import EvalJob, resolve
 from engine.logger import EpochLog
@@ -90,6 +90,9 @@ def run_one(job: EvalJob, rt: Runtime, ts: float, seed: int) -> dict:
     reseed(seed, 0, rt.rank)
     train = few_shot(labels.fewshot_pool(job.index), ts, seed, opt.classes)
     model = build_classifier(job).to(rt.device)
+    if job.bn_stats == "reestimated":                # --hos 9: the frozen backbone's statistics (the plan checked)
+        reestimate_bn(model.backbone, job.index.train, opt, rt.device, job.workers, seed=seed,
+                      channels_last=rt.channels_last)
     epochs = 0
     if job.mode.job in ("train", "finetune"):
         epochs = job.schedule.epochs

@@ -58,7 +58,8 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, job: EvalJob, ts: float, seed
            "pretrain_expnum": job.init_expnum if job.mode.job != "train" else ("imagenet" if job.imagenet else "random"),
            "pretrain_epoch": job.init_epoch, "pretrain_datasets": pretrain_datasets, "ckpt_selected_by": selected_by,
            "hos": hos, "probe": probe, "probe_param": probe_param, "select_on": select_on,
-           "selection_labels": selection_labels, "dtype": opt.dtype, "bands": " ".join(opt.bands),
+           "selection_labels": selection_labels,
+           "bn_stats": bn_stats_of(job, trained), "dtype": opt.dtype, "bands": " ".join(opt.bands),
            "input_size": opt.input_size, "tta": int(job.tta),
            "bs": job.bs if trained else "", "optimizer": job.optim.name if trained else "",
            "lr": job.optim.lr if trained else "", "wd": job.optim.wd if trained else "", "epochs": epochs,
@@ -73,3 +74,14 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, job: EvalJob, ts: float, seed
         png.parent.mkdir(parents=True, exist_ok=True)
         save_confusion_png(m["confusion"], opt.classes, png)
     return m
+
+
+def bn_stats_of(job: EvalJob, trained: bool) -> str:
+    """The row's ``bn_stats``: the policy of a frozen backbone (probes, --hos 9), ``fine-tuned`` when
+    training changed the statistics, ``as-saved`` for a saved classifier scored by --mode 2x/3x."""
+    if job.mode.job in ("val", "test"):
+        return "as-saved"
+    if trained and job.hos != 9:
+        return "fine-tuned"
+    return job.bn_stats
+

@@ -43,12 +43,12 @@ from scripts.summary_stats import (METRICS, Scored, bootstrap_ci, has_images, mc
 
 IDENTITY: tuple[str, ...] = (
     "ds", "split_version", "mode", "netnum", "pretext", "pretrain_expnum", "pretrain_epoch", "pretrain_datasets",
-    "ckpt_selected_by", "hos", "probe", "probe_kind", "select_on", "dtype", "bands", "input_size", "tta", "bs",
+    "ckpt_selected_by", "hos", "probe", "probe_kind", "select_on", "bn_stats", "dtype", "bands", "input_size", "tta", "bs",
     "optimizer", "lr", "wd", "epochs", "aug", "allow_overlap", "code_version", "ts",
 )
 # what a baseline run must share with the run it is compared to (plus the seed: the same draw)
 PAIR_KEYS: tuple[str, ...] = ("ds", "split_version", "ts", "netnum", "hos", "probe", "probe_kind", "select_on",
-                              "dtype", "bands", "input_size", "tta")
+                              "bn_stats", "dtype", "bands", "input_size", "tta")
 PROTOCOL_NAMES = {"0": "fine-tune all", "1": "fine-tune, backbone lr/5", "9": "linear probe",
                   "logreg": "logistic regression", "knn": "kNN"}
 

@@ -24,7 +24,8 @@ def test_columns_in_contract_order():
     assert RESULT_COLUMNS == (
         "time", "code_version", "ds", "split_version", "ts", "seed", "mode", "netnum", "pretext", "pretrain_expnum",
         "pretrain_epoch", "pretrain_datasets", "ckpt_selected_by", "hos", "probe", "probe_param", "select_on",
-        "selection_labels", "dtype", "bands", "input_size", "tta", "bs", "optimizer", "lr", "wd", "epochs", "aug",
+        "selection_labels", "bn_stats", "dtype", "bands", "input_size", "tta", "bs", "optimizer", "lr", "wd", "epochs",
+        "aug",
         "allow_overlap", "OA", "AA", "kappa", "macro_F1", "n_train", "n_test", "seconds", "per_class", "predictions")
 
 
