@@ -1,22 +1,22 @@
-"""One SimCLR epoch end to end through the harness against a bare PyTorch loop doing the same work.
+"""Pretraining epochs through the harness: img/s per mode, before/after a speed setting, and the
+harness against a bare PyTorch loop doing the same work.
 
-    python bench/epoch.py [--root ../shared/data] [--images 256] [--size 128] [--bs 64] [--workers 2]
+    python bench/epoch.py [--ds euroms|aid] [--mode 910,912,...] [--netnum 090000] [--images 128] [--size 64]
+                          [--bs 64] [--workers 0] [--amp] [--channels-last|--no-channels-last] [--repeats 2]
 
-Data: the 150 px AID subset (RGB JPEG), ``--images`` training images (balanced over the
-classes), random resized crops to ``--size`` px (``--aug 5 --aug_p S5``), ResNet-18 (netnum
-090000), Adam, NT-Xent (tau 0.5).
+For each mode, in one run and alternating (these machines are noisy, so only ratios measured
+side by side mean something):
 
-  harness          ``engine.pretrain.main_worker`` (one process) for one epoch (``--mepoch 1 --knn-freq 0``):
-                   its loader (persistent workers, per-sample seeds), loop, schedule, stats and
-                   checkpoint; images/s as the harness logs it (from the loader's first batch to
-                   the epoch's totals)
-  bare loop        the same dataset class and augmentation (``RasterDataset`` + the pretext's
-                   views), a plain ``DataLoader`` with the same workers and batch, the same model,
-                   loss and optimizer: forward, backward, step, nothing else
-  pre-augmented    the bare loop over batches made beforehand and kept in memory: the compute
-                   alone. If it is much faster than the bare loop, data loading is the bottleneck.
+  before     ``engine.pretrain.main_worker`` for one epoch with the old defaults: contiguous
+             memory, float32 (``--no-channels-last``, no ``--amp``)
+  after      the same with the settings asked for (default: channels_last, float32)
+  bare loop  the after-settings' model and views in a plain loop over pre-collated batches:
+             forward, backward, step, nothing else (the harness's own cost is after / bare)
 
-The last line is ``epoch: <harness / bare> of bare loop, <harness img/s> img/s`` (target >= 0.95).
+Data: ``--images`` training images of the real subset in ../shared/data (balanced over the
+classes), at ``--size`` px, ResNet-18 (090000) unless ``--netnum``; each mode with its own
+default views and heads (``--recipe`` as the harness resolves it). Images/s count images, not
+views. The last line per mode: ``<mode>: before X img/s, after Y img/s = Y/X x; bare Z img/s``.
 """
 from __future__ import annotations
 
@@ -34,83 +34,88 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-import models.pretext as pretexts  # noqa: E402
 from datasets.folder import make_dataset  # noqa: E402
 from engine import plan as eplan  # noqa: E402
 from engine import pretrain  # noqa: E402
 from engine.cli import base_parser, setup_logging  # noqa: E402
 from engine.knn import balanced_subsample  # noqa: E402
+from engine.runtime import move_to  # noqa: E402
 from models import build_backbone  # noqa: E402
 
 
-def bare_epoch(model, optimizer, batches) -> float:
-    """Images/s of forward + backward + step over ``batches`` (an iterable of (views, label, index))."""
+def harness_epoch(argv: list[str], images: int, ckpt: str, tag: str) -> float:
+    """One epoch through the resolved plan and main_worker; img/s as the harness logs it."""
+    args = eplan.add_args(base_parser("", "pretrain")).parse_args([*argv, "--ckpt", ckpt, "--expnum", f"{tag}_bench"])
+    plan = eplan.resolve(args)
+    labels = np.array([s.label for s in plan.train])
+    keep = balanced_subsample(labels, -(-images // len(plan.index.classes)), seed=0)[:images]
+    plan.train = [plan.train[i] for i in sorted(keep)]
+    pretrain.main_worker(None, None, plan)
+    with open(Path(ckpt) / f"{plan.netnum}_{tag}_bench_log.csv") as f:
+        return float(list(csv.DictReader(f))[-1]["img_per_s"])
+
+
+def bare_epoch(argv: list[str], images: int, bs: int, ckpt: str) -> float:
+    """The same model and views in a bare loop over batches collated beforehand."""
+    args = eplan.add_args(base_parser("", "pretrain")).parse_args([*argv, "--ckpt", ckpt])
+    plan = eplan.resolve(args)
+    module, opt = plan.module, plan.opt
+    dataset = make_dataset(opt, plan.train[:images], lambda o: module.make_transform(plan.method, o))
+    batches = [b[0] for b in DataLoader(dataset, batch_size=bs, shuffle=False, drop_last=True)]
+    torch.manual_seed(0)
+    backbone, _ = build_backbone(plan.netnum, opt.n_bands)
+    model = module.build(plan.method, opt, backbone)
+    cl = plan.procs.channels_last
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
     t = time.perf_counter()
-    n = 0
-    for views, _, _ in batches:
-        loss, _ = model(views)
+    for views in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.procs.amp):
+            loss, _ = model(move_to(views, torch.device("cpu"), cl))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        n += len(views[0])
-    loss.item()                       # the work is done (a no-op wait on CPU)
-    return n / (time.perf_counter() - t)
+        if hasattr(model, "on_step_end"):
+            model.on_step_end(0.5)
+    return len(batches) * bs / (time.perf_counter() - t)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    p.add_argument("--images", type=int, default=256)
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--ds", default="euroms", help="euroms (13 bands, 64 px) or aid (RGB, 150 px files)")
+    p.add_argument("--mode", default="910", help="pretraining mode(s), comma-separated")
+    p.add_argument("--netnum", default="090000")
+    p.add_argument("--images", type=int, default=128)
+    p.add_argument("--size", type=int, default=64)
     p.add_argument("--bs", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=1, help="epochs of each loop (alternating; medians)")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--amp", action="store_true", help="after: bf16 autocast")
+    p.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=True,
+                   help="after: channels_last memory format (default on)")
+    p.add_argument("--repeats", type=int, default=2, help="epochs of each setting (alternating; medians)")
     a = p.parse_args()
     setup_logging()
-    with tempfile.TemporaryDirectory() as ckpt:
-        argv = ["--mode", "910", "--ds", "aid", "--data-root", a.root, "--netnum", "090000", "--input_size",
-                str(a.size), "--bs", str(a.bs), "--mepoch", "1", "--lr", "1e-3", "--optimizer", "adam",
-                "--aug", "5", "--aug_p", "S5", "--workers", str(a.workers), "--knn-freq", "0", "--ckpt", ckpt,
-                "--no-progress", "--expnum", "1_bench"]
-        args = eplan.add_args(base_parser("", "pretrain")).parse_args(argv)
-        plan = eplan.resolve(args)
-        labels = np.array([s.label for s in plan.train])
-        per_class = -(-a.images // len(plan.index.classes))
-        keep = balanced_subsample(labels, per_class, seed=0)[:a.images]
-        plan.train = [plan.train[i] for i in keep]
-        module = pretexts.load(plan.mode)
-
-        def harness(r: int) -> float:
-            plan.expnum = f"{r + 1}_bench"
-            pretrain.main_worker(None, None, plan)
-            with open(Path(ckpt) / f"090000_{r + 1}_bench_log.csv") as f:
-                return float(list(csv.DictReader(f))[-1]["img_per_s"])
-
-        dataset = make_dataset(plan.opt, plan.train, lambda o: module.make_transform(plan.method, o))
-        torch.manual_seed(0)
-        backbone, _ = build_backbone("090000", plan.opt.n_bands)
-        model = module.build(plan.method, plan.opt, backbone)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-        def loader() -> DataLoader:
-            """A fresh loader per epoch: its workers start inside the timed epoch, as the harness's do."""
-            return DataLoader(dataset, batch_size=a.bs, shuffle=True, num_workers=a.workers, drop_last=True)
-
-        made = list(loader())                              # pre-augmented batches
-        h, b, m = [], [], []
-        for r in range(a.repeats):
-            b.append(bare_epoch(model, optimizer, loader()))
-            h.append(harness(r))
-            m.append(bare_epoch(model, optimizer, made))
-    hm, bm, mm = statistics.median(h), statistics.median(b), statistics.median(m)
-    n = len(made) * a.bs
-    print(f"SimCLR epoch, ResNet-18 (090000), AID subset {n} images, {a.size} px crops of 150 px, batch {a.bs}, "
-          f"--workers {a.workers}, {torch.get_num_threads()} threads, median of {a.repeats}")
-    print(f"bare loop over pre-augmented tensors: {mm:.1f} img/s (compute alone); bare loop with its DataLoader: "
-          f"{bm:.1f} img/s = {bm / mm:.2f} of it -> "
-          + ("data loading is the bottleneck" if bm < 0.9 * mm else "compute is the bottleneck"))
-    print(f"epoch: {hm / bm:.2f} of bare loop, {hm:.1f} img/s")
+    after_flags = (["--amp"] if a.amp else []) + (["--channels-last"] if a.channels_last else ["--no-channels-last"])
+    lines = []
+    for mode in a.mode.split(","):
+        base = ["--mode", mode, "--ds", a.ds, "--data-root", a.root, "--netnum", a.netnum, "--input_size",
+                str(a.size), "--bs", str(a.bs), "--mepoch", "1", "--workers", str(a.workers), "--knn-freq", "0",
+                "--no-progress", "--lr", "1e-4", "--optimizer", "adam"]
+        with tempfile.TemporaryDirectory() as ckpt:
+            before, after = [], []
+            for r in range(a.repeats):
+                before.append(harness_epoch([*base, "--no-channels-last"], a.images, ckpt, f"b{r}"))
+                after.append(harness_epoch([*base, *after_flags], a.images, ckpt, f"a{r}"))
+            bare = bare_epoch([*base, *after_flags], a.images, a.bs, ckpt)
+        b, f = statistics.median(before), statistics.median(after)
+        lines.append(f"{mode}: before {b:.1f} img/s, after {f:.1f} img/s = {f / b:.2f}x; bare {bare:.1f} img/s "
+                     f"(harness {f / bare:.2f} of bare)")
+    print(f"{a.ds}, netnum {a.netnum}, {a.images} images at {a.size} px, batch {a.bs}, --workers {a.workers}, "
+          f"{torch.get_num_threads()} threads; after = {' '.join(after_flags)}; medians of {a.repeats}")
+    print("\n".join(lines))
     return 0
 
 

@@ -135,8 +135,13 @@ def base_parser(description: str, script: str) -> argparse.ArgumentParser:
     d.add_argument("--dist-url", "--dist_url", dest="dist_url", default="tcp://localhost:10010", help="rendezvous of the process group")
     d.add_argument("--dist-backend", "--dist_backend", dest="dist_backend", default="nccl", help="nccl on GPUs; gloo is used on CPU")
     d.add_argument("--sync-bn", dest="sync_bn", action="store_true", help="SyncBatchNorm across processes")
-    d.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only; ignored with a notice on CPU)")
-    d.add_argument("--channels-last", dest="channels_last", action="store_true", help="channels_last memory format (GPU only)")
+    d.add_argument("--amp", action="store_true",
+                   help="bf16 autocast (losses stay float32); on a GPU and on CPUs with bf16 units (AVX512-BF16/AMX) "
+                        "it is faster, elsewhere it only runs the GPU's code path")
+    d.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format for images and convolutions, on every device (measured "
+                        "2-3x faster for a ResNet-18 step on this project's 2-core CPU, bench/epoch.py; same "
+                        "results up to float rounding); --no-channels-last keeps the contiguous layout")
     d.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars even on a terminal")
     return p
 
