@@ -30,6 +30,30 @@ log = logging.getLogger(__name__)
 MONITOR_BUDGET = 0.05      # --knn-freq auto: the monitor's share of the training time
 
 
+class WeightDrift:
+    """How far the kept backbone has moved from where the run started: ``||W - W0|| / ||W0||`` over
+    its weight tensors (convolutions and linear layers, ndim >= 2; BatchNorm excluded).
+
+    A checkpoint whose convolutions moved by 0.1 % is random conv weights with data statistics,
+    whatever its loss did; the epoch log's ``backbone_moved`` says so. ``W0`` travels in the
+    training state, so a resumed run measures from the same start.
+    """
+
+    def __init__(self, backbone: nn.Module, start: dict[str, torch.Tensor] | None = None) -> None:
+        self.start = start if start is not None else {
+            k: p.detach().clone() for k, p in backbone.named_parameters() if p.ndim >= 2}
+
+    @torch.no_grad()
+    def __call__(self, backbone: nn.Module) -> float:
+        now = dict(backbone.named_parameters())
+        diff = sum(float((now[k].float() - w.float()).square().sum()) for k, w in self.start.items())
+        base = sum(float(w.float().square().sum()) for w in self.start.values())
+        return math.sqrt(diff / max(base, 1e-30))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {k: v.cpu() for k, v in self.start.items()}
+
+
 class KnnMonitor:
     """Weighted kNN accuracy (k=20, cosine) of backbone features on the VALIDATION slice.
 

@@ -22,7 +22,7 @@ from engine.cli import setup_logging
 from engine.loaders import make_loader, training_data
 from engine.logger import EpochLog
 from engine.loop import train_one_epoch
-from engine.monitors import KnnMonitor, save_vis
+from engine.monitors import KnnMonitor, WeightDrift, save_vis
 from engine.plan import Plan, processes_per_node, resolve
 from engine.provenance import provenance
 from engine.runtime import Runtime, TrainingDiverged, init_runtime, reseed
@@ -94,10 +94,13 @@ def main_worker(local_rank: int | None, nproc: int | None, plan: Plan) -> None:
     schedule = plan.schedule.build(plan.optim.lr, iters)
 
     expnum, start_epoch, best_knn = plan.expnum, plan.start_epoch, -1.0
+    drift = WeightDrift(backbone) if rt.is_main else None
     if plan.resume is not None:
         state = ckpt.load_training_state(plan.resume, model, optimizer, None)
         expnum, start_epoch = state["extra"]["expnum"], int(state["epoch"])
         best_knn = float(state["extra"].get("best_knn", -1.0))
+        if rt.is_main and "start_weights" in state["extra"]:
+            drift = WeightDrift(backbone, {k: v.to(rt.device) for k, v in state["extra"]["start_weights"].items()})
         log.info("resumed %s from %s at epoch %d", expnum, plan.resume, start_epoch)
     stem = f"{plan.netnum}_{expnum}"
     epoch_log = (EpochLog(plan.ckpt_dir / f"{stem}_log.csv", plan.ckpt_dir / "tb" / stem,
@@ -136,8 +139,9 @@ def main_worker(local_rank: int | None, nproc: int | None, plan: Plan) -> None:
                 save_vis(module, model, dataset, opt, plan.ckpt_dir / f"{stem}_vis_e{done:04d}.png", plan.seed, rt,
                          augment=augment)
             if rt.is_main:
+                stats["backbone_moved"] = drift(backbone)
                 last_good, best_knn = _end_of_epoch(plan, done, stats, meta, expnum, backbone, model, optimizer,
-                                                    iters, epoch_log, last_good, best_knn)
+                                                    iters, epoch_log, last_good, best_knn, drift)
             if rt.distributed:
                 dist.barrier()
     finally:
@@ -154,7 +158,7 @@ def main_worker(local_rank: int | None, nproc: int | None, plan: Plan) -> None:
 
 def _end_of_epoch(plan: Plan, done: int, stats: dict, meta: dict, expnum: str, backbone: nn.Module,
                   model: nn.Module, optimizer: torch.optim.Optimizer, iters: int, epoch_log: EpochLog,
-                  last_good, best_knn: float):
+                  last_good, best_knn: float, drift: WeightDrift):
     """Rank 0 after an epoch: log it, save the backbone / training state / ``best`` it calls for."""
     extra = "  ".join(f"{k} {v:.4g}" for k, v in stats.items()
                       if k not in ("loss", "lr", "img_per_s", "seconds", "knn_top1"))
@@ -171,7 +175,8 @@ def _end_of_epoch(plan: Plan, done: int, stats: dict, meta: dict, expnum: str, b
                            {**meta_e, "selected_by": "last" if done == plan.epochs else "epoch"})
     if periodic:
         ckpt.save_training_state(plan.ckpt_dir / f"{plan.netnum}_{expnum}_state.pth", model, optimizer, done,
-                                 done * iters, None, {"expnum": expnum, "best_knn": best_knn})
+                                 done * iters, None, {"expnum": expnum, "best_knn": best_knn,
+                                                      "start_weights": drift.state()})
     if stats.get("knn_top1", -1.0) > best_knn:
         best_knn = stats["knn_top1"]
         ckpt.save_backbone(ckpt.ckpt_path(plan.ckpt_dir, plan.netnum, expnum, "best"),

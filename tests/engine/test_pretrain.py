@@ -187,3 +187,19 @@ def test_missing_data_root_exits_2(tmp_path, capsys):
         main_cls_ss_train.main(["--mode", "910", "--ds", "euroms", "--data-root", str(tmp_path / "none")])
     assert e.value.code == 2
     assert "dataset euroms not found: looked in" in capsys.readouterr().err
+
+
+def test_log_says_how_far_the_backbone_moved(demo_root, tmp_path):
+    """``backbone_moved`` = ||W - W0|| / ||W0|| over the backbone's weight tensors, W0 the run's start."""
+    from engine.runtime import reseed
+    from models import build_backbone
+    main_cls_ss_train.main(args_for(demo_root, tmp_path, "--expnum", "1_pretrain", "--knn-freq", "0"))
+    with open(tmp_path / "090000_1_pretrain_log.csv") as f:
+        moved = [float(r["backbone_moved"]) for r in csv.DictReader(f)]
+    reseed(0, 0, 0)                                       # what main_worker does before building it
+    start, _ = build_backbone("090000", 13)
+    end = torch.load(tmp_path / "090000_1_pretrain_2.pth", weights_only=True)["backbone"]
+    w0 = {k: v for k, v in start.state_dict().items() if v.ndim >= 2}
+    expect = (sum(float((end[k] - w).square().sum()) for k, w in w0.items())
+              / sum(float(w.square().sum()) for w in w0.values())) ** 0.5
+    assert 0 < moved[0] < moved[1] and moved[1] == pytest.approx(expect, rel=1e-4)
