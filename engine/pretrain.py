@@ -167,7 +167,7 @@ def _end_of_epoch(plan: Plan, done: int, stats: dict, meta: dict, expnum: str, b
              f"  kNN {stats['knn_top1']:.2f}%" if "knn_top1" in stats else "",
              stats["img_per_s"], stats["seconds"])
     epoch_log.add(done, stats)
-    meta_e = {**meta, "epoch": done, "stats": stats}
+    meta_e = {**meta, "epoch": done, "steps": done * iters, "stats": stats}
     periodic = plan.ckpt_freq > 0 and (done % plan.ckpt_freq == 0 or done == plan.epochs)
     if periodic or done == plan.epochs:
         last_good = ckpt.ckpt_path(plan.ckpt_dir, plan.netnum, expnum, done)
