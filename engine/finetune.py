@@ -101,6 +101,10 @@ def prepare(args: argparse.Namespace) -> Job:
     if args.probe and args.tta:
         raise UserError("--tta averages a trained classifier over flips; --probe classifies frozen features: drop one")
     probe.check_args(args)
+    if (args.lars_eta is not None or args.lars_clip is not None) and (
+            args.probe or str(args.optimizer).lower() != "lars" or mode.job not in ("train", "finetune")):
+        raise UserError("--lars-eta/--lars-clip set LARS's trust ratio when a classifier is trained: they need "
+                        "--optimizer lars and --mode 1x/4x without --probe; drop them")
     if len(args.ts_list) > 1 and mode.job in ("val", "test"):
         raise UserError(f"--mode {mode.code} evaluates one saved classifier, trained at one --ts; give a single "
                         f"--ts, not {','.join(f'{t:g}' for t in args.ts_list)}")
@@ -363,7 +367,7 @@ def fit(model: nn.Module, train: list[Sample], args: argparse.Namespace, job: Jo
     loader = DataLoader(ds, batch_size=per_bs, sampler=sampler, num_workers=args.workers, drop_last=lone,
                         worker_init_fn=seed_worker, generator=gen, pin_memory=rt.device.type == "cuda")
     lr = args.lr or opt.lr
-    optimizer = build_optimizer(args.optimizer, groups, lr, args.momentum, args.wd)
+    optimizer = build_optimizer(args.optimizer, groups, lr, args.momentum, args.wd, args.lars_eta, args.lars_clip)
     schedule = LRSchedule(args.lr_policy, lr, args.mepoch, len(loader), args.warmup, args.milestones, args.lr_decay)
     criterion = nn.CrossEntropyLoss()
     frozen = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()} if args.hos == 9 else None

@@ -30,8 +30,10 @@ from datasets.folder import CacheSpec, RasterDataset, make_dataset, prepare_data
 from datasets.index import Index, Sample, few_shot
 from datasets.options import get_opt
 from datasets.transforms import plain
+from datasets.views import crop_scale_of, parse_scale
 from engine import checkpoint as ckpt
 from engine import guards
+from engine import recipes
 from engine.atomic import remove_stale_tmp
 from engine.cli import check_process_flags, setup_logging
 from engine.dist import spawn
@@ -51,6 +53,20 @@ log = logging.getLogger(__name__)
 def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags of main_cls_ss_train.py on top of engine.cli.base_parser."""
     g = p.add_argument_group("pretraining")
+    g.add_argument("--recipe", type=recipes.recipe_arg, default=None,
+                   help="paper: the method's own settings; small: batches <= 256 and a few thousand steps "
+                        "(docs/recipes.md). It fills every optimiser, schedule, head and view setting you do not "
+                        f"give (default {recipes.DEFAULT_RECIPE})")
+    g.add_argument("--crop-scale", "--crop_scale", dest="crop_scale", type=_crop_scale, default=None,
+                   help="LO,HI: the --aug_p plan's crop becomes a random resized crop of that area range applied to "
+                        "EVERY augmented view (e.g. 0.08,1); 'plan': the plan's own crop (default: the --recipe's, "
+                        "or 'plan' when --aug/--aug_p are given)")
+    g.add_argument("--exclude-bias-norm", dest="exclude_bias_norm", action=argparse.BooleanOptionalAction,
+                   default=None, help="biases, norm parameters and no_weight_decay() names get no weight decay and no "
+                                      "LARS adaptation, whatever the optimiser (default: on, off where the --recipe's "
+                                      "paper decays everything)")
+    g.add_argument("--bias-lr-scale", dest="bias_lr_scale", type=float, default=None,
+                   help="lr factor of the bias/norm group (default 1, or the --recipe's: Barlow Twins 0.0048/0.2 = 0.024)")
     g.add_argument("--aug", type=int, help="SimCLR: how the two views are made (1-5, see README; default 5)")
     g.add_argument("--aug_p", "--aug-p", dest="aug_p", help="SimCLR: augmentation plan of an augmented view (A-E, S1-S6; default S5)")
     g.add_argument("--loss", help="loss of the pretext (default: the pretext's own, e.g. NTXentLoss for 910)")
@@ -90,6 +106,11 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
             module.add_args(_NewFlagsOnly(p.add_argument_group(f"pretext {name}"), p))
     p.set_defaults(_pretext_flags={k: (sorted(v), defaults[k]) for k, v in owners.items()})
     return p
+
+
+def _crop_scale(text: str) -> list[float] | str:
+    """``--crop-scale``: ``plan`` or an area range ``LO,HI``."""
+    return "plan" if text == "plan" else parse_scale(text, "--crop-scale")
 
 
 class _NewFlagsOnly:
@@ -146,15 +167,17 @@ def prepare(args: argparse.Namespace) -> Plan:
     args.knn_freq = parse_knn_freq(args.knn_freq)
     decode_netnum(args.netnum)
     module = pretexts.load(mode)
-    if (args.aug is not None or args.aug_p is not None) and not getattr(module, "USES_AUG", False):
-        raise UserError(f"--aug/--aug_p choose SimCLR's two views; --mode {mode.code} ({mode.pretext}) makes its own "
-                        "views: drop them")
+    if (args.aug is not None or args.aug_p is not None or args.crop_scale is not None) \
+            and not getattr(module, "USES_AUG", False):
+        raise UserError(f"--aug/--aug_p/--crop-scale choose SimCLR's two views; --mode {mode.code} ({mode.pretext}) "
+                        "makes its own views: drop them")
     for dest, (owners, default) in getattr(args, "_pretext_flags", {}).items():
         if mode.pretext not in owners and getattr(args, dest, default) != default:
             flag = "--" + dest.replace("_", "-")
             codes = "/".join(str(c) for c, (n, _) in PRETEXTS.items() if n in owners)
             raise UserError(f"{flag} belongs to --mode {codes} ({', '.join(owners)}), not {mode.code} "
                             f"({mode.pretext}): drop it")
+    recipes.resolve(args, module)             # every setting the user did not give, from --recipe
     args.loss = args.loss or module.LOSSES[0]
     if args.loss not in module.LOSSES:
         raise UserError(f"--loss {args.loss} does not fit --mode {mode.code} ({mode.pretext}); use {module.LOSSES[0]}")
@@ -187,8 +210,9 @@ def prepare(args: argparse.Namespace) -> Plan:
     if hasattr(module, "check_data"):         # e.g. MoCo sizes its queue from the training images
         module.check_data(args, len(train), bs)
     # optimiser and schedule flags fail here, in the launching process, not inside a worker
-    lr = args.lr or opt.lr
-    build_optimizer(args.optimizer, [torch.zeros(1, requires_grad=True)], lr, args.momentum, args.wd)
+    lr = recipes.resolve_lr(args, bs, opt.lr)
+    build_optimizer(args.optimizer, [torch.zeros(1, requires_grad=True)], lr, args.momentum, args.wd,
+                    **optimizer_options(args))
     LRSchedule(args.lr_policy, lr, args.mepoch, 1, args.warmup, args.milestones, args.lr_decay)
     ckpt_dir = Path(args.ckpt)
     start, init_from, expnum = args.sepoch, None, args.expnum
@@ -262,9 +286,17 @@ def aug_code(args: argparse.Namespace, module) -> int:
 
 
 def build_batch_views(args: argparse.Namespace, opt: DatasetOpt, module):
-    """The batched views of ``--aug``/``--aug_p`` (the defaults of the pretext's make_transform)."""
+    """The batched views of ``--aug``/``--aug_p``/``--crop-scale`` (the defaults of the pretext's make_transform)."""
     from datasets.gpu_aug import BatchViews
-    return BatchViews(aug_code(args, module), args.aug_p or "S5", opt.input_size, opt.mean, opt.std, opt.rgb_index)
+    return BatchViews(aug_code(args, module), args.aug_p or "S5", opt.input_size, opt.mean, opt.std, opt.rgb_index,
+                      crop_scale=crop_scale_of(args))
+
+
+def optimizer_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The LARS and param-group settings of ``engine.optim.build_optimizer`` (``--lars-*``, ``--exclude-bias-norm``,
+    ``--bias-lr-scale``), as the recipe resolved them."""
+    return {"eta": args.lars_eta, "clip": args.lars_clip, "exclude_bias_norm": args.exclude_bias_norm,
+            "bias_lr_scale": args.bias_lr_scale}
 
 
 DEVICE_STREAM = 2**32      # sample_seed "index" of the device augmentation (above every image index)
@@ -372,7 +404,8 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
     if hasattr(module, "build_optimizer"):    # e.g. a GAN: Adam(0.5, 0.999) over G and D groups
         optimizer = module.build_optimizer(args, model, args.lr or opt.lr)
     else:
-        optimizer = build_optimizer(args.optimizer, model, args.lr or opt.lr, args.momentum, args.wd)
+        optimizer = build_optimizer(args.optimizer, model, args.lr or opt.lr, args.momentum, args.wd,
+                                    **optimizer_options(args))
     schedule = LRSchedule(args.lr_policy, args.lr or opt.lr, args.mepoch, iters, args.warmup,
                           args.milestones, args.lr_decay)
 
@@ -501,12 +534,15 @@ def train_one_epoch(net: nn.Module, loader: Iterable, optimizer: torch.optim.Opt
     after the epoch. A non-finite loss therefore ends the run at the end of its epoch, which
     is discarded (nothing of it is saved: the last good checkpoint stays the last good one).
     After each optimizer step the model's optional ``on_step_end(progress)`` hook runs
-    (progress = global step / total steps, for EMA teachers and momentum schedules).
+    (progress = global step / total steps, for EMA teachers and momentum schedules). A model
+    with ``uses_index = True`` (MoCo: its queue remembers whose keys it holds) is called as
+    ``net(views, index)`` with the batch's sample indices (positions in the training set).
     ``augment`` (``--gpu-aug``) turns a device batch of raw images into the pretext's views.
     """
     net.train()
     model = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
     on_step_end = getattr(model, "on_step_end", None)
+    uses_index = getattr(model, "uses_index", False)
     iters = len(loader)  # type: ignore[arg-type]
     total_steps = max(1, (total_epochs or args.mepoch) * iters)
     dev = rt.device
@@ -523,14 +559,14 @@ def train_one_epoch(net: nn.Module, loader: Iterable, optimizer: torch.optim.Opt
     if bar:
         from tqdm import tqdm
         it_loader = tqdm(loader, total=iters, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)
-    for i, (views, _, _) in enumerate(it_loader):
+    for i, (views, _, index) in enumerate(it_loader):
         step = epoch * iters + i
         lr = schedule.step(optimizer, step)
         views = move_to(views, dev, rt.channels_last)
         if augment is not None:
             views = augment(views, step)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=rt.amp):
-            loss, stats = net(views)
+            loss, stats = net(views, index.to(dev, non_blocking=True)) if uses_index else net(views)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
