@@ -168,7 +168,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        if not (self.training or not self.track_running_stats):
+        if not self.training and self.track_running_stats:         # eval: the running statistics, per image
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False,
                                 self.momentum, self.eps)
         s = self.num_splits
