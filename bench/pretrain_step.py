@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate  # noqa: E402
 
 import models.pretext as pretexts  # noqa: E402
 from config.codes import decode_mode  # noqa: E402
-from engine import loop, plan  # noqa: E402
+from engine import loop, plan, recipes  # noqa: E402
 from engine.cli import base_parser  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
 from engine.runtime import Runtime  # noqa: E402
@@ -60,6 +60,7 @@ def main() -> int:
     mode = decode_mode(a.mode, "pretrain")
     module = pretexts.load(mode)
     args = plan.add_args(base_parser("", "pretrain")).parse_args(["--mode", a.mode, "--no-progress"])
+    recipes.resolve(args, module)             # the settings main_cls_ss_train.py would resolve (--recipe paper)
     args.tau = 0.2
     opt = SimpleNamespace(input_size=a.size, n_bands=13, mean=np.full(13, 1000.0), std=np.full(13, 300.0),
                           rgb_index=(3, 2, 1))

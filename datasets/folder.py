@@ -211,7 +211,16 @@ def make_dataset(opt: DatasetOpt, samples: Sequence[Sample],
             if isinstance(cache, CacheSpec) and cache.shared is not None:      # one shared file per part
                 mine_cache = replace(cache, shared=cache.shared.with_name(f"{cache.shared.stem}_{part.name}.npy"))
             subsets.append(RasterDataset(mine, part, transform_for(part), mine_cache, threads))
-    return ConcatDataset(subsets)
+    return PooledDataset(subsets)
+
+
+class PooledDataset(ConcatDataset):
+    """The parts of a pooled ``a+b`` dataset in one; an item's third element is its position in the
+    WHOLE dataset (each part counts from 0: MoCo's queue and the monitor's cache need one numbering)."""
+
+    def __getitem__(self, i: int):
+        x, label, _ = super().__getitem__(i)
+        return x, label, i if i >= 0 else len(self) + i
 
 
 def _under(path: Path, root: Path) -> bool:

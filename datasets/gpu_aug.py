@@ -32,7 +32,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from config.errors import UserError
-from datasets.transforms import (BLUR_SIGMA, CROP_RATIO, FIXED_CROP_FRACTION, NOISE_STD, PLAN_STEPS,
+from datasets.transforms import (BLUR_SIGMA, CROP_KINDS, CROP_RATIO, FIXED_CROP_FRACTION, NOISE_STD, PLAN_STEPS,
                                  S6_MARGIN, SALT_PEPPER_FRACTION, STEP_P_KEY, Normalize, _check_rgb_index,
                                  blur_kernel_size, check_size, merge_p)
 from datasets.views import OWN_CROP_SCALE, SHARED_CROP_SCALE
@@ -235,7 +235,8 @@ class BatchPlan:
     """An ``--aug_p`` plan on a batch: boxes in, normalised ``N x C x size x size`` views out."""
 
     def __init__(self, code: str, size: int, mean: Sequence[float], std: Sequence[float],
-                 rgb_index: tuple[int, int, int] | None, p: Mapping[str, float] | None = None) -> None:
+                 rgb_index: tuple[int, int, int] | None, p: Mapping[str, float] | None = None,
+                 crop_scale: tuple[float, float] | None = None) -> None:
         if code not in PLAN_STEPS:
             raise UserError(f"augmentation plan --aug_p {code!r} is unknown; use one of {', '.join(PLAN_STEPS)}.")
         missing = [s for s in PLAN_STEPS[code] if s not in SUPPORTED]
@@ -245,8 +246,14 @@ class BatchPlan:
         self.code, self.size = code, check_size(size)
         self.normalize = Normalize(mean, std)
         self.rgb_index = _check_rgb_index(rgb_index, self.normalize.bands)
+        if crop_scale is not None and not set(CROP_KINDS) & set(PLAN_STEPS[code]):
+            raise UserError(f"--crop-scale replaces the crop step of the --aug_p plan, but {code} has none; use a plan "
+                            "with a crop (S3-S6, A-E) or --crop-scale plan")
         probs = merge_p(p)
         self.steps = [(kind, probs[STEP_P_KEY[kind]] if kind in STEP_P_KEY else 1.0) for kind in PLAN_STEPS[code]]
+        if crop_scale is not None:        # as datasets.transforms.build_plan: an always-applied crop of that range
+            self.steps = [("crop", 1.0) if kind in CROP_KINDS else (kind, q) for kind, q in self.steps]
+        self.crop_scale = tuple(crop_scale) if crop_scale is not None else None
         self.kernel = blur_kernel_size(size)
 
     def geometry(self, box: Box, g) -> Box:
@@ -258,7 +265,7 @@ class BatchPlan:
             elif kind == "resize+30":
                 box = box.resized(self.size + S6_MARGIN)
             elif kind in ("crop", "crop40"):
-                scale = (0.5, 1.0) if kind == "crop" else (0.4, 1.0)
+                scale = self.crop_scale or ((0.5, 1.0) if kind == "crop" else (0.4, 1.0))
                 crop = box.sub(*resized_crop_boxes(box.h, box.w, scale, g))
                 box = crop.where(_coins(n, p, g, dev), box)
             elif kind == "fixedcrop":
@@ -317,12 +324,13 @@ class BatchViews:
     """
 
     def __init__(self, aug: int, plan: str, size: int, mean: Sequence[float], std: Sequence[float],
-                 rgb_index: tuple[int, int, int] | None, p: Mapping[str, float] | None = None) -> None:
+                 rgb_index: tuple[int, int, int] | None, p: Mapping[str, float] | None = None,
+                 crop_scale: tuple[float, float] | None = None) -> None:
         if aug not in GPU_AUGS:
             raise UserError(f"--gpu-aug makes the views of --aug {', '.join(map(str, GPU_AUGS))}, not --aug {aug!r}; "
                             "use --no-gpu-aug (the CPU path has every --aug)")
         self.aug, self.size = aug, check_size(size)
-        self.plan = BatchPlan(plan, size, mean, std, rgb_index, p)
+        self.plan = BatchPlan(plan, size, mean, std, rgb_index, p, crop_scale)
         self.crop_p = merge_p(p)["crop"]
         self.generator: torch.Generator | None = None
 

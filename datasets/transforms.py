@@ -44,6 +44,7 @@ PLAN_STEPS: dict[str, tuple[str, ...]] = {
     "S5": ("crop", "rotate", "color", "gray", "blur"),
     "S6": ("resize+30", "crop", "rotate", "color", "gray", "blur"),
 }
+CROP_KINDS = ("crop", "crop40", "fixedcrop")      # the steps a crop-scale setting replaces
 STEP_P_KEY = {
     "crop": "crop", "crop40": "crop", "fixedcrop": "crop", "affine": "crop",
     "rotate": "rotate", "color": "color", "noise4": "noise", "noise2": "noise",
@@ -521,8 +522,11 @@ def _check_rgb_index(rgb_index: Sequence[int] | None, bands: int) -> tuple[int, 
     return triplet
 
 
-def _make_step(kind: str, size: int, p: float, norm: Normalize, rgb_index: tuple[int, int, int] | None) -> Callable[[Tensor], Tensor]:
-    """Build one step of PLAN_STEPS."""
+def _make_step(kind: str, size: int, p: float, norm: Normalize, rgb_index: tuple[int, int, int] | None,
+               crop_scale: tuple[float, float] | None = None) -> Callable[[Tensor], Tensor]:
+    """Build one step of PLAN_STEPS (a crop step becomes an always-applied ``crop_scale`` crop when given)."""
+    if kind in CROP_KINDS and crop_scale is not None:
+        return RandomResizedCrop(size, crop_scale, 1.0)
     if kind == "resize":
         return Resize(size)
     if kind == "resize+30":
@@ -560,21 +564,29 @@ def build_plan(
     rgb_index: tuple[int, int, int] | None,
     p: Mapping[str, float] | None = None,
     solarize: float = 0.0,
+    crop_scale: tuple[float, float] | None = None,
 ) -> Plan:
     """The ``--aug_p`` plan ``code`` for ``size x size`` outputs, normalised with ``mean``/``std``.
 
     ``rgb_index`` names the red, green, blue band positions for hue/saturation (None:
     skip them). ``p`` overrides entries of :data:`DEFAULT_P`. ``solarize`` > 0 appends
-    :class:`Solarize` with that probability after the normalisation.
+    :class:`Solarize` with that probability after the normalisation. ``crop_scale``
+    (``--crop-scale``, a recipe's crop) replaces the plan's crop step (:data:`CROP_KINDS`)
+    by a random resized crop of that area range applied to every view, as the SSL papers
+    crop; None keeps the plan exactly as the table above defines it.
     """
     if code not in PLAN_STEPS:
         raise UserError(f"augmentation plan --aug_p {code!r} is unknown; use one of {', '.join(PLAN_CODES)}.")
+    if crop_scale is not None and not set(CROP_KINDS) & set(PLAN_STEPS[code]):
+        raise UserError(f"--crop-scale replaces the crop step of the --aug_p plan, but {code} has none; use a plan with "
+                        "a crop (S3-S6, A-E) or --crop-scale plan")
     size = check_size(size)
     norm = Normalize(mean, std)
     probs = merge_p(p)
     triplet = _check_rgb_index(rgb_index, norm.bands)
     steps = [
-        _make_step(kind, size, probs[STEP_P_KEY[kind]] if kind in STEP_P_KEY else 1.0, norm, triplet)
+        _make_step(kind, size, probs[STEP_P_KEY[kind]] if kind in STEP_P_KEY else 1.0, norm, triplet,
+                   tuple(crop_scale) if crop_scale is not None else None)
         for kind in PLAN_STEPS[code]
     ]
     return Plan(code, steps, norm, [Solarize(solarize)] if solarize > 0 else [])

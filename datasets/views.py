@@ -73,6 +73,23 @@ class TwoViews:
         return f"TwoViews(aug={self.aug}, a={self.view_a!r}, b={self.view_b!r}, shared_crop={self.shared_crop})"
 
 
+def parse_scale(text: str, flag: str) -> list[float]:
+    """``"0.2,1"`` -> ``[0.2, 1.0]``: a crop's area range as shares of the image, 0 < lo <= hi <= 1."""
+    try:
+        lo, hi = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise UserError(f"{flag} {text!r} must be two numbers LO,HI, e.g. {flag} 0.2,1") from None
+    if not 0 < lo <= hi <= 1:
+        raise UserError(f"{flag} {text} must satisfy 0 < LO <= HI <= 1 (shares of the image area), e.g. 0.2,1")
+    return [lo, hi]
+
+
+def crop_scale_of(args) -> tuple[float, float] | None:
+    """The crop area range a namespace's ``crop_scale`` asks for: None (unset, or ``plan``: the plan's own crop)."""
+    value = getattr(args, "crop_scale", None)
+    return None if value is None or value == "plan" else (float(value[0]), float(value[1]))
+
+
 def build_views(
     aug: int,
     plan: str,
@@ -81,6 +98,7 @@ def build_views(
     std: Sequence[float],
     rgb_index: tuple[int, int, int] | None,
     p: Mapping[str, float] | None = None,
+    crop_scale: tuple[float, float] | None = None,
 ) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """The two SimCLR views for ``--aug`` ``aug`` with augmentation plan ``plan`` (``--aug_p``).
 
@@ -90,6 +108,9 @@ def build_views(
     random crop; 5: both plan, independent; 6: both plan, independent, asymmetric as in
     BYOL: view a always blurred and never solarised, view b blurred with probability 0.1
     and solarised (:class:`~datasets.transforms.Solarize`) with probability 0.2.
+    ``crop_scale`` replaces the plan's crop in every PLAN view by an always-applied random
+    resized crop of that area range (:func:`~datasets.transforms.build_plan`); the plain view
+    and ``--aug 3``'s own crop of view a are unchanged.
     """
     if aug not in AUG_CODES:
         raise UserError(f"--aug {aug!r} is unknown; use one of {', '.join(map(str, AUG_CODES))}.")
@@ -99,10 +120,12 @@ def build_views(
             raise UserError(f"--aug 6 sets the blur probability of each view, but --aug_p {plan} has no blur; "
                             "use a plan with blur such as S5")
         (blur_a, sol_a), (blur_b, sol_b) = ASYMMETRIC
-        view_a = build_plan(plan, size, mean, std, rgb_index, {**(p or {}), "blur": blur_a}, solarize=sol_a)
-        view_b = build_plan(plan, size, mean, std, rgb_index, {**(p or {}), "blur": blur_b}, solarize=sol_b)
+        view_a = build_plan(plan, size, mean, std, rgb_index, {**(p or {}), "blur": blur_a}, solarize=sol_a,
+                            crop_scale=crop_scale)
+        view_b = build_plan(plan, size, mean, std, rgb_index, {**(p or {}), "blur": blur_b}, solarize=sol_b,
+                            crop_scale=crop_scale)
         return TwoViews(aug, view_a, view_b, None)
-    augmented = build_plan(plan, size, mean, std, rgb_index, p)
+    augmented = build_plan(plan, size, mean, std, rgb_index, p, crop_scale=crop_scale)
     if aug in (1, 2):
         view_a = plain(size, mean, std)
     elif aug == 3:

@@ -78,6 +78,11 @@ class TrainScales(argparse.Action):
         namespace.ts, namespace.ts_list = scales[0], scales
 
 
+# main_cls.py's optimisation defaults, the same as before --recipe existed (pretraining fills the
+# Nones from its recipe instead: engine/recipes.py); LARS's eta and clip stay None = 1e-3, no clipping.
+CLS_DEFAULTS = {"optimizer": "adam", "warmup": 0.0, "momentum": 0.9, "wd": 1e-6}
+
+
 def base_parser(description: str, script: str) -> argparse.ArgumentParser:
     """Flags common to pretraining and classification."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -116,14 +121,22 @@ def base_parser(description: str, script: str) -> argparse.ArgumentParser:
     m.add_argument("--mepoch", type=_positive_int, default=100, help="epochs in total")
     m.add_argument("--vis", action="store_true", help="write PNG figures (views / confusion matrix) next to the results")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--optimizer", default="adam", help="sgd | adam | adamw | lars")
-    o.add_argument("--lr", type=float, help="learning rate (default: the dataset's)")
+    recipe = script != "cls"                  # pretraining: a --recipe fills what is not given (engine/recipes.py)
+    o.add_argument("--optimizer", help="sgd | adam | adamw | lars" + (" (default: the --recipe's)" if recipe else ""))
+    o.add_argument("--lr", type=float, help="learning rate (default: " + (
+        "the --recipe's rule, e.g. base x batch / 256" if recipe else "the dataset's") + ")")
     o.add_argument("--lr_decay", "--lr-decay", dest="lr_decay", type=float, default=0.1, help="decay factor of the step and polyline policies")
     o.add_argument("--lr_policy", "--lr-policy", dest="lr_policy", default="cosine", help="cosine | step | linear | polyline | const")
     o.add_argument("--milestones", type=_milestones, default=[], help="epochs where step/polyline decay, e.g. 100,150")
-    o.add_argument("--warmup", type=float, default=0.0, help="epochs of linear warm-up")
-    o.add_argument("--momentum", type=float, default=0.9)
-    o.add_argument("--wd", "--weight-decay", "--weight_decay", dest="wd", type=float, default=1e-6, help="weight decay")
+    o.add_argument("--warmup", type=float, help="epochs of linear warm-up" + (" (default: the --recipe's)" if recipe else ""))
+    o.add_argument("--momentum", type=float, help="SGD/LARS momentum, Adam's beta1")
+    o.add_argument("--wd", "--weight-decay", "--weight_decay", dest="wd", type=float,
+                   help="weight decay" + (" (default: the --recipe's)" if recipe else ""))
+    o.add_argument("--lars-eta", "--lars_eta", dest="lars_eta", type=float,
+                   help="LARS trust coefficient eta (default 1e-3, or the --recipe's; solo-learn's small recipes use 0.02)")
+    o.add_argument("--lars-clip", dest="lars_clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="LARS: cap each layer's rate eta*||w||/||g|| at the scheduled lr (solo-learn's clip_lr; "
+                        "default off, or the --recipe's)")
     o.add_argument("--bs", type=int, help="TOTAL batch size over all processes (default: the dataset's)")
     d = p.add_argument_group("devices and processes")
     d.add_argument("--gpu", type=int, help="GPU id for a single-process run")
@@ -143,6 +156,8 @@ def base_parser(description: str, script: str) -> argparse.ArgumentParser:
                         "2-3x faster for a ResNet-18 step on this project's 2-core CPU, bench/epoch.py; same "
                         "results up to float rounding); --no-channels-last keeps the contiguous layout")
     d.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars even on a terminal")
+    if script == "cls":
+        p.set_defaults(**CLS_DEFAULTS)
     return p
 
 

@@ -144,6 +144,10 @@ def _check_flags(args: argparse.Namespace, mode: Mode) -> None:
     if args.probe and args.tta:
         raise UserError("--tta averages a trained classifier over flips; --probe classifies frozen features: drop one")
     _check_probe_flags(args)
+    if (args.lars_eta is not None or args.lars_clip is not None) and (
+            args.probe or str(args.optimizer).lower() != "lars" or mode.job not in ("train", "finetune")):
+        raise UserError("--lars-eta/--lars-clip set LARS's trust ratio when a classifier is trained: they need "
+                        "--optimizer lars and --mode 1x/4x without --probe; drop them")
     if args.bn_stats != "as-trained" and not (args.probe or (args.hos == 9 and mode.job in ("train", "finetune"))):
         raise UserError(f"--bn-stats {args.bn_stats} sets the statistics of a FROZEN backbone (--probe, or --hos 9 "
                         "in --mode 1x/4x); fine-tuning learns them and a saved classifier keeps its own: drop it")
@@ -210,7 +214,7 @@ def resolve(args: argparse.Namespace) -> EvalJob:
     results = Path(args.results) if args.results else Path("results") / f"{opt.name}.csv"
     guards.check_results_table(results)
     lr = args.lr or opt.lr
-    optim = OptimSpec(args.optimizer, lr, args.momentum, args.wd)
+    optim = OptimSpec(args.optimizer, lr, args.momentum, args.wd, args.lars_eta, args.lars_clip)
     schedule = ScheduleSpec(args.lr_policy, args.mepoch, args.warmup, tuple(args.milestones), args.lr_decay)
     if trains:                         # optimiser and schedule flags fail here, not after the features
         optim.build([torch.zeros(1, requires_grad=True)])

@@ -43,7 +43,7 @@ def check_values(args: argparse.Namespace) -> None:
                                "warmup": "--warmup 10", "lr_decay": "--lr_decay 0.1"}[name])
     if args.lr is not None and args.lr <= 0:
         raise UserError(f"--lr {args.lr} must be a positive number; pass e.g. --lr 1e-4")
-    if args.warmup < 0:
+    if args.warmup is not None and args.warmup < 0:       # None: the pretraining --recipe fills it
         raise UserError(f"--warmup {args.warmup} must be >= 0 epochs")
     if args.sepoch < 0:
         raise UserError(f"--sepoch {args.sepoch} must be >= 0: the number of epochs already done")

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datasets.folder import CacheSpec, RasterDataset, make_dataset, shared_cache_path
+from datasets.views import crop_scale_of
 from engine.plan import Plan
 from engine.runtime import PerSampleSeed, Runtime, SeededSampler, sample_seed
 
@@ -41,7 +42,8 @@ def build_batch_views(plan: Plan):
     """The batched views of the plan's ``--aug``/``--aug_p`` (``--gpu-aug``)."""
     from datasets.gpu_aug import BatchViews
     opt = plan.opt
-    return BatchViews(plan.aug, plan.aug_p, opt.input_size, opt.mean, opt.std, opt.rgb_index)
+    return BatchViews(plan.aug, plan.aug_p, opt.input_size, opt.mean, opt.std, opt.rgb_index,
+                      crop_scale=crop_scale_of(plan.method))
 
 
 class DeviceAugment:

@@ -28,12 +28,14 @@ def train_one_epoch(net: nn.Module, loader: Iterable, optimizer: torch.optim.Opt
 
     After each optimizer step the model's optional ``on_step_end(progress)`` hook runs
     (progress = global step / total steps of ``total_epochs``, for EMA teachers and momentum
-    schedules). ``augment`` (``--gpu-aug``) turns a device batch of raw images into the
+    schedules). A model with ``uses_index = True`` (MoCo: its queue remembers whose keys it
+    holds) is called as ``net(views, index)`` with the batch's sample indices. ``augment`` (``--gpu-aug``) turns a device batch of raw images into the
     pretext's views.
     """
     net.train()
     model = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
     on_step_end = getattr(model, "on_step_end", None)
+    uses_index = getattr(model, "uses_index", False)
     iters = len(loader)  # type: ignore[arg-type]
     total_steps = max(1, total_epochs * iters)
     dev = rt.device
@@ -50,14 +52,14 @@ def train_one_epoch(net: nn.Module, loader: Iterable, optimizer: torch.optim.Opt
     if bar:
         from tqdm import tqdm
         it_loader = tqdm(loader, total=iters, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)
-    for i, (views, _, _) in enumerate(it_loader):
+    for i, (views, _, index) in enumerate(it_loader):
         step = epoch * iters + i
         lr = schedule.step(optimizer, step)
         views = move_to(views, dev, rt.channels_last)
         if augment is not None:
             views = augment(views, step)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=rt.amp):
-            loss, stats = net(views)
+            loss, stats = net(views, index.to(dev, non_blocking=True)) if uses_index else net(views)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

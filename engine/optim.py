@@ -1,21 +1,24 @@
-"""Optimisers by name: ``sgd``, ``adam``, ``adamw`` and ``lars``.
+"""Optimisers by name (``sgd``, ``adam``, ``adamw``, ``lars``) and the one parameter-group rule they share.
 
-LARS (You, Gitman & Ginsburg 2017, "Large Batch Training of Convolutional Networks";
-the optimiser SimCLR pretrains with) is SGD with momentum in which every parameter
-tensor gets its own learning rate, scaled by the trust ratio
+The rule (:func:`split_param_groups`), the same for every optimiser: weights (tensors with
+>= 2 dimensions) get weight decay and, under LARS, the trust-ratio adaptation; 1-D tensors
+(biases, BatchNorm/LayerNorm scales and shifts) and every parameter a module names in its
+``no_weight_decay()`` method (timm's convention, e.g. a ViT's 3-D ``cls_token`` and
+``pos_embed``) get neither, and may step at their own lr factor (``bias_lr_scale``, e.g.
+Barlow Twins' 0.0048 / 0.2). Source of the rule: SimCLR (``tf2/model.py`` excludes
+``batch_normalization`` and ``bias`` from weight decay and layer adaptation), BYOL, Barlow
+Twins and VICReg (``exclude_bias_and_norm`` filters), DINO (``utils.get_params_groups``),
+solo-learn (``exclude_bias_n_norm``). A recipe whose paper decays everything (MoCo v2,
+SimSiam: ``SGD(model.parameters(), weight_decay=...)``) passes ``exclude_bias_norm=False``.
 
-    trust = eta * ||w|| / (||g|| + wd * ||w||)
-
-so that a layer's step is a fixed fraction of its weight norm whatever the batch size.
-Biases and BatchNorm parameters (every tensor with fewer than 2 dimensions) are
-excluded from both weight decay and the adaptation, as in SimCLR: they are small,
-their norms say little about the layer, and decaying them hurts.  A param group marks
-this with ``lars_exclude=True``; :func:`split_param_groups` builds the two groups from
-a model.
+LARS (You, Gitman & Ginsburg 2017) is SGD with momentum in which every tensor gets its own
+learning rate from the trust ratio ``eta * ||w|| / (||g|| + wd * ||w||)``; ``clip`` caps
+that per-layer rate at the scheduled lr (solo-learn's ``clip_lr``, from NVIDIA apex's LARC).
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -27,6 +30,7 @@ from config.errors import UserError
 log = logging.getLogger(__name__)
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw", "lars")
+LARS_ETA = 1e-3        # trust coefficient of SimCLR (EETA_DEFAULT), BYOL, Barlow Twins, VICReg, DINO, MoCo v3
 
 ParamsLike = nn.Module | Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 
@@ -34,16 +38,24 @@ ParamsLike = nn.Module | Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 class LARS(torch.optim.Optimizer):
     """Layer-wise adaptive rate scaling on top of SGD with momentum.
 
-    For a tensor ``w`` with gradient ``g`` in a group with learning rate ``lr``,
-    momentum ``m`` and weight decay ``wd``, one step is::
+    For a tensor ``w`` with gradient ``g`` in a group with learning rate ``lr`` (the
+    scheduled value), momentum ``m`` and weight decay ``wd``, one step is::
 
         d     = g + wd * w
-        trust = eta * ||w|| / (||g|| + wd * ||w||)   (1 when ||w|| or that denominator is 0)
-        v     = m * v + lr * trust * d
+        local = eta * ||w|| / (||g|| + wd * ||w||)
+        rate  = min(local, lr)  with clip  (solo-learn: lr * min(local / lr, 1))
+              = lr * local      without clip
+        rate  = lr              when ||w|| or ||g|| + wd ||w|| is 0 (no adaptation)
+        v     = m * v + rate * d
         w     = w - v
 
-    In a group with ``lars_exclude=True`` the weight decay and the trust ratio are
-    skipped (``d = g``, ``trust = 1``): a plain momentum-SGD step.
+    With clipping the scheduled lr is a ceiling: LARS can only shrink a layer's rate, and
+    early in a warm-up, when lr is tiny, the step is plain momentum SGD. The rate sits inside
+    the momentum ("classic momentum", SimCLR's TF LARS); solo-learn multiplies it outside
+    (``v = m v + d * rate / lr``, ``w -= lr v``), the same step whenever lr is constant.
+
+    In a group with ``lars_exclude=True`` weight decay and adaptation are skipped
+    (``d = g``, ``rate = lr``): a plain momentum-SGD step.
     """
 
     def __init__(
@@ -52,11 +64,13 @@ class LARS(torch.optim.Optimizer):
         lr: float,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
-        eta: float = 1e-3,
+        eta: float = LARS_ETA,
+        clip: bool = False,
     ) -> None:
-        if eta <= 0:
+        if not eta > 0:
             raise ValueError(f"LARS eta={eta} must be positive")
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False)
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip=bool(clip),
+                        lars_exclude=False)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -68,51 +82,73 @@ class LARS(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
-            wd, eta, exclude = group["weight_decay"], group["eta"], group["lars_exclude"]
+            wd, eta, clip, exclude = group["weight_decay"], group["eta"], group["clip"], group["lars_exclude"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 grad = p.grad
                 if exclude:
-                    update = grad
-                    scaled_lr = lr
+                    update, rate = grad, lr
                 else:
                     w_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(grad)
-                    denom = g_norm + wd * w_norm
-                    trust = torch.where(
-                        (w_norm > 0) & (denom > 0), eta * w_norm / denom.clamp_min(1e-30), torch.ones_like(w_norm)
-                    )
+                    denom = torch.linalg.vector_norm(grad) + wd * w_norm
+                    local = eta * w_norm / denom.clamp_min(1e-30)
+                    rate = torch.clamp(local, max=lr) if clip else lr * local
+                    rate = torch.where((w_norm > 0) & (denom > 0), rate, torch.full_like(rate, lr))
                     update = grad.add(p, alpha=wd) if wd != 0 else grad
-                    scaled_lr = lr * trust
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
                 if buf is None:
                     buf = torch.zeros_like(p)
                     state["momentum_buffer"] = buf
-                buf.mul_(momentum).add_(update * scaled_lr)
+                buf.mul_(momentum).add_(update * rate)
                 p.sub_(buf)
         return loss
 
 
-def split_param_groups(model: nn.Module, **group_options: Any) -> list[dict[str, Any]]:
-    """Split a model's trainable parameters into weights and biases/norm parameters.
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters that modules of ``model`` list in their ``no_weight_decay()``.
 
-    Returns up to two groups: the weights (tensors with >= 2 dimensions) and the rest
-    (biases, BatchNorm/LayerNorm scales and shifts) with ``weight_decay=0`` and
-    ``lars_exclude=True``.  ``group_options`` (e.g. ``lr_scale=0.2`` for a backbone
-    trained at lr/5) are copied into both groups, so callers can build one pair per
-    sub-module.  Frozen parameters (``requires_grad=False``) are left out.
+    timm's convention: a module's method returns names relative to that module (a ViT's
+    ``{"pos_embed", "cls_token", ...}``); they are prefixed with the module's path here.
     """
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        method = getattr(module, "no_weight_decay", None)
+        if callable(method):
+            names.update(f"{prefix}.{n}" if prefix else str(n) for n in method())
+    return names
+
+
+def split_param_groups(model: nn.Module, exclude_bias_norm: bool = True, bias_lr_scale: float = 1.0,
+                       **group_options: Any) -> list[dict[str, Any]]:
+    """The parameter groups of :mod:`this module's rule <engine.optim>` for ``model``'s trainable parameters.
+
+    With ``exclude_bias_norm`` (the default): up to two groups, ``"weights"`` (tensors with
+    >= 2 dimensions) and ``"bias_norm"`` (1-D tensors and the names of
+    :func:`no_weight_decay_names`) with ``weight_decay=0``, ``lars_exclude=True`` and
+    ``lr_scale`` multiplied by ``bias_lr_scale``. Without it: one group, ``"all"``, in which
+    every tensor is decayed and adapted. ``group_options`` (e.g. ``lr_scale=0.2``) are
+    copied into every group; ``lr_scale`` is what :class:`engine.schedules.LRSchedule`
+    multiplies the scheduled lr by. Frozen parameters (``requires_grad=False``) are left out.
+    """
+    if not exclude_bias_norm:
+        if bias_lr_scale != 1.0:
+            raise ValueError("bias_lr_scale needs exclude_bias_norm: without it biases and norms share the weights' group")
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [{"params": params, **group_options, "name": "all"}] if params else []
+    skip = no_weight_decay_names(model)
     weights, others = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (weights if p.ndim >= 2 else others).append(p)
+            (others if p.ndim < 2 or name in skip else weights).append(p)
     groups = []
     if weights:
-        groups.append({"params": weights, **group_options})
+        groups.append({"params": weights, **group_options, "name": "weights"})
     if others:
-        groups.append({"params": others, **group_options, "weight_decay": 0.0, "lars_exclude": True})
+        scale = group_options.get("lr_scale", 1.0) * bias_lr_scale
+        groups.append({"params": others, **group_options, "weight_decay": 0.0, "lars_exclude": True,
+                       "lr_scale": scale, "name": "bias_norm"})
     return groups
 
 
@@ -122,14 +158,19 @@ def build_optimizer(
     lr: float,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
+    eta: float | None = None,
+    clip: bool | None = None,
+    exclude_bias_norm: bool = True,
+    bias_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
     """Build the optimiser ``--optimizer NAME`` asks for.
 
-    ``params_or_model`` is a model, an iterable of tensors or a list of param-group
-    dicts (extra keys such as ``lr_scale`` are kept for :class:`engine.schedules.LRSchedule`).
-    A model gives all its trainable parameters in one group, except for ``lars``,
-    which gets the two groups of :func:`split_param_groups`.  ``momentum`` is the SGD
-    and LARS momentum and Adam's ``beta1`` (0.9, Adam's usual value, by default).
+    A model gives the groups of :func:`split_param_groups` (``exclude_bias_norm``,
+    ``bias_lr_scale``) whatever the optimiser; an iterable of tensors or a list of
+    param-group dicts is used as given (extra keys such as ``lr_scale`` are kept for
+    :class:`engine.schedules.LRSchedule`). ``momentum`` is the SGD and LARS momentum and
+    Adam's ``beta1``. ``eta`` and ``clip`` (``--lars-eta``, ``--lars-clip``; None:
+    :data:`LARS_ETA` and no clipping) belong to LARS and are refused for other optimisers.
     """
     key = name.lower()
     if key not in OPTIMIZERS:
@@ -140,12 +181,19 @@ def build_optimizer(
         raise UserError(f"--momentum {momentum} must be in [0, 1); pass e.g. --momentum 0.9")
     if weight_decay < 0:
         raise UserError(f"--wd {weight_decay} must be >= 0; pass e.g. --wd 0 or --wd 1e-6")
+    if key != "lars" and (eta is not None or clip is not None):
+        flag = "--lars-eta" if eta is not None else "--lars-clip/--no-lars-clip"
+        raise UserError(f"{flag} sets LARS's trust ratio but --optimizer is {name}; drop it or use --optimizer lars")
+    if eta is not None and not (math.isfinite(eta) and eta > 0):
+        raise UserError(f"--lars-eta {eta} must be a positive number; the papers use 1e-3, solo-learn 0.02")
+    if not (math.isfinite(bias_lr_scale) and bias_lr_scale > 0):
+        raise UserError(f"--bias-lr-scale {bias_lr_scale} must be a positive factor, e.g. 0.024 (Barlow Twins) or 1")
+    if not exclude_bias_norm and bias_lr_scale != 1.0:
+        raise UserError(f"--bias-lr-scale {bias_lr_scale} sets the lr of the bias/norm group, which "
+                        "--no-exclude-bias-norm merges into the weights; drop one of them")
 
     if isinstance(params_or_model, nn.Module):
-        if key == "lars":
-            params: Any = split_param_groups(params_or_model)
-        else:
-            params = [p for p in params_or_model.parameters() if p.requires_grad]
+        params: Any = split_param_groups(params_or_model, exclude_bias_norm, bias_lr_scale)
     else:
         params = list(params_or_model)
 
@@ -156,20 +204,27 @@ def build_optimizer(
     elif key == "adamw":
         opt = torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
     else:
-        opt = LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        opt = LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                   eta=LARS_ETA if eta is None else eta, clip=bool(clip))
     log.debug("optimizer %s: %d param group(s), lr %g, wd %g", key, len(opt.param_groups), lr, weight_decay)
     return opt
 
 
 @dataclass(frozen=True)
 class OptimSpec:
-    """A resolved optimiser choice (``--optimizer``, ``--lr``, ``--momentum``, ``--wd``), checked by the plan."""
+    """A resolved optimiser choice (``--optimizer``, ``--lr``, ``--momentum``, ``--wd``, LARS's
+    ``--lars-eta``/``--lars-clip`` and the bias/norm group's handling), checked by the plan."""
 
     name: str
     lr: float
     momentum: float = 0.9
     wd: float = 0.0
+    eta: float | None = None
+    clip: bool | None = None
+    exclude_bias_norm: bool = True
+    bias_lr_scale: float = 1.0
 
     def build(self, params_or_model: ParamsLike) -> torch.optim.Optimizer:
-        return build_optimizer(self.name, params_or_model, self.lr, self.momentum, self.wd)
+        return build_optimizer(self.name, params_or_model, self.lr, self.momentum, self.wd, self.eta, self.clip,
+                               self.exclude_bias_norm, self.bias_lr_scale)
 

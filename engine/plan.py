@@ -26,8 +26,9 @@ from config.limits import check_input_size
 from datasets.folder import prepare_dataset
 from datasets.index import Index, Sample, few_shot
 from datasets.options import get_opt
+from datasets.views import crop_scale_of, parse_scale
 from engine import checkpoint as ckpt
-from engine import guards
+from engine import guards, recipes
 from engine.cli import check_process_flags
 from engine.optim import OptimSpec
 from engine.runtime import Procs
@@ -36,14 +37,23 @@ from models import build_backbone
 
 log = logging.getLogger(__name__)
 
-# Flags every pretext may read besides its own (its module's add_args): they travel in Plan.method.
-METHOD_FLAGS = ("netnum", "seed", "mepoch", "ds", "loss", "tau", "feature_dim", "aug", "aug_p",
-                "optimizer", "lr", "momentum", "wd")
-
-
 def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags of main_cls_ss_train.py on top of engine.cli.base_parser."""
     g = p.add_argument_group("pretraining")
+    g.add_argument("--recipe", type=recipes.recipe_arg, default=None,
+                   help="paper: the method's own settings; small: batches <= 256 and a few thousand steps "
+                        "(docs/recipes.md). It fills every optimiser, schedule, head and view setting you do not "
+                        f"give (default {recipes.DEFAULT_RECIPE})")
+    g.add_argument("--crop-scale", "--crop_scale", dest="crop_scale", type=_crop_scale, default=None,
+                   help="LO,HI: the --aug_p plan's crop becomes a random resized crop of that area range applied to "
+                        "EVERY augmented view (e.g. 0.08,1); 'plan': the plan's own crop (default: the --recipe's, "
+                        "or 'plan' when --aug/--aug_p are given)")
+    g.add_argument("--exclude-bias-norm", dest="exclude_bias_norm", action=argparse.BooleanOptionalAction,
+                   default=None, help="biases, norm parameters and no_weight_decay() names get no weight decay and no "
+                                      "LARS adaptation, whatever the optimiser (default: on, off where the --recipe's "
+                                      "paper decays everything)")
+    g.add_argument("--bias-lr-scale", dest="bias_lr_scale", type=float, default=None,
+                   help="lr factor of the bias/norm group (default 1, or the --recipe's: Barlow Twins 0.0048/0.2 = 0.024)")
     g.add_argument("--aug", type=int, help="SimCLR: how the two views are made (1-5, see README; default 5)")
     g.add_argument("--aug_p", "--aug-p", dest="aug_p", help="SimCLR: augmentation plan of an augmented view (A-E, S1-S6; default S5)")
     g.add_argument("--loss", help="loss of the pretext (default: the pretext's own, e.g. NTXentLoss for 910)")
@@ -83,6 +93,11 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
             module.add_args(_NewFlagsOnly(p.add_argument_group(f"pretext {name}"), p))
     p.set_defaults(_pretext_flags={k: (sorted(v), defaults[k]) for k, v in owners.items()})
     return p
+
+
+def _crop_scale(text: str) -> list[float] | str:
+    """``--crop-scale``: ``plan`` or an area range ``LO,HI``."""
+    return "plan" if text == "plan" else parse_scale(text, "--crop-scale")
 
 
 class _NewFlagsOnly:
@@ -133,7 +148,7 @@ class Plan:
     """Everything a pretraining process needs, resolved and checked by :func:`resolve`."""
 
     mode: Mode
-    method: argparse.Namespace       # the pretext's settings: its own flags and METHOD_FLAGS, defaults filled
+    method: argparse.Namespace       # the pretext's settings: every resolved flag (its own, recipe-filled, common)
     opt: DatasetOpt
     index: Index
     train: list[Sample]
@@ -178,15 +193,17 @@ def resolve(args: argparse.Namespace) -> Plan:
     args.knn_freq = knn_freq = parse_knn_freq(args.knn_freq)
     decode_netnum(args.netnum)
     module = pretexts.load(mode)
-    if (args.aug is not None or args.aug_p is not None) and not getattr(module, "USES_AUG", False):
-        raise UserError(f"--aug/--aug_p choose SimCLR's two views; --mode {mode.code} ({mode.pretext}) makes its own "
-                        "views: drop them")
+    if (args.aug is not None or args.aug_p is not None or args.crop_scale is not None) \
+            and not getattr(module, "USES_AUG", False):
+        raise UserError(f"--aug/--aug_p/--crop-scale choose SimCLR's two views; --mode {mode.code} ({mode.pretext}) "
+                        "makes its own views: drop them")
     for dest, (owners, default) in getattr(args, "_pretext_flags", {}).items():
         if mode.pretext not in owners and getattr(args, dest, default) != default:
             flag = "--" + dest.replace("_", "-")
             codes = "/".join(str(c) for c, (n, _) in PRETEXTS.items() if n in owners)
             raise UserError(f"{flag} belongs to --mode {codes} ({', '.join(owners)}), not {mode.code} "
                             f"({mode.pretext}): drop it")
+    recipes.resolve(args, module)             # every setting the user did not give, from --recipe
     args.loss = args.loss or module.LOSSES[0]
     if args.loss not in module.LOSSES:
         raise UserError(f"--loss {args.loss} does not fit --mode {mode.code} ({mode.pretext}); use {module.LOSSES[0]}")
@@ -218,8 +235,9 @@ def resolve(args: argparse.Namespace) -> Plan:
         raise UserError(f"--bs {bs} leaves {bs // world} image per process; contrastive learning needs at least 2")
     if hasattr(module, "check_data"):         # e.g. MoCo sizes its queue from the training images
         module.check_data(args, len(train), bs)
-    args.lr = args.lr or opt.lr
-    optim = OptimSpec(args.optimizer, args.lr, args.momentum, args.wd)
+    recipes.resolve_lr(args, bs, opt.lr)
+    optim = OptimSpec(args.optimizer, args.lr, args.momentum, args.wd, args.lars_eta, args.lars_clip,
+                      args.exclude_bias_norm, args.bias_lr_scale)
     schedule = ScheduleSpec(args.lr_policy, args.mepoch, args.warmup, tuple(args.milestones), args.lr_decay)
     # optimiser and schedule flags fail here, in the launching process, not inside a worker
     optim.build([torch.zeros(1, requires_grad=True)])
@@ -249,8 +267,7 @@ def resolve(args: argparse.Namespace) -> Plan:
         ckpt.load_backbone(init_from, backbone)        # a mismatch is a user error, before workers start
     guards.check_writable_folder(ckpt_dir, "--ckpt")
     guards.check_dist_port(args)
-    owned = set(getattr(args, "_pretext_flags", {}))
-    method = argparse.Namespace(**{k: getattr(args, k) for k in (*METHOD_FLAGS, *sorted(owned)) if hasattr(args, k)})
+    method = argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith("_")})
     record = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
     return Plan(mode=mode, method=method, opt=opt, index=index, train=train, netnum=args.netnum,
                 imagenet_init=bool(args.ptcp), seed=args.seed, epochs=args.mepoch, start_epoch=start, global_bs=bs,
@@ -297,7 +314,8 @@ def resolve_gpu_aug(args: argparse.Namespace, module, opt: DatasetOpt) -> bool:
             raise UserError(f"--gpu-aug normalises a batch with one set of band statistics; --ds {args.ds} pools "
                             "datasets with their own: drop --gpu-aug")
         module.make_transform(args, opt)                                        # the plan exists on the CPU path ...
-        BatchViews(aug, plan_code, opt.input_size, opt.mean, opt.std, opt.rgb_index)   # ... and on the device
+        BatchViews(aug, plan_code, opt.input_size, opt.mean, opt.std, opt.rgb_index,   # ... and on the device
+                   crop_scale=crop_scale_of(args))
     return bool(args.gpu_aug)
 
 

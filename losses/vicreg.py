@@ -21,12 +21,15 @@ class VICRegLoss(nn.Module):
 
         c(Z) = \frac{1}{d} \sum_{i \ne j} C(Z)_{ij}^2, \quad C(Z) = \frac{1}{N-1} (Z - \bar Z)^\top (Z - \bar Z),
 
-        L = \lambda\, s + \mu\, [v(Z) + v(Z')] + \nu\, [c(Z) + c(Z')],
+        L = \lambda\, s + \mu\, [v(Z) + v(Z')] / 2 + \nu\, [c(Z) + c(Z')],
 
-    with ``lambda, mu, nu = 25, 25, 1`` and ``epsilon = 1e-4`` (the paper's equation and
-    pseudo-code; the authors' repository halves the variance term). All three terms use
-    the GLOBAL batch (rows gathered with gradient when distributed), so P x n rows give
-    the loss and gradients of 1 x P*n.
+    with ``lambda, mu, nu = 25, 25, 1`` and ``epsilon = 1e-4``, exactly as the authors'
+    code (facebookresearch/vicreg ``main_vicreg.py`` @b42aa232: ``std_loss =
+    mean(relu(1 - std_x)) / 2 + mean(relu(1 - std_y)) / 2``, the two covariance terms
+    summed). The paper's Algorithm 1 and solo-learn sum the variance terms without the
+    halving, which at equal weights doubles the variance pressure. All three terms use the
+    GLOBAL batch (rows gathered with gradient when distributed), so P x n rows give the
+    loss and gradients of 1 x P*n (the official code takes the invariance term per GPU).
     """
 
     def __init__(self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0,
@@ -47,7 +50,7 @@ class VICRegLoss(nn.Module):
         dtype = torch.promote_types(z_a.dtype, torch.float32)     # float32 at least (bf16 under --amp)
         z_a, z_b = z_a.to(dtype), z_b.to(dtype)
         sim = F.mse_loss(z_a, z_b)
-        std = sum(F.relu(1 - torch.sqrt(z.var(0) + self.eps)).mean() for z in (z_a, z_b))
+        std = sum(F.relu(1 - torch.sqrt(z.var(0) + self.eps)).mean() / 2 for z in (z_a, z_b))
         cov = sum(off_diagonal((zc := z - z.mean(0)).T @ zc / (n - 1)).pow(2).sum() / d for z in (z_a, z_b))
         return {"inv": sim, "var": std, "cov": cov}
 

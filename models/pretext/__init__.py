@@ -8,6 +8,9 @@ A pretext module provides
   ``make_transform(args, opt) -> callable`` turning a raw C x H x W tensor into the
       views that forward expects;
   ``LOSSES``: the ``--loss`` names it accepts;
+  ``RECIPES = {"paper": {...}, "small": {...}}`` (flag dest -> value, plus ``lr_base`` and
+      ``lr_rule``) and ``SOURCES`` (the same keys -> where each value comes from): what
+      ``--recipe`` fills in for the flags the user did not give (engine/recipes.py);
 and optionally ``SYNC_BN = True`` (the loss couples the images of a batch, as contrastive
 and redundancy-reduction losses do: on GPUs with several processes BatchNorm is then
 synchronised unless ``--no-sync-bn``), ``add_args(group)`` (its own command-line flags), ``check_args(args)``
@@ -25,7 +28,10 @@ The built model may have
       (teacher parameters with ``requires_grad=False``), so the training state saved for
       ``--resume`` holds it and a resumed run is bit-identical;
   ``kept_backbone``: the backbone that is monitored and saved, when it is not the one
-      passed to ``build`` (DINO keeps its EMA teacher, as the paper evaluates).
+      passed to ``build`` (DINO keeps its EMA teacher, as the paper evaluates);
+  ``uses_index = True``: the epoch loop calls ``forward(views, index)`` with the batch's
+      sample indices (positions in the training set, on the device), e.g. for MoCo's queue
+      to know whose keys it holds.
 Stats returned by ``forward`` are detached 0-dim tensors (no host sync in the step).
 Adding a pretext = one module here + one row in config/codes.py.
 """

@@ -43,6 +43,25 @@ from models.pretext.simclr import embedding_std
 LOSSES = ("MSELoss", "mse")
 PLAN = "D"                      # light augmentation: crop, rotation + flip
 VIS_COLUMNS = ("input band", "target", "prediction")      # --vis: the columns of vis_rows
+_SMALL = ("scripts/experiments/eurosat_ms_pretexts.sh, this repository's README runs of the classic pretexts: "
+          "--optimizer adam --lr 1e-3 --wd 1e-6 --warmup 2, batch 64, cosine; biases/norms undecayed (engine/optim.py)")
+_SOLVER = "richzhang/colorization train/solver.prototxt @4aa459f0"
+RECIPES = {
+    "paper": {"optimizer": "adam", "lr_base": 3e-5, "lr_rule": "none", "momentum": 0.9, "wd": 1e-3,
+              "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 0},
+    "small": {"optimizer": "adam", "lr_base": 1e-3, "lr_rule": "none", "momentum": 0.9, "wd": 1e-6,
+              "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 2},
+}
+SOURCES = {
+    "paper": {"optimizer": f"{_SOLVER} type Adam", "lr_base": f"{_SOLVER} base_lr 3e-5 (its step decay is not "
+                                                             "reproduced: --lr_policy)",
+              "lr_rule": "Zhang et al. 2016: batch 40, no scaling rule",
+              "momentum": f"{_SOLVER} momentum 0.9 (its momentum2 0.99 is not reproduced: Adam's beta2 is 0.999 here)",
+              "wd": f"{_SOLVER} weight_decay 0.001",
+              "exclude_bias_norm": "the house rule (engine/optim.py); the per-layer decay multipliers were not checked",
+              "bias_lr_scale": f"{_SOLVER}: one base_lr", "warmup": f"{_SOLVER}: no warm-up"},
+    "small": {k: _SMALL for k in RECIPES["small"]},
+}
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:

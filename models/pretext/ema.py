@@ -40,8 +40,8 @@ def cosine_momentum(base: float, progress: float) -> float:
 def add_hidden_dim(group: argparse._ArgumentGroup) -> None:
     """``--hidden-dim``: hidden width of a method's MLP heads (default: the paper's)."""
     group.add_argument("--hidden-dim", dest="hidden_dim", type=int, default=None,
-                       help="modes 911-916: hidden width of the projector/head MLP (default: the paper's: 2048 for "
-                            "911/913/916, 4096 for 912, 8192 for 914/915)")
+                       help="modes 911-916: hidden width of the projector/head MLP (default: the --recipe's; paper: "
+                            "the backbone's width for 911/913, 2048 for 916, 4096 for 912, 8192 for 914/915)")
 
 
 def check_positive(args: argparse.Namespace, *dests: str) -> None:

@@ -49,6 +49,20 @@ BETAS = (0.5, 0.999)            # DCGAN's Adam
 ENGINE_MOMENTUM = 0.9           # engine.cli's --momentum default (Adam beta1 for the other pretexts)
 VIS_COLUMNS = ("real image", "generated sample")          # --vis: the columns of vis_rows
 VIS_SEED = 0                    # --vis: seed of the fixed noise, the same z at every figure
+_SMALL = ("scripts/experiments/eurosat_ms_pretexts.sh, this repository's README runs of the classic pretexts: "
+          "--optimizer adam --lr 1e-3 --wd 1e-6 --warmup 2, batch 64, cosine")
+_DCGAN = "Radford et al., ICLR 2016 (DCGAN), section 4, which MARTA-GAN (Lin et al. 2017) follows"
+# The GAN builds its own Adam (betas 0.5, 0.999; see build_optimizer): no momentum or param-group settings.
+RECIPES = {
+    "paper": {"optimizer": "adam", "lr_base": 2e-4, "lr_rule": "none", "wd": 0.0, "warmup": 0},
+    "small": {"optimizer": "adam", "lr_base": 1e-3, "lr_rule": "none", "wd": 1e-6, "warmup": 2},
+}
+SOURCES = {
+    "paper": {"optimizer": f"{_DCGAN}: Adam, beta1 0.5", "lr_base": f"{_DCGAN}: lr 0.0002",
+              "lr_rule": f"{_DCGAN}: mini-batch 128, no scaling rule", "wd": f"{_DCGAN}: none",
+              "warmup": f"{_DCGAN}: constant lr"},
+    "small": {k: _SMALL for k in RECIPES["small"]},
+}
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:

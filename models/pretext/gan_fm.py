@@ -23,6 +23,7 @@ from models.pretext import gan
 from models.pretext.gan import GAN
 
 LOSSES = ("FeatureMatchingLoss", "feature_matching")
+RECIPES, SOURCES = gan.RECIPES, gan.SOURCES       # the same generator, discriminator and Adam
 DEFAULT_BCE_WEIGHT = 0.0
 
 make_transform = gan.make_transform          # the same real views as mode 990

@@ -29,6 +29,23 @@ LOSSES = ("MaskedMSELoss", "masked_mse")
 PLAN = "D"                      # light augmentation: crop, rotation + flip
 DEFAULT_MASK = 0.5              # side of the masked square / side of the image
 DEFAULT_CONTEXT_WEIGHT = 0.01
+_SMALL = ("scripts/experiments/eurosat_ms_pretexts.sh, this repository's README runs of the classic pretexts: "
+          "--optimizer adam --lr 1e-3 --wd 1e-6 --warmup 2, batch 64, cosine; biases/norms undecayed (engine/optim.py)")
+_CE = "pathak22/context-encoder train.lua @defa69a9"
+RECIPES = {
+    "paper": {"optimizer": "adam", "lr_base": 2e-3, "lr_rule": "none", "momentum": 0.5, "wd": 0.0,
+              "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 0},
+    "small": {"optimizer": "adam", "lr_base": 1e-3, "lr_rule": "none", "momentum": 0.9, "wd": 1e-6,
+              "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 2},
+}
+SOURCES = {
+    "paper": {"optimizer": f"{_CE}: optim.adam", "lr_base": f"{_CE}: the encoder-decoder's lr = 10 x lr 0.0002 when "
+                                                            "0 < wtl2 < 1 (wtl2 0.999 in the paper's runs), batch 64",
+              "lr_rule": f"{_CE}: no scaling rule", "momentum": f"{_CE}: beta1 = 0.5 (Adam's beta1 is --momentum)",
+              "wd": f"{_CE}: no weight decay", "exclude_bias_norm": "no decay anyway (wd 0)",
+              "bias_lr_scale": f"{_CE}: one lr", "warmup": f"{_CE}: constant lr, no warm-up"},
+    "small": {k: _SMALL for k in RECIPES["small"]},
+}
 VIS_COLUMNS = ("original", "masked input", "reconstruction")      # --vis: the columns of vis_rows
 
 

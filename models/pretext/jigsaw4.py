@@ -9,7 +9,8 @@ import argparse
 from torch import nn
 
 from models.pretext import jigsaw_common as common
-from models.pretext.jigsaw_common import LOSSES, VIS_COLUMNS, add_args, vis_rows  # noqa: F401  (the pretext contract)
+from models.pretext.jigsaw_common import (LOSSES, RECIPES, SOURCES, VIS_COLUMNS, add_args,  # noqa: F401
+                                          vis_rows)  # (the pretext contract)
 
 GRID = 2
 N_PERMS = 24

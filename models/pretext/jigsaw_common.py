@@ -50,6 +50,26 @@ MAX_TILES = 9                   # all n! permutations are enumerated: 9! = 362,8
 MIN_TILE = 16                   # default tile side floor, in pixels
 TILE_DIM = 512                  # per-tile feature size before concatenation
 HIDDEN_DIM = 1024               # hidden layer of the permutation classifier
+_SMALL = ("scripts/experiments/eurosat_ms_pretexts.sh, this repository's README runs of the classic pretexts: "
+          "--optimizer adam --lr 1e-3 --wd 1e-6 --warmup 2, batch 64, cosine; biases/norms undecayed (engine/optim.py)")
+_CAFFE = "MehdiNoroozi/JigsawPuzzleSolver"
+_SOLVER = f"{_CAFFE} solver_cfn_jps.prototxt @8041c585"
+_NET = f"{_CAFFE} train_val_cfn_jps.prototxt @8041c585"
+RECIPES = {
+    "paper": {"optimizer": "sgd", "lr_base": 0.01, "lr_rule": "linear", "momentum": 0.9, "wd": 5e-4,
+              "exclude_bias_norm": True, "bias_lr_scale": 2.0, "warmup": 0},
+    "small": {"optimizer": "adam", "lr_base": 1e-3, "lr_rule": "none", "momentum": 0.9, "wd": 1e-6,
+              "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 2},
+}
+SOURCES = {
+    "paper": {"optimizer": f"{_SOLVER}: Caffe SGD", "lr_base": f"{_SOLVER} base_lr 0.01 (its step decay is not "
+                                                              "reproduced: --lr_policy)",
+              "lr_rule": f"{_NET} batch_size 256: base_lr at 256, scaled linearly", "momentum": f"{_SOLVER} momentum 0.9",
+              "wd": f"{_SOLVER} weight_decay 0.0005", "exclude_bias_norm": f"{_NET}: biases decay_mult 0",
+              "bias_lr_scale": f"{_NET}: biases lr_mult 2 (here every 1-D tensor: the net has no BatchNorm)",
+              "warmup": f"{_SOLVER}: no warm-up"},
+    "small": {k: _SMALL for k in RECIPES["small"]},
+}
 # --vis: the columns of vis_rows, each a grid x grid mosaic of the tiles
 VIS_COLUMNS = ("shuffled tiles", "true order", "predicted order")
 

@@ -1,35 +1,41 @@
 """MoCo v2 (He et al., CVPR 2020; Chen et al., arXiv 2003.04297), mode 911.
 
-A query encoder (backbone + 2-layer MLP head, hidden ``--hidden-dim`` 2048, output
-``--feature_dim`` 128) and a momentum key encoder (its EMA copy, ``--moco-momentum``
-0.999, updated after every optimiser step) see two views; InfoNCE (``--tau`` 0.2)
-contrasts each query with its key and a queue of keys from earlier batches.
+A query encoder (backbone + 2-layer MLP head, hidden ``--hidden-dim``, output
+``--feature_dim``) and a momentum key encoder (its EMA copy, ``--moco-momentum``, updated
+after every optimiser step) see two views; InfoNCE (``--tau``) contrasts each query with its
+key and a queue of ``--moco-queue`` keys from earlier batches.
 
-The queue holds ``--moco-queue`` keys, 65,536 by default but at most (training images
-- global batch): a queue longer than an epoch of other images would hold several keys
-of every image, the query's own stale keys among them. The cap keeps it below one
-epoch; with reshuffled epochs a key of the query image's previous visit can still be in
-it when that visit was less than K keys ago (excluding those exactly needs image ids in
-the queue, which the pretext does not see). Keys of ALL processes are enqueued, in rank
-order, so every process holds the same queue. Queue, pointer and key encoder are
-buffers / frozen submodules: ``--resume`` restores them exactly.
+The query's own image is never a negative. The queue stores, beside each key, the index of
+its image in the training set (``queue_index``), the epoch loop hands every batch's indices
+to ``forward`` (``uses_index``), and queue entries of a query's own image are masked out of
+its logits. So a queue longer than an epoch of other images is harmless for contamination
+(it only holds several stale keys of the OTHER images); by default it is still sized to at
+most training images - global batch. ``moco_contamination`` (the share of queries with an
+own-image key among the negatives actually used: 0) and ``moco_own_keys`` (the share of
+queries whose own image had a key in the queue, masked) are logged every epoch.
 
-BatchNorm: the key encoder computes its batch statistics on its own batch of keys
-(SyncBN over all processes on GPUs by default); MoCo's "shuffling BN" is not
-implemented. The loss is asymmetric, as in MoCo v2 (view 1 queries, view 2 keys).
+Shuffling BN (MoCo's DDP trick against BatchNorm leaking the positive) has a one-process
+substitute from the authors' CIFAR colab: ``--moco-bn-splits S`` makes every BatchNorm2d of
+both encoders normalise S groups of the batch separately (:class:`SplitBatchNorm`, as if S
+GPUs), and the key batch is shuffled before the key encoder and unshuffled after, so query
+and key of one image are normalised in different groups. Keys of ALL processes are enqueued
+in rank order, so every process holds the same queue. Queue, indices, pointer and key
+encoder are buffers / frozen submodules: ``--resume`` restores them exactly. The loss is
+asymmetric, as in MoCo v2 (view 1 queries, view 2 keys).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from config.errors import UserError
-from datasets.views import build_views
 from config.dist import all_gather_nograd
+from datasets.views import build_views, crop_scale_of
 from losses.infonce import InfoNCELoss
 from models.heads import mlp
 from models.pretext.ema import add_hidden_dim, check_positive, check_unit, ema_update, frozen_copy
@@ -42,59 +48,203 @@ SYNC_BN = True           # BN statistics over all processes' batches on GPUs by 
 USES_AUG = True          # --aug / --aug_p choose the two views (MoCo v2 uses SimCLR's augmentation)
 TAU = 0.2
 FEATURE_DIM = 128
-HIDDEN_DIM = 2048
 QUEUE = 65536
 MOMENTUM = 0.999
+
+_MOCO = "facebookresearch/moco"
+_MAIN = f"{_MOCO} main_moco.py @010242b7"
+_COLAB = f"{_MOCO} colab/moco_cifar10_demo.ipynb @f7364915"
+_BUILDER = f"{_MOCO} moco/builder.py @4397a04e --mlp: dim_mlp = the encoder's fc input width (2048 for ResNet-50)"
+RECIPES = {
+    "paper": {"optimizer": "sgd", "lr_base": 0.03, "lr_rule": "linear", "momentum": 0.9, "wd": 1e-4,
+              "exclude_bias_norm": False, "bias_lr_scale": 1.0, "warmup": 0, "tau": TAU, "feature_dim": FEATURE_DIM,
+              "hidden_dim": "backbone", "moco_queue": QUEUE, "moco_momentum": MOMENTUM, "moco_bn_splits": 8,
+              "aug": 5, "aug_p": "S5", "crop_scale": [0.2, 1.0]},
+    "small": {"optimizer": "sgd", "lr_base": 0.03, "lr_rule": "linear", "momentum": 0.9, "wd": 5e-4,
+              "exclude_bias_norm": False, "bias_lr_scale": 1.0, "warmup": 0, "tau": 0.1, "feature_dim": FEATURE_DIM,
+              "hidden_dim": "backbone", "moco_queue": 4096, "moco_momentum": 0.99, "moco_bn_splits": 8,
+              "aug": 5, "aug_p": "S5", "crop_scale": [0.08, 1.0]},
+}
+SOURCES = {
+    "paper": {"optimizer": f"{_MAIN}: torch.optim.SGD", "lr_base": f"{_MOCO} README.md @56700212: lr 0.03 at batch 256",
+              "lr_rule": f"{_MOCO} README.md: 'linear lr scaling recipe' (0.015 at batch 128)",
+              "momentum": f"{_MAIN} --momentum 0.9", "wd": f"{_MAIN} --wd 1e-4",
+              "exclude_bias_norm": f"{_MAIN}: SGD(model.parameters(), weight_decay=...) decays every parameter",
+              "bias_lr_scale": f"{_MAIN}: one lr", "warmup": f"{_MAIN} adjust_learning_rate --cos: no warm-up",
+              "tau": f"{_MOCO} README.md: --moco-t 0.2 for MoCo v2", "feature_dim": f"{_MAIN} --moco-dim 128",
+              "hidden_dim": _BUILDER, "moco_queue": f"{_MAIN} --moco-k 65536 (capped at training images - batch)",
+              "moco_momentum": f"{_MAIN} --moco-m 0.999",
+              "moco_bn_splits": f"shuffle BN over the paper's 8 GPUs; its one-process substitute {_COLAB} --bn-splits 8",
+              "aug": "MoCo v2 --aug-plus: SimCLR's augmentation, two independent views",
+              "aug_p": f"{_MAIN} aug-plus: crop, jitter 0.4 p 0.8, gray 0.2, blur 0.5, flip; S5 is this repo's version",
+              "crop_scale": f"{_MAIN} RandomResizedCrop(224, scale=(0.2, 1.))"},
+    "small": {"optimizer": f"{_COLAB}: SGD", "lr_base": f"{_COLAB}: lr 0.06 at batch 512 ('0.03 for batch 256')",
+              "lr_rule": f"{_MOCO} README.md: linear lr scaling", "momentum": f"{_COLAB} SGD momentum 0.9 (from a copy)",
+              "wd": f"{_COLAB} --wd 5e-4", "exclude_bias_norm": f"{_COLAB}: SGD(model.parameters(), weight_decay=...)",
+              "bias_lr_scale": f"{_COLAB}: one lr", "warmup": f"{_COLAB} --cos: no warm-up",
+              "tau": f"{_COLAB} --moco-t 0.1", "feature_dim": f"{_COLAB} --moco-dim 128",
+              "hidden_dim": f"{_BUILDER} (the colab has no MLP head; MoCo v2 keeps it)",
+              "moco_queue": f"{_COLAB} --moco-k 4096 (capped at training images - batch)",
+              "moco_momentum": f"{_COLAB} --moco-m 0.99 (half-life 69 steps: right for a few thousand)",
+              "moco_bn_splits": f"{_COLAB} --bn-splits 8 (SplitBatchNorm)",
+              "aug": "two independent views as MoCo v2", "aug_p": f"{_COLAB}: crop, jitter, gray, flip (no blur); S5",
+              "crop_scale": f"{_COLAB} RandomResizedCrop(32): torchvision's default scale (0.08, 1.0)"},
+}
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--moco-queue", dest="moco_queue", type=int, default=None,
-                       help=f"mode 911: queue length (default {QUEUE:,}, capped at training images - batch)")
-    group.add_argument("--moco-momentum", dest="moco_momentum", type=float, default=MOMENTUM,
-                       help=f"mode 911: key-encoder momentum (default {MOMENTUM})")
+                       help="mode 911: queue length (default: the --recipe's, 65,536 or 4,096, capped at training "
+                            "images - batch)")
+    group.add_argument("--moco-momentum", dest="moco_momentum", type=float, default=None,
+                       help=f"mode 911: key-encoder momentum (default: the --recipe's, {MOMENTUM} or 0.99)")
+    group.add_argument("--moco-bn-splits", dest="moco_bn_splits", type=int, default=None,
+                       help="mode 911: BatchNorm in this many groups of the batch, keys shuffled across them (MoCo's "
+                            "shuffle BN on one process; 1: plain BN; default: the --recipe's 8)")
     add_hidden_dim(group)
 
 
 def check_args(args: argparse.Namespace) -> None:
     check_unit(args, "moco_momentum")
-    check_positive(args, "moco_queue", "hidden_dim")
+    check_positive(args, "moco_queue", "hidden_dim", "moco_bn_splits")
+
+
+def _several_processes(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "mp_distributed", False)) or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def check_data(args: argparse.Namespace, n_train: int, global_bs: int) -> None:
-    """Fix the queue length: 65,536 or ``--moco-queue``, at most ``n_train - global_bs``."""
+    """Size the queue from the data and fit ``--moco-bn-splits`` to the batch.
+
+    A queue from the recipe (or none given) is capped at ``n_train - global_bs``; a longer
+    ``--moco-queue`` is kept (own-image keys are masked; the others repeat). Split BatchNorm
+    simulates several GPUs in ONE process: with several processes, or a batch it cannot
+    split into groups of >= 2 images, a recipe's value is lowered and a given one refused.
+    """
+    filled = getattr(args, "recipe_filled", ())
     limit = n_train - global_bs
-    if limit < 1:
-        raise UserError(f"MoCo's queue needs training images beyond one batch, but --bs {global_bs} covers all "
-                        f"{n_train}; lower --bs")
-    if args.moco_queue is None:
-        args.moco_queue = min(QUEUE, limit)
+    if args.moco_queue is None or "moco_queue" in filled:
+        if limit < 1:
+            raise UserError(f"MoCo's queue needs training images beyond one batch, but --bs {global_bs} covers all "
+                            f"{n_train}; lower --bs or give --moco-queue")
+        args.moco_queue = min(args.moco_queue or QUEUE, limit)
     elif args.moco_queue > limit:
-        raise UserError(f"--moco-queue {args.moco_queue} exceeds training images - batch = {n_train} - {global_bs} "
-                        f"= {limit}: the queue would hold stale keys of the query images; use at most {limit}")
+        log.info("--moco-queue %d is longer than training images - batch = %d: it holds several keys of every other "
+                 "image (the query's own are masked out)", args.moco_queue, limit)
+    splits = args.moco_bn_splits or 1
+    if splits == 1:
+        return
+    given = "moco_bn_splits" not in filled
+    if _several_processes(args):
+        if given:
+            raise UserError(f"--moco-bn-splits {splits} simulates several GPUs' BatchNorm in one process; with several "
+                            "processes each normalises its own batch already: use --moco-bn-splits 1")
+        args.moco_bn_splits = 1
+        return
+    if global_bs % splits == 0 and global_bs // splits >= 2:
+        return
+    if given:
+        raise UserError(f"--moco-bn-splits {splits} must split --bs {global_bs} into equal groups of at least 2 images; "
+                        f"use a divisor of {global_bs} up to {global_bs // 2}")
+    fits = [s for s in range(splits, 0, -1) if global_bs % s == 0 and global_bs // s >= 2]
+    args.moco_bn_splits = fits[0] if fits else 1
+    log.info("MoCo: --bs %d splits into %d BatchNorm groups, not the recipe's %d", global_bs, args.moco_bn_splits,
+             splits)
+
+
+class SplitBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics come from ``num_splits`` groups of the batch separately.
+
+    The one-GPU simulation of per-GPU BatchNorm from the MoCo authors' CIFAR colab
+    (``colab/moco_cifar10_demo.ipynb``, adapted there from davidcpage/cifar10-fast): the
+    batch is viewed as ``N / S`` images of ``S x C`` channels, so image ``i`` is normalised
+    with the statistics of the images ``j = i (mod S)``; the running statistics are the mean
+    of the groups'. In eval mode it is a plain BatchNorm2d (same state dict keys).
+    """
+
+    def __init__(self, num_features: int, num_splits: int, **kw) -> None:
+        super().__init__(num_features, **kw)
+        self.num_splits = num_splits
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        if not self.training and self.track_running_stats:         # eval: the running statistics, per image
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False,
+                                self.momentum, self.eps)
+        s = self.num_splits
+        if n % s:
+            raise ValueError(f"SplitBatchNorm: a batch of {n} does not split into {s} groups")
+        mean_s, var_s = self.running_mean.repeat(s), self.running_var.repeat(s)
+        out = F.batch_norm(x.reshape(n // s, c * s, h, w), mean_s, var_s, self.weight.repeat(s),
+                           self.bias.repeat(s), True, self.momentum, self.eps).view(n, c, h, w)
+        with torch.no_grad():
+            self.running_mean.copy_(mean_s.view(s, c).mean(dim=0))
+            self.running_var.copy_(var_s.view(s, c).mean(dim=0))
+            self.num_batches_tracked.add_(1)
+        return out
+
+
+def split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
+    """Replace every (affine) BatchNorm2d of ``module`` in place by a :class:`SplitBatchNorm` with its state."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d and child.affine:
+            new = SplitBatchNorm(child.num_features, num_splits, eps=child.eps, momentum=child.momentum,
+                                 track_running_stats=child.track_running_stats)
+            new.load_state_dict(child.state_dict())
+            setattr(module, name, new.to(child.weight.device))
+        else:
+            split_batchnorm(child, num_splits)
+    return module
 
 
 class MoCo(nn.Module):
-    def __init__(self, backbone: nn.Module, feature_dim: int = FEATURE_DIM, hidden_dim: int = HIDDEN_DIM,
-                 queue: int = QUEUE, momentum: float = MOMENTUM, tau: float = TAU) -> None:
+    uses_index = True      # the epoch loop calls forward(views, index): the queue remembers whose keys it holds
+
+    def __init__(self, backbone: nn.Module, feature_dim: int = FEATURE_DIM, hidden_dim: int | None = None,
+                 queue: int = QUEUE, momentum: float = MOMENTUM, tau: float = TAU, bn_splits: int = 1) -> None:
+        """``hidden_dim`` None: the backbone's width (MoCo v2's head). ``bn_splits`` > 1: :class:`SplitBatchNorm`."""
         super().__init__()
+        if bn_splits > 1:
+            split_batchnorm(backbone, bn_splits)
         self.backbone = backbone
-        self.projector = mlp([backbone.out_dim, hidden_dim, feature_dim], bn=False)
+        self.bn_splits = bn_splits
+        self.projector = mlp([backbone.out_dim, hidden_dim or backbone.out_dim, feature_dim], bn=False)
         self.key_backbone = frozen_copy(backbone)
         self.key_projector = frozen_copy(self.projector)
         self.momentum = momentum
         self.criterion = InfoNCELoss(tau)
         self.register_buffer("queue", F.normalize(torch.randn(queue, feature_dim), dim=1))
+        self.register_buffer("queue_index", torch.full((queue,), -1, dtype=torch.long))   # -1: no image
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self._pending: Tensor | None = None     # keys of the last step, enqueued in on_step_end
+        self._pending: tuple[Tensor, Tensor] | None = None   # keys and indices of the last step, enqueued in on_step_end
 
-    def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    @torch.no_grad()
+    def keys(self, xk: Tensor) -> Tensor:
+        """Normalised keys of ``xk``; with split BN the batch is shuffled across the groups and restored."""
+        if self.bn_splits > 1:
+            perm = torch.randperm(len(xk), device=xk.device)
+            k = self.key_projector(self.key_backbone(xk[perm]))[torch.argsort(perm)]
+        else:
+            k = self.key_projector(self.key_backbone(xk))
+        return F.normalize(k.float(), dim=1)
+
+    def forward(self, views: tuple[Tensor, Tensor], index: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """InfoNCE of the queries against their keys and the queue; ``index`` (N sample indices) masks
+        the queue entries of each query's own image (None: no mask, as for data without indices)."""
         xq, xk = views
         q = self.projector(self.backbone(xq))
-        with torch.no_grad():
-            k = F.normalize(self.key_projector(self.key_backbone(xk)).float(), dim=1)
-        loss = self.criterion(q.float(), k, self.queue)
-        self._pending = all_gather_nograd(k)
-        return loss, {"emb_std": embedding_std(q)}
+        k = self.keys(xk)
+        stats = {"emb_std": embedding_std(q)}
+        if index is None:
+            logits = self.criterion.logits(q.float(), k, self.queue)
+            index = torch.full((len(q),), -1, dtype=torch.long, device=q.device)
+        else:
+            own = self.queue_index[None, :] == index[:, None]
+            logits = self.criterion.logits(q.float(), k, self.queue, exclude=own)
+            stats["moco_own_keys"] = own.any(dim=1).float().mean()
+            stats["moco_contamination"] = (own & torch.isfinite(logits[:, 1:])).any(dim=1).float().mean()
+        self._pending = (all_gather_nograd(k), all_gather_nograd(index.to(self.queue_index.device)))
+        return self.criterion.from_logits(logits), stats
 
     @torch.no_grad()
     def on_step_end(self, progress: float) -> None:
@@ -102,26 +252,32 @@ class MoCo(nn.Module):
         ema_update(self.key_backbone, self.backbone, self.momentum)
         ema_update(self.key_projector, self.projector, self.momentum)
         if self._pending is not None:
-            self.enqueue(self._pending)
+            self.enqueue(*self._pending)
             self._pending = None
 
     @torch.no_grad()
-    def enqueue(self, keys: Tensor) -> None:
-        """Write ``keys`` at the pointer, wrapping around; the oldest keys are overwritten."""
+    def enqueue(self, keys: Tensor, index: Tensor | None = None) -> None:
+        """Write ``keys`` (and their sample indices) at the pointer, wrapping around; the oldest are overwritten."""
         size = self.queue.shape[0]
-        keys = keys[-size:]
+        if index is None:
+            index = torch.full((len(keys),), -1, dtype=torch.long, device=keys.device)
+        keys, index = keys[-size:], index[-size:]
         idx = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % size
         self.queue[idx] = keys.to(self.queue.dtype)
+        self.queue_index[idx] = index.to(self.queue_index.dtype)
         self.queue_ptr.copy_((self.queue_ptr + len(keys)) % size)
 
 
 def build(args: argparse.Namespace, opt, backbone: nn.Module) -> MoCo:
     queue = args.moco_queue if args.moco_queue is not None else QUEUE
-    log.info("MoCo v2: queue %d keys, momentum %g, tau %g", queue, args.moco_momentum, args.tau)
-    return MoCo(backbone, feature_dim=args.feature_dim, hidden_dim=args.hidden_dim or HIDDEN_DIM, queue=queue,
-                momentum=args.moco_momentum, tau=args.tau)
+    splits = args.moco_bn_splits or 1
+    log.info("MoCo v2: queue %d keys, momentum %g, tau %g, BatchNorm in %d group(s)", queue, args.moco_momentum,
+             args.tau, splits)
+    return MoCo(backbone, feature_dim=args.feature_dim, hidden_dim=args.hidden_dim, queue=queue,
+                momentum=args.moco_momentum, tau=args.tau, bn_splits=splits)
 
 
 def make_transform(args: argparse.Namespace, opt):
     aug = 5 if args.aug is None else args.aug
-    return build_views(aug, args.aug_p or "S5", opt.input_size, opt.mean, opt.std, opt.rgb_index)
+    return build_views(aug, args.aug_p or "S5", opt.input_size, opt.mean, opt.std, opt.rgb_index,
+                       crop_scale=crop_scale_of(args))

@@ -55,6 +55,24 @@ TAU = 0.5                # exemplar NT-Xent temperature (--tau)
 FEATURE_DIM = 128        # exemplar projection size (--feature_dim)
 TASKS = ("inpaint", "recog", "exemplar")
 DEFAULT_WEIGHTS = (20.0, 1.0, 1.0)
+_SMALL = ("scripts/experiments/eurosat_ms_pretexts.sh, this repository's README runs of the classic pretexts: "
+          "--optimizer adam --lr 1e-3 --wd 1e-6 --warmup 2, batch 64, cosine; biases/norms undecayed (engine/optim.py)")
+_TODAY = ("no optimiser in the SPEC's description of this system: this repository's behaviour before recipes "
+          "(Adam, the dataset's lr, wd 1e-6 on every parameter, no warm-up)")
+RECIPES = {
+    "paper": {"optimizer": "adam", "lr_base": None, "lr_rule": "dataset", "momentum": 0.9, "wd": 1e-6,
+              "exclude_bias_norm": False, "bias_lr_scale": 1.0, "warmup": 0, "tau": TAU, "feature_dim": FEATURE_DIM},
+    "small": {"optimizer": "adam", "lr_base": 1e-3, "lr_rule": "none", "momentum": 0.9, "wd": 1e-6,
+              "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 2, "tau": TAU, "feature_dim": FEATURE_DIM},
+}
+SOURCES = {
+    "paper": {**{k: _TODAY for k in RECIPES["paper"]},
+              "tau": "this repository's exemplar NT-Xent temperature (SimCLR's 0.5; the SPEC names none)",
+              "feature_dim": "this repository's exemplar projection (SimCLR's 128; the SPEC names none)"},
+    "small": {**{k: _SMALL for k in RECIPES["small"]},
+              "tau": "the paper recipe's exemplar temperature (SimCLR's 0.5)",
+              "feature_dim": "the paper recipe's exemplar projection (SimCLR's 128)"},
+}
 DECODER_MAX_WIDTH = 256     # decoder channels at a level: min(stage channels, this)
 DECODER_OUT_WIDTH = 32      # channels of the last conv before the 1x1 band projection
 RECOG_WIDTH = 256           # channels of the recognition head's convs and MLP

@@ -3,13 +3,15 @@
 Both views go through the backbone in ONE batch (BatchNorm sees 2N images, as in the
 paper's global BN), the 2-layer MLP head maps pooled features to ``--feature_dim`` and
 NT-Xent with temperature ``--tau`` contrasts them, with negatives from every process.
+``RECIPES`` (``--recipe``): ``paper`` is the official CIFAR-10 run of the authors' README,
+``small`` solo-learn's ResNet-18 CIFAR config; ``SOURCES`` names where each value comes from.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from datasets.views import build_views
+from datasets.views import build_views, crop_scale_of
 from losses.ntxent import NTXentLoss
 from models.heads import ProjectionHead
 
@@ -18,6 +20,44 @@ USES_AUG = True          # --aug / --aug_p choose the two views
 SYNC_BN = True           # the loss couples a batch's images: SyncBatchNorm by default on several GPUs
 TAU = 0.5                # NT-Xent temperature (--tau)
 FEATURE_DIM = 128        # projection size (--feature_dim)
+
+_README = "google-research/simclr README.md @0075cc07, CIFAR-10 command"
+_TF2 = "google-research/simclr tf2/"
+_SOLO = "vturrisi/solo-learn scripts/pretrain/cifar/simclr.yaml @07f8c3bb"
+_SOLO_BASE = "vturrisi/solo-learn solo/args/pretrain.py @07458e52 and solo/methods/base.py @c980e9e3 defaults"
+RECIPES = {
+    "paper": {"optimizer": "lars", "lr_base": 1.0, "lr_rule": "linear", "momentum": 0.9, "wd": 1e-6,
+              "lars_eta": 1e-3, "lars_clip": False, "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 10,
+              "tau": TAU, "feature_dim": FEATURE_DIM, "aug": 5, "aug_p": "S5", "crop_scale": [0.08, 1.0]},
+    "small": {"optimizer": "lars", "lr_base": 0.4, "lr_rule": "linear", "momentum": 0.9, "wd": 1e-4,
+              "lars_eta": 0.02, "lars_clip": True, "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 10,
+              "tau": 0.2, "feature_dim": FEATURE_DIM, "aug": 5, "aug_p": "S5", "crop_scale": [0.08, 1.0]},
+}
+SOURCES = {
+    "paper": {"optimizer": f"{_TF2}run.py --optimizer lars", "lr_base": f"{_README}: --learning_rate 1.0",
+              "lr_rule": f"{_TF2}model.py WarmUpAndCosineDecay, --learning_rate_scaling linear (default)",
+              "momentum": f"{_TF2}run.py --momentum 0.9", "wd": f"{_README}: --weight_decay 1e-6",
+              "lars_eta": f"{_TF2}lars_optimizer.py EETA_DEFAULT = 0.001",
+              "lars_clip": f"{_TF2}lars_optimizer.py: the trust ratio is not capped",
+              "exclude_bias_norm": f"{_TF2}model.py build_optimizer: batch_normalization and bias excluded from "
+                                   "weight decay and layer adaptation",
+              "bias_lr_scale": f"{_TF2}model.py: one lr for every parameter",
+              "warmup": f"{_TF2}run.py --warmup_epochs 10",
+              "tau": f"{_README}: --temperature 0.5 (the SPEC's default)",
+              "feature_dim": "SimCLR v1 head (TF1 model_util.projection_head): Linear+BN, ReLU, Linear to 128; the SPEC",
+              "aug": "SimCLR: two independently augmented views (tf2/data_util.py preprocess_for_train)",
+              "aug_p": "crop, flip, colour jitter, grayscale, blur (tf2/data_util.py); S5 is this repo's version",
+              "crop_scale": f"{_TF2}data_util.py crop_and_resize area_range=(0.08, 1.0)"},
+    "small": {"optimizer": _SOLO, "lr_base": f"{_SOLO} optimizer.lr 0.4 (per 256)",
+              "lr_rule": "solo-learn solo/args/pretrain.py: lr x batch / 256", "momentum": _SOLO_BASE,
+              "wd": f"{_SOLO} weight_decay 1e-4", "lars_eta": f"{_SOLO} eta 0.02", "lars_clip": f"{_SOLO} clip_lr True",
+              "exclude_bias_norm": f"{_SOLO} exclude_bias_n_norm True", "bias_lr_scale": f"{_SOLO}: one lr",
+              "warmup": f"{_SOLO_BASE}: warmup_epochs 10", "tau": f"{_SOLO} temperature 0.2",
+              "feature_dim": "the SPEC's 2-layer BN head to 128 (solo-learn's is 2048-256 without BN)",
+              "aug": "scripts/pretrain/cifar/augmentations/symmetric.yaml @8676d223: two symmetric views",
+              "aug_p": "symmetric.yaml: crop, flip, jitter 0.8, gray 0.2, blur 0.5; S5 is this repo's version",
+              "crop_scale": "symmetric.yaml crop min_scale 0.08, max_scale 1.0"},
+}
 
 
 def embedding_std(z: Tensor) -> Tensor:
@@ -52,4 +92,4 @@ def build(args, opt, backbone: nn.Module) -> SimCLR:
 def make_transform(args, opt):
     aug = 5 if args.aug is None else args.aug
     plan = args.aug_p or "S5"
-    return build_views(aug, plan, opt.input_size, opt.mean, opt.std, opt.rgb_index)
+    return build_views(aug, plan, opt.input_size, opt.mean, opt.std, opt.rgb_index, crop_scale=crop_scale_of(args))

@@ -7,6 +7,7 @@ dimension's batch std above 1) and covariance (off-diagonal covariances to 0) by
 ``--vicreg-weights`` 25,25,1, with the statistics over the GLOBAL batch (rows of all
 processes gathered with gradient: losses/vicreg.py). Each view is its own batch through
 the networks. Views: ``--aug 6`` by default, BYOL's asymmetric pair, as in the paper.
+``RECIPES``: ``paper`` is the official code, ``small`` solo-learn's ResNet-18 CIFAR config.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from config.errors import UserError
-from datasets.views import build_views
+from datasets.views import build_views, crop_scale_of
 from losses.vicreg import VICRegLoss
 from models.heads import mlp
 from models.pretext.ema import add_hidden_dim, check_positive
@@ -30,10 +31,45 @@ FEATURE_DIM = 8192
 HIDDEN_DIM = 8192
 WEIGHTS = "25,25,1"
 
+_MAIN = "facebookresearch/vicreg main_vicreg.py @b42aa232"
+_SOLO = "vturrisi/solo-learn scripts/pretrain/cifar/vicreg.yaml @1df0b89d"
+_SOLO_BASE = "vturrisi/solo-learn solo/args/pretrain.py @07458e52 and solo/methods/base.py @c980e9e3 defaults"
+RECIPES = {
+    "paper": {"optimizer": "lars", "lr_base": 0.2, "lr_rule": "linear", "momentum": 0.9, "wd": 1e-6,
+              "lars_eta": 1e-3, "lars_clip": False, "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 10,
+              "feature_dim": FEATURE_DIM, "hidden_dim": HIDDEN_DIM, "vicreg_weights": WEIGHTS,
+              "aug": AUG, "aug_p": "S5", "crop_scale": [0.08, 1.0]},
+    "small": {"optimizer": "lars", "lr_base": 0.3, "lr_rule": "linear", "momentum": 0.9, "wd": 1e-4,
+              "lars_eta": 0.02, "lars_clip": True, "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 10,
+              "feature_dim": 2048, "hidden_dim": 2048, "vicreg_weights": WEIGHTS,
+              "aug": AUG, "aug_p": "S5", "crop_scale": [0.2, 1.0]},
+}
+SOURCES = {
+    "paper": {"optimizer": f"{_MAIN}: LARS (Barlow Twins' copy)", "lr_base": f"{_MAIN} --base-lr 0.2",
+              "lr_rule": f"{_MAIN} adjust_learning_rate: base_lr * batch_size / 256", "momentum": f"{_MAIN} LARS 0.9",
+              "wd": f"{_MAIN} --wd 1e-6", "lars_eta": f"{_MAIN} LARS eta 0.001", "lars_clip": f"{_MAIN}: not capped",
+              "exclude_bias_norm": f"{_MAIN}: weight_decay_filter = lars_adaptation_filter = exclude_bias_and_norm",
+              "bias_lr_scale": f"{_MAIN}: one lr for every parameter", "warmup": f"{_MAIN}: 10 warm-up epochs",
+              "feature_dim": f"{_MAIN} --mlp 8192-8192-8192", "hidden_dim": f"{_MAIN} --mlp 8192-8192-8192",
+              "vicreg_weights": f"{_MAIN} --sim-coeff 25 --std-coeff 25 --cov-coeff 1",
+              "aug": "facebookresearch/vicreg augmentations.py @cc1ef4f1: blur 1.0 / 0.1, solarise 0 / 0.2",
+              "aug_p": "augmentations.py: crop, flip, jitter 0.4 p 0.8, gray 0.2; S5 is this repo's version",
+              "crop_scale": "augmentations.py RandomResizedCrop(224): torchvision's default scale (0.08, 1.0)"},
+    "small": {"optimizer": _SOLO, "lr_base": f"{_SOLO} lr 0.3 (per 256)", "lr_rule": "solo-learn: lr x batch / 256",
+              "momentum": _SOLO_BASE, "wd": f"{_SOLO} weight_decay 1e-4", "lars_eta": f"{_SOLO} eta 0.02",
+              "lars_clip": f"{_SOLO} clip_lr True", "exclude_bias_norm": f"{_SOLO} exclude_bias_n_norm True",
+              "bias_lr_scale": f"{_SOLO}: one lr", "warmup": f"{_SOLO_BASE}: warmup_epochs 10",
+              "feature_dim": f"{_SOLO} proj_output_dim 2048", "hidden_dim": f"{_SOLO} proj_hidden_dim 2048",
+              "vicreg_weights": f"{_SOLO} sim 25, var 25, cov 1",
+              "aug": f"{_SOLO}: two views (its solarise 0.1 on both and no blur are not reproduced: --aug 6)",
+              "aug_p": f"{_SOLO}: crop, flip, jitter 0.4, gray 0.2; S5 is this repo's version",
+              "crop_scale": f"{_SOLO} crop min_scale 0.2"},
+}
+
 
 def add_args(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--vicreg-weights", dest="vicreg_weights", default=WEIGHTS,
-                       help=f"mode 915: invariance,variance,covariance weights (default {WEIGHTS})")
+    group.add_argument("--vicreg-weights", dest="vicreg_weights", default=None,
+                       help=f"mode 915: invariance,variance,covariance weights (default: the --recipe's, {WEIGHTS})")
     add_hidden_dim(group)
 
 
@@ -78,4 +114,5 @@ def build(args: argparse.Namespace, opt, backbone: nn.Module) -> VICReg:
 
 def make_transform(args: argparse.Namespace, opt):
     aug = AUG if args.aug is None else args.aug
-    return build_views(aug, args.aug_p or "S5", opt.input_size, opt.mean, opt.std, opt.rgb_index)
+    return build_views(aug, args.aug_p or "S5", opt.input_size, opt.mean, opt.std, opt.rgb_index,
+                       crop_scale=crop_scale_of(args))

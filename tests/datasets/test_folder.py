@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from datasets.folder import band_stats, prepare_dataset, stats_path
+from datasets.folder import band_stats, make_dataset, prepare_dataset, stats_path
 from datasets.index import build_index
 from datasets.options import get_opt
 from datasets.reader import read_raw
@@ -71,5 +71,9 @@ def test_every_named_dataset_is_measured_and_pools_keep_their_own(tmp_path):
     assert np.allclose(ms.mean, 1000 + n.mean()) and np.allclose(ms.std, n.std())
     rgb, _ = prepare_dataset(get_opt("eurorgb", ns))
     assert np.allclose(rgb.mean, 100, atol=1)          # the jpgs are a flat 100, not ImageNet's 124/116/104
-    pooled, _ = prepare_dataset(get_opt("eurorgb+euromsrgb", ns))
+    pooled, pidx = prepare_dataset(get_opt("eurorgb+euromsrgb", ns))
     assert np.allclose(pooled.parts[0].mean, rgb.mean) and np.allclose(pooled.parts[1].mean, ms.mean)
+    # one numbering over the parts: an item's index is its position in the pooled dataset (MoCo's queue)
+    data = make_dataset(pooled, pidx.train, lambda o: None)
+    assert [data[i][2] for i in range(len(data))] == list(range(len(data))) and data[-1][2] == len(data) - 1
+    assert len(pooled.parts) == 2 and 0 < len(data.datasets[0]) < len(data)

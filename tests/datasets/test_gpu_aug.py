@@ -172,3 +172,24 @@ def test_same_generator_seed_same_views_and_unsupported_plan():
     assert torch.equal(a1, a2) and torch.equal(b1, b2) and not torch.equal(a1, b1)
     with pytest.raises(UserError, match="--gpu-aug does not implement plan A"):
         G.BatchViews(5, "A", 16, MEAN, STD, RGB)
+
+
+def test_crop_scale_makes_every_device_view_a_crop_of_that_range():
+    """As the CPU path (datasets.transforms.build_plan): --crop-scale replaces the plan's crop by one applied
+    to every view, with that area range; a plan without a crop refuses it."""
+    n = 2000
+    plan = G.BatchPlan("S5", 32, MEAN, STD, RGB, crop_scale=(0.2, 1.0))
+    assert ("crop", 1.0) in plan.steps and plan.crop_scale == (0.2, 1.0)
+    whole = G.Box.whole(n, 96, 96, "cpu")
+    box = plan.geometry(whole, gen(3))
+    h, w = box.extent()
+    area = (h * w) / 96**2
+    assert area.min() >= 0.2 - 0.02 and area.max() <= 1.0
+    assert (area > 0.995).float().mean() < 0.03                 # never the plan's 20 % of uncropped views
+    own = G.BatchPlan("S5", 32, MEAN, STD, RGB).geometry(whole, gen(3))
+    oh, ow = own.extent()
+    assert 0.15 < ((oh * ow) / 96**2 > 0.995).float().mean() < 0.25
+    views = G.BatchViews(5, "S5", 32, MEAN, STD, RGB, crop_scale=(0.2, 1.0))
+    assert views.plan.crop_scale == (0.2, 1.0)
+    with pytest.raises(UserError, match="--crop-scale replaces the crop step .* S2 has none"):
+        G.BatchPlan("S2", 32, MEAN, STD, RGB, crop_scale=(0.2, 1.0))

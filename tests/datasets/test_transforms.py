@@ -300,3 +300,56 @@ def test_user_errors_name_the_value() -> None:
         Normalize(RGB_MEAN, RGB_STD[:2])
     with pytest.raises(UserError, match=r"\(13, 80, 80\).*3 bands"):
         plain(SIZE, RGB_MEAN, RGB_STD)(make_case(13)[0])
+
+
+def _position_image(bands: int, side: int = 96) -> torch.Tensor:
+    """Band 0 holds the row index, band 1 the column index, the others noise: crops can be measured."""
+    x = torch.rand(bands, side, side) * 10
+    x[0] = torch.arange(side, dtype=torch.float32)[:, None].expand(side, side)
+    x[1] = torch.arange(side, dtype=torch.float32)[None, :].expand(side, side)
+    return x
+
+
+def _crop_areas(plan, side: int = 96, draws: int = 300) -> torch.Tensor:
+    """Area share of the region each draw shows (from the extremes of the row/column bands)."""
+    x = _position_image(plan.normalize.bands, side)
+    areas = []
+    for seed in range(draws):
+        torch.manual_seed(seed)
+        y = plan(x)
+        rows, cols = y[0], y[1]
+        areas.append(((rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)) / side**2)
+    return torch.stack(areas)
+
+
+@pytest.mark.parametrize("bands", [3, 13])
+def test_crop_scale_crops_every_view_within_the_range(bands: int) -> None:
+    """--crop-scale 0.2,1 (a recipe's crop): the plan's crop becomes a random resized crop applied ALWAYS with
+    that area range, for any band count; without it plan S3 keeps its own (p 0.8, scale 0.5-1)."""
+    stats = (tuple([0.0] * bands), tuple([1.0] * bands))
+    recipe = build_plan("S3", 32, *stats, None, crop_scale=(0.2, 1.0))
+    crop = recipe.steps[0]
+    assert isinstance(crop, T.RandomResizedCrop) and (crop.scale, crop.p) == ((0.2, 1.0), 1.0)
+    whole = _crop_areas(plain(32, *stats), draws=1)[0]       # the uncropped view (antialiasing trims the edges)
+    areas = _crop_areas(recipe)
+    assert areas.min() > 0.2 - 0.03 and areas.max() <= whole + 1e-4
+    assert (areas > whole - 1e-3).float().mean() < 0.03     # a whole-image view only when the draw is ~1
+    assert areas.min() < 0.3 and (areas < 0.5).float().mean() > 0.2
+    own = build_plan("S3", 32, *stats, None)
+    assert (own.steps[0].scale, own.steps[0].p) == ((0.5, 1.0), 0.8)
+    own_areas = _crop_areas(own)
+    assert own_areas.min() > 0.5 - 0.03
+    assert 0.12 < (own_areas > whole - 1e-3).float().mean() < 0.3   # ~20 % uncropped, as the SPEC's S3 says
+
+
+def test_crop_scale_replaces_every_crop_kind_and_needs_one() -> None:
+    x, mean, std, rgb = make_case(13)
+    for code in ("A", "B", "C", "D", "E", "S4", "S5", "S6"):
+        plan = build_plan(code, SIZE, mean, std, rgb, crop_scale=(0.08, 1.0))
+        crops = [s for s in plan.steps if isinstance(s, (T.RandomResizedCrop, T.FixedFractionCrop))]
+        assert len(crops) == 1 and isinstance(crops[0], T.RandomResizedCrop), code
+        assert (crops[0].scale, crops[0].p) == ((0.08, 1.0), 1.0)
+        assert plan(x).shape == (13, SIZE, SIZE)
+    for code in ("S1", "S2"):
+        with pytest.raises(UserError, match=f"--crop-scale replaces the crop step .* {code} has none"):
+            build_plan(code, SIZE, mean, std, rgb, crop_scale=(0.2, 1.0))

@@ -162,3 +162,41 @@ def test_multicrop_crop_scales() -> None:
     blur = [type(s).__name__ for s in mc.global_views[1].steps][-1]
     assert blur == "GaussianBlur" and [v.steps[-1].p for v in (*mc.global_views, mc.local_view)] == [1.0, 0.1, 0.5]
     assert [len(v.post) for v in (*mc.global_views, mc.local_view)] == [0, 1, 0]
+
+
+@pytest.mark.parametrize("aug", [3, 5, 6])
+def test_crop_scale_reaches_every_plan_view(aug: int) -> None:
+    """A recipe's crop (crop_scale) is applied always in both plan views of --aug 5/6 and in view b of --aug 3,
+    whose own view-a crop (scale 0.5-1, p 0.8) keeps its meaning."""
+    from datasets.transforms import RandomResizedCrop
+    pair = build_views(aug, "S5", SIZE, MEAN, STD, RGB, crop_scale=(0.2, 1.0))
+    plans = [pair.view_b] if aug == 3 else [pair.view_a, pair.view_b]
+    for plan in plans:
+        crop = plan.steps[0]
+        assert isinstance(crop, RandomResizedCrop) and (crop.scale, crop.p) == ((0.2, 1.0), 1.0)
+    if aug == 3:
+        assert (pair.view_a.crop.scale, pair.view_a.crop.p) == ((0.5, 1.0), 0.8)
+    default = build_views(aug, "S5", SIZE, MEAN, STD, RGB)
+    assert (default.view_b.steps[0].scale, default.view_b.steps[0].p) == ((0.5, 1.0), 0.8)
+    torch.manual_seed(0)
+    a, b = pair(image())
+    assert a.shape == b.shape == (13, SIZE, SIZE)
+
+
+def test_crop_scale_values_and_errors() -> None:
+    from argparse import Namespace
+
+    from datasets.views import crop_scale_of, parse_scale
+    assert parse_scale("0.2,1", "--crop-scale") == [0.2, 1.0]
+    assert crop_scale_of(Namespace(crop_scale=[0.08, 1.0])) == (0.08, 1.0)
+    assert crop_scale_of(Namespace(crop_scale="plan")) is None and crop_scale_of(Namespace()) is None
+    for bad in ("0.2", "0,1", "0.5,0.2", "0.2,1.5", "a,b"):
+        with pytest.raises(UserError, match=f"--crop-scale '?{bad}"):
+            parse_scale(bad, "--crop-scale")
+
+
+def test_multicrop_takes_the_recipes_scales() -> None:
+    from datasets.views import MultiCrop
+    mc = MultiCrop(64, [0.0] * 2, [1.0] * 2, None, n_local=2, global_scale=(0.14, 1.0), local_scale=(0.05, 0.14))
+    assert [v.steps[0].scale for v in mc.global_views] == [(0.14, 1.0)] * 2 and mc.local_view.steps[0].scale == (0.05, 0.14)
+    assert all(v.steps[0].p == 1.0 for v in (*mc.global_views, mc.local_view))

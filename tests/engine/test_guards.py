@@ -149,7 +149,7 @@ def test_broken_test_files_are_refused_before_training(demo_root, tmp_path, caps
     root, index = _own_copy(demo_root, tmp_path)
     empty, garbage = index.test[0].path, index.test[-1].path
     empty.write_bytes(b"")
-    err = _fails(main_cls.main, _own_args(root, tmp_path), f"{empty} (in the test split) is an empty file", capsys)
+    _fails(main_cls.main, _own_args(root, tmp_path), f"{empty} (in the test split) is an empty file", capsys)
     index.test[0].path.unlink()
     garbage.write_bytes(b"not a tiff at all" * 10)
     _fails(main_cls.main, _own_args(root, tmp_path), f"{garbage} is not a readable raster", capsys)

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, default_collate
 
 import models.pretext as pretexts
 from config.codes import decode_mode
-from engine import loaders, loop, plan, pretrain
+from engine import loaders, loop, plan, pretrain, recipes
 from engine.cli import base_parser
 from engine.optim import build_optimizer
 from engine.runtime import Runtime, TrainingDiverged
@@ -64,6 +64,7 @@ def setup(code: int, n_batches: int = 3, bs: int = 4, size: int = 32, lr: float 
     args = pretrain_args(code, *extra)
     mode = decode_mode(code, "pretrain")
     module = pretexts.load(mode)
+    recipes.resolve(args, module)
     plan.resolve_head_flags(args, mode, module)
     if args.feature_dim is not None:                # tiny heads: the test is about the loop, not the method
         args.feature_dim = 32
@@ -157,6 +158,24 @@ def test_on_step_end_gets_the_run_progress():
     model.on_step_end = seen.append
     loop.train_one_epoch(model, batches, optimizer, schedule, 1, Runtime(torch.device("cpu")), 2, None)
     assert seen == pytest.approx([4 / 6, 5 / 6, 6 / 6])
+
+
+def test_the_loop_hands_sample_indices_to_a_model_that_uses_them():
+    """MoCo (uses_index): forward gets each batch's sample indices; a queue long enough to hold the first
+    epoch's keys then finds every query's own image in it, masked (contamination 0). Other models get views only."""
+    args, model, optimizer, schedule, batches = setup(911, 3, 4, 32, 1e-3, "--moco-queue", "12",
+                                                      "--moco-bn-splits", "2")
+    assert model.uses_index and not getattr(setup(910)[1], "uses_index", False)
+    got: list[torch.Tensor] = []
+    real = model.forward
+    model.forward = lambda views, index=None: (got.append(index), real(views, index))[1]
+    rt = Runtime(torch.device("cpu"))
+    first = loop.train_one_epoch(model, batches, optimizer, schedule, 0, rt, args.mepoch, None)
+    assert [t.tolist() for t in got] == [b[2].tolist() for b in batches]
+    second = loop.train_one_epoch(model, batches, optimizer, schedule, 1, rt, args.mepoch, None)
+    assert first["moco_own_keys"] == 0.0 and second["moco_own_keys"] == 1.0
+    assert first["moco_contamination"] == second["moco_contamination"] == 0.0
+    assert sorted(model.queue_index.tolist()) == list(range(12))
 
 
 def test_bf16_autocast_and_channels_last_run_on_cpu():

@@ -127,31 +127,45 @@ def test_off_diagonal() -> None:
     assert off_diagonal(m).tolist() == [v for i, v in enumerate(m.flatten().tolist()) if i % 5]
 
 
-# --- VICReg, Algorithm 1 -------------------------------------------------------------------
-def vicreg_algorithm1(z_a, z_b, lam=25.0, mu=25.0, nu=1.0) -> torch.Tensor:
-    n, d = z_a.shape
-    sim_loss = F.mse_loss(z_a, z_b)
-    std_z_a = torch.sqrt(z_a.var(dim=0) + 1e-04)
-    std_z_b = torch.sqrt(z_b.var(dim=0) + 1e-04)
-    std_loss = torch.mean(F.relu(1 - std_z_a)) + torch.mean(F.relu(1 - std_z_b))
-    z_a = z_a - z_a.mean(dim=0)
-    z_b = z_b - z_b.mean(dim=0)
-    cov_z_a = (z_a.T @ z_a) / (n - 1)
-    cov_z_b = (z_b.T @ z_b) / (n - 1)
-    off = ~torch.eye(d, dtype=torch.bool)
-    cov_loss = cov_z_a[off].pow(2).sum() / d + cov_z_b[off].pow(2).sum() / d
-    return lam * sim_loss + mu * std_loss + nu * cov_loss
+# --- VICReg, the official code --------------------------------------------------------------
+def vicreg_official(x, y, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0) -> torch.Tensor:
+    """facebookresearch/vicreg main_vicreg.py @b42aa232, VICReg.forward after the projector, one process
+    (FullGatherLayer is the identity), batch_size = N, num_features = d."""
+    batch_size, num_features = x.shape
+
+    def off_diagonal_official(m):
+        n, k = m.shape
+        assert n == k
+        return m.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+
+    repr_loss = F.mse_loss(x, y)
+    x = x - x.mean(dim=0)
+    y = y - y.mean(dim=0)
+    std_x = torch.sqrt(x.var(dim=0) + 0.0001)
+    std_y = torch.sqrt(y.var(dim=0) + 0.0001)
+    std_loss = torch.mean(F.relu(1 - std_x)) / 2 + torch.mean(F.relu(1 - std_y)) / 2
+    cov_x = (x.T @ x) / (batch_size - 1)
+    cov_y = (y.T @ y) / (batch_size - 1)
+    cov_loss = off_diagonal_official(cov_x).pow_(2).sum().div(num_features) \
+        + off_diagonal_official(cov_y).pow_(2).sum().div(num_features)
+    return sim_coeff * repr_loss + std_coeff * std_loss + cov_coeff * cov_loss
 
 
 @pytest.mark.parametrize("scale", [0.3, 3.0])      # below 1: the variance hinge is active
-def test_vicreg_matches_algorithm1(scale: float) -> None:
+def test_vicreg_matches_the_official_code(scale: float) -> None:
     z_a = (randn(12, 5, seed=30) * scale).detach().requires_grad_()
     z_b = (randn(12, 5, seed=31) * scale).detach().requires_grad_()
     ours = VICRegLoss()(z_a, z_b)
-    assert_same(ours, vicreg_algorithm1(z_a, z_b), (z_a, z_b))
+    assert_same(ours, vicreg_official(z_a, z_b), (z_a, z_b))
     terms = VICRegLoss().terms(z_a, z_b)
     assert (terms["var"].item() > 0) == (scale < 1)
     assert VICRegLoss(1, 0, 0)(z_a, z_b).item() == pytest.approx(F.mse_loss(z_a, z_b).item())
+    # the variance term is the MEAN of the two branches' hinges (the paper's Algorithm 1 sums them)
+    za, zb = z_a.detach(), z_b.detach()
+    hinge = [F.relu(1 - torch.sqrt(z.var(0) + 1e-4)).mean().item() for z in (za, zb)]
+    assert terms["var"].item() == pytest.approx((hinge[0] + hinge[1]) / 2, rel=1e-12)
+    if scale < 1:
+        assert VICRegLoss(0, 1, 0)(z_a, z_b).item() == pytest.approx(sum(hinge) / 2, rel=1e-12)
 
 
 # --- DINO, Algorithm 1 ---------------------------------------------------------------------
@@ -185,3 +199,49 @@ def test_dino_multicrop_averages_every_teacher_student_pair_but_the_same_crop() 
     ref = sum(dino_H(teacher[g], student[v], loss_fn.center, 0.1, 0.04) for g, v in pairs) / len(pairs)
     assert len(pairs) == 8
     assert_same(ours, ref, tuple(student))
+
+
+def test_dino_centre_from_the_first_batch() -> None:
+    """center_init 'first': step 1 centres with the batch's own mean teacher output (not 0) and leaves the centre
+    there; step 2 is the ordinary EMA. The zero start (the paper's code) centres step 1 with 0."""
+    s1, s2 = randn(5, 6, seed=80), randn(5, 6, seed=81)
+    t1, t2 = randn(5, 6, seed=82) + 3.0, randn(5, 6, seed=83) + 3.0     # a large common offset to remove
+    mean1 = torch.cat([t1, t2]).detach().mean(dim=0, keepdim=True)
+    first = DINOLoss(6, center_init="first").double()
+    assert not bool(first.center_ready)
+    ours = first([s1, s2], [t1, t2])
+    ref = dino_H(t1, s2, mean1, 0.1, 0.04) / 2 + dino_H(t2, s1, mean1, 0.1, 0.04) / 2
+    assert_same(ours, ref, (s1, s2))
+    torch.testing.assert_close(first.center, mean1, rtol=0, atol=1e-12)
+    t3, t4 = randn(5, 6, seed=84), randn(5, 6, seed=85)
+    first([s1, s2], [t3, t4])
+    torch.testing.assert_close(first.center, 0.9 * mean1 + 0.1 * torch.cat([t3, t4]).mean(dim=0, keepdim=True),
+                               rtol=0, atol=1e-12)
+    zero = DINOLoss(6).double()
+    ref0 = dino_H(t1, s2, torch.zeros(1, 6, dtype=torch.float64), 0.1, 0.04) / 2 \
+        + dino_H(t2, s1, torch.zeros(1, 6, dtype=torch.float64), 0.1, 0.04) / 2
+    assert_same(zero([s1, s2], [t1, t2]), ref0, (s1, s2))
+    torch.testing.assert_close(zero.center, 0.1 * mean1, rtol=0, atol=1e-12)
+
+
+def test_dino_teacher_temperature_of_the_step_and_entropy() -> None:
+    s1, s2, t1, t2 = (randn(4, 9, seed=90 + i) for i in range(4))
+    loss_fn = DINOLoss(9).double()
+    ours = loss_fn([s1, s2], [t1, t2], update_center=False, teacher_temp=torch.tensor(0.055, dtype=torch.float64))
+    zero = torch.zeros(1, 9, dtype=torch.float64)
+    assert_same(ours, dino_H(t1, s2, zero, 0.1, 0.055) / 2 + dino_H(t2, s1, zero, 0.1, 0.055) / 2, (s1, s2))
+    p = F.softmax(torch.cat([t1, t2]).detach() / 0.055, dim=1)
+    entropy = -(p * p.log()).sum(dim=1).mean() / math.log(9)
+    assert float(loss_fn.teacher_entropy) == pytest.approx(float(entropy), rel=1e-9)
+
+
+def test_infonce_excluded_queue_entries_are_no_negatives() -> None:
+    """Masking queue entries of a query equals removing them from that query's denominator."""
+    q, k = randn(3, 8, seed=4), randn(3, 8, seed=5)
+    queue = F.normalize(randn(10, 8, seed=6).detach(), dim=1)
+    exclude = torch.zeros(3, 10, dtype=torch.bool)
+    exclude[0, [1, 7]] = True
+    exclude[2, 4] = True
+    ours = InfoNCELoss(0.2)(q, k, queue, exclude)
+    per_query = [moco_algorithm1(q[i:i + 1], k[i:i + 1], queue[~exclude[i]].T, 0.2) for i in range(3)]
+    assert_same(ours, sum(per_query) / 3, (q,))

@@ -1,0 +1,304 @@
+"""``--recipe paper|small``: every pretext's tables, the resolver, and each mode's settings reaching the
+optimiser's param groups and the built model (built on the meta device: paper heads of 8192 x 8192 cost no
+memory there)."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import models.pretext as pretexts
+from config.codes import PRETEXTS, decode_mode
+from config.errors import UserError
+from engine import evaljob, plan, recipes
+from engine.optim import OptimSpec
+from engine.cli import CLS_DEFAULTS, base_parser
+from engine.optim import LARS, build_optimizer
+from engine.schedules import LRSchedule
+from models import build_backbone
+from models.pretext import dino, moco
+from tests.models.pretext_data import make_opt
+
+BS, N_TRAIN, DATASET_LR, MEPOCH = 64, 375, 1e-4, 200
+OPTIMIZER_TYPES = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "lars": LARS}
+
+
+def parse(code: int, *extra: str) -> argparse.Namespace:
+    return plan.add_args(base_parser("", "pretrain")).parse_args(
+        ["--mode", str(code), "--netnum", "000000", "--mepoch", str(MEPOCH), *extra])
+
+
+def resolved(code: int, *extra: str) -> tuple[argparse.Namespace, object]:
+    """``prepare``'s recipe steps without a dataset: resolve, head flags, the module's checks, the lr."""
+    args = parse(code, *extra)
+    mode = decode_mode(code, "pretrain")
+    module = pretexts.load(mode)
+    recipes.resolve(args, module)
+    plan.resolve_head_flags(args, mode, module)
+    if hasattr(module, "check_args"):
+        module.check_args(args)
+    if hasattr(module, "check_data"):
+        module.check_data(args, N_TRAIN, BS)
+    recipes.resolve_lr(args, BS, DATASET_LR)
+    return args, module
+
+
+def expected_lr(recipe: dict) -> float:
+    base, rule = recipe["lr_base"], recipe["lr_rule"]
+    return {"linear": lambda: base * BS / 256, "none": lambda: base, "dataset": lambda: DATASET_LR,
+            "sqrt": lambda: base * math.sqrt(BS)}[rule]()
+
+
+def test_every_pretext_has_both_recipes_each_setting_with_a_source() -> None:
+    flags = vars(parse(910))
+    for module in pretexts.modules():
+        name = module.__name__.rsplit(".", 1)[-1]
+        assert set(module.RECIPES) == set(recipes.RECIPE_NAMES), name
+        for recipe in recipes.RECIPE_NAMES:
+            table, sources = module.RECIPES[recipe], module.SOURCES[recipe]
+            assert set(table) == set(sources), (name, recipe, set(table) ^ set(sources))
+            assert all(isinstance(s, str) and len(s) > 10 for s in sources.values()), (name, recipe)
+            assert set(table) - set(recipes.NOT_FLAGS) <= set(flags), (name, set(table) - set(flags))
+            assert {"optimizer", "lr_rule", "wd", "warmup"} <= set(table), (name, recipe)
+            assert table["lr_rule"] in recipes.LR_RULES
+        assert module.RECIPES["paper"] != module.RECIPES["small"], name
+
+
+@pytest.mark.parametrize("recipe", recipes.RECIPE_NAMES)
+@pytest.mark.parametrize("code", sorted(pretexts.implemented()))
+def test_recipe_settings_reach_the_optimizer_and_the_model(code: int, recipe: str) -> None:
+    args, module = resolved(code, "--recipe", recipe)
+    table = recipes.recipe_of(module, recipe, "convnet")
+    assert args.recipe == recipe
+    # every setting of the table is in the namespace (what the checkpoint's meta records)
+    for key, value in table.items():
+        if key in recipes.NOT_FLAGS:
+            continue
+        if value == "backbone":
+            value = 512                                   # ResNet-18's width
+        elif key in recipes.EPOCH_CAPS:
+            value = min(value, math.floor(recipes.EPOCH_CAPS[key] * MEPOCH))
+        elif key == "moco_queue":
+            value = min(value, N_TRAIN - BS)
+        elif key in recipes.LARS_KEYS and table["optimizer"] != "lars":
+            value = None
+        assert getattr(args, key) == value, (key, getattr(args, key), value)
+    assert args.lr == pytest.approx(expected_lr(table))
+    assert set(args.recipe_filled) == {k for k in table if k not in recipes.NOT_FLAGS} | {"lr"}
+    # the optimiser's param groups
+    opt = make_opt(4, 32)
+    with torch.device("meta"):
+        backbone, _ = build_backbone(args.netnum, 4)
+        model = module.build(args, opt, backbone)
+    if hasattr(module, "build_optimizer"):
+        optimizer = module.build_optimizer(args, model, args.lr)
+        groups = optimizer.param_groups
+        assert type(optimizer) is torch.optim.Adam and all(g["weight_decay"] == table["wd"] for g in groups)
+    else:
+        optimizer = OptimSpec(args.optimizer, args.lr, args.momentum, args.wd, args.lars_eta, args.lars_clip,
+                              args.exclude_bias_norm, args.bias_lr_scale).build(model)
+        assert type(optimizer) is OPTIMIZER_TYPES[table["optimizer"]]
+        groups = optimizer.param_groups
+        if table.get("exclude_bias_norm", True):
+            assert [g["name"] for g in groups] == ["weights", "bias_norm"]
+            assert (groups[0]["weight_decay"], groups[1]["weight_decay"]) == (table["wd"], 0.0)
+            assert groups[1]["lr_scale"] == pytest.approx(table.get("bias_lr_scale", 1.0))
+            assert all(p.ndim < 2 for p in groups[1]["params"]) and all(p.ndim >= 2 for p in groups[0]["params"])
+        else:
+            assert [g["name"] for g in groups] == ["all"] and groups[0]["weight_decay"] == table["wd"]
+        if table["optimizer"] == "lars":
+            assert all((g["eta"], g["clip"]) == (table["lars_eta"], table["lars_clip"]) for g in groups)
+        momentum = groups[0]["betas"][0] if "betas" in groups[0] else groups[0]["momentum"]
+        assert momentum == table["momentum"]
+    n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    assert sum(len(g["params"]) for g in groups) == n_trainable
+    schedule = LRSchedule(args.lr_policy, args.lr, args.mepoch, 5, args.warmup)
+    assert schedule.warmup_iters == round(args.warmup * 5)
+    schedule.step(optimizer, 5 * MEPOCH // 2)
+    scale = groups[-1].get("lr_scale", 1.0) if len(groups) > 1 else 1.0
+    assert groups[-1]["lr"] == pytest.approx(schedule.lr_at(MEPOCH / 2) * scale)
+    check_model(code, model, args, table)
+    if getattr(module, "USES_AUG", False):
+        views = module.make_transform(args, opt)
+        crop = views.view_a.steps[0]
+        assert (crop.scale, crop.p) == (tuple(table["crop_scale"]), 1.0)
+        assert views.aug == table["aug"] and views.view_a.code == table["aug_p"]
+
+
+def check_model(code: int, model: nn.Module, args: argparse.Namespace, table: dict) -> None:
+    """The mode's own settings in the built model."""
+    def widths(seq):
+        return [m.out_features for m in seq if isinstance(m, nn.Linear)]
+    if code == 910:
+        assert model.criterion.temperature == table["tau"] and model.projector.out_dim == table["feature_dim"]
+    elif code == 920:
+        assert args.tau == table["tau"] and args.feature_dim == table["feature_dim"]
+    elif code == 911:
+        assert widths(model.projector) == [512, table["feature_dim"]]        # hidden = the backbone's width
+        assert model.momentum == table["moco_momentum"] and model.criterion.temperature == table["tau"]
+        assert model.queue.shape[0] == min(table["moco_queue"], N_TRAIN - BS)
+        assert model.bn_splits == table["moco_bn_splits"]
+        split = [m for m in model.backbone.modules() if isinstance(m, moco.SplitBatchNorm)]
+        assert split and all(m.num_splits == table["moco_bn_splits"] for m in split)
+        assert not [m for m in model.backbone.modules() if type(m) is nn.BatchNorm2d]
+    elif code == 912:
+        assert widths(model.projector) == [table["hidden_dim"], table["feature_dim"]]
+        assert widths(model.predictor) == [table["pred_hidden"], table["feature_dim"]]
+        assert model.base_momentum == table["byol_momentum"]
+    elif code == 913:
+        hidden = 512 if table["hidden_dim"] == "backbone" else table["hidden_dim"]
+        assert widths(model.projector) == [hidden, hidden, table["feature_dim"]]
+        assert widths(model.predictor) == [table["pred_hidden"], table["feature_dim"]]
+    elif code == 914:
+        assert widths(model.projector) == [table["hidden_dim"], table["hidden_dim"], table["feature_dim"]]
+        assert model.criterion.lambd == table["barlow_lambda"]
+    elif code == 915:
+        assert widths(model.projector) == [table["hidden_dim"], table["hidden_dim"], table["feature_dim"]]
+        crit = model.criterion
+        assert (crit.sim_coeff, crit.std_coeff, crit.cov_coeff) == (25.0, 25.0, 1.0)
+    elif code == 916:
+        assert model.head.last_layer.out_features == table["feature_dim"]
+        assert any(isinstance(m, nn.BatchNorm1d) for m in model.head.mlp) == table["dino_bn_head"]
+        assert model.base_momentum == table["dino_momentum"] and model.teacher_temp == table["teacher_temp"]
+        assert model.warmup_teacher_temp == table["warmup_teacher_temp"]
+        assert model.warmup_fraction == pytest.approx(args.warmup_teacher_temp_epochs / MEPOCH)
+        assert model.criterion.center_init == table["dino_center_init"]
+        assert model.freeze_last == pytest.approx(table["dino_freeze_last"] / MEPOCH)
+        crops = dino.make_transform(args, make_opt(4, 32))
+        assert crops.n_local == table["local_crops"]
+        assert crops.global_views[0].steps[0].scale == tuple(table["global_crops_scale"])
+
+
+def test_default_recipe_is_paper_and_keeps_the_specs_defaults() -> None:
+    args, _ = resolved(910)
+    assert (args.recipe, args.tau, args.feature_dim, args.optimizer) == ("paper", 0.5, 128, "lars")
+    args, _ = resolved(916)
+    assert (args.tau, args.teacher_temp, args.feature_dim, args.optimizer) == (0.1, 0.04, 65536, "sgd")
+    args, _ = resolved(914)
+    assert args.bias_lr_scale == pytest.approx(0.024) and args.barlow_lambda == 0.0051
+
+
+def test_user_flags_beat_the_recipe() -> None:
+    args, _ = resolved(914, "--optimizer", "adam")
+    assert (args.lr_rule, args.bias_lr_scale, args.lars_eta) == ("dataset", 1.0, None)   # LARS-era choices dropped
+    assert "bias_lr_scale" not in args.recipe_filled and args.exclude_bias_norm is True
+    args, _ = resolved(914, "--recipe", "paper", "--optimizer", "sgd", "--wd", "0", "--warmup", "3",
+                       "--hidden-dim", "64", "--feature_dim", "32", "--no-exclude-bias-norm", "--bias-lr-scale", "1",
+                       "--barlow-lambda", "0.01")
+    assert (args.optimizer, args.wd, args.warmup, args.hidden_dim, args.feature_dim) == ("sgd", 0.0, 3.0, 64, 32)
+    assert (args.exclude_bias_norm, args.bias_lr_scale, args.barlow_lambda) == (False, 1.0, 0.01)
+    # the recipe's lr rule belongs to its optimiser (LARS): another one takes the dataset's lr, and no LARS setting
+    assert (args.lr_rule, args.lr, args.lars_eta, args.lars_clip) == ("dataset", DATASET_LR, None, None)
+    assert args.momentum == 0.9 and "momentum" in args.recipe_filled and "wd" not in args.recipe_filled
+    args, _ = resolved(910, "--recipe", "small", "--lr", "0.5", "--lars-eta", "0.001", "--no-lars-clip")
+    assert (args.lr, args.lr_rule, args.lars_eta, args.lars_clip, args.wd) == (0.5, "given", 0.001, False, 1e-4)
+    args, _ = resolved(916, "--recipe", "small", "--teacher-temp", "0.05", "--dino-momentum", "0.996",
+                       "--local-crops", "2", "--no-dino-bn-head", "--dino-center-init", "zero")
+    assert (args.teacher_temp, args.dino_momentum, args.local_crops, args.dino_bn_head, args.dino_center_init) == \
+        (0.05, 0.996, 2, False, "zero")
+
+
+def test_recipe_epochs_are_capped_at_a_share_of_the_run() -> None:
+    args, _ = resolved(910, "--mepoch", "25")
+    assert args.warmup == 2                                # 10 epochs, at most floor(0.1 x 25)
+    args, _ = resolved(910, "--mepoch", "5")
+    assert args.warmup == 0
+    args, _ = resolved(910, "--mepoch", "25", "--warmup", "7")
+    assert args.warmup == 7.0                              # the user's value is never capped
+    args, _ = resolved(916, "--recipe", "small", "--mepoch", "100")
+    assert (args.warmup_teacher_temp_epochs, args.dino_freeze_last) == (30, 1)
+
+
+def test_a_view_plan_the_user_names_keeps_its_own_crop() -> None:
+    args, module = resolved(910, "--aug", "3", "--aug_p", "S5")
+    assert args.crop_scale == "plan" and "crop_scale" not in args.recipe_filled
+    views = module.make_transform(args, make_opt(4, 32))
+    assert (views.view_b.steps[0].scale, views.view_b.steps[0].p) == ((0.5, 1.0), 0.8)
+    args, module = resolved(910, "--aug", "3", "--crop-scale", "0.3,1")
+    assert args.crop_scale == [0.3, 1.0]
+    assert module.make_transform(args, make_opt(4, 32)).view_b.steps[0].scale == (0.3, 1.0)
+
+
+def test_dino_without_local_crops_widens_a_recipes_global_crops() -> None:
+    """main_dino.py's advice: 0.14-1 for the global crops when multi-crop is off (the ViT recipe has 0.4-1)."""
+    args = parse(916, "--local-crops", "0")
+    args.global_crops_scale = None
+    recipes.resolve(args, dino)
+    args.global_crops_scale = [0.4, 1.0]                  # as the ViT column would fill it
+    dino.check_args(args)
+    assert args.global_crops_scale == dino.WIDE_GLOBAL
+    given = parse(916, "--local-crops", "0", "--global-crops-scale", "0.4,1")
+    recipes.resolve(given, dino)
+    dino.check_args(given)
+    assert given.global_crops_scale == [0.4, 1.0]         # given: kept
+
+
+def test_backbone_family_columns_and_width() -> None:
+    assert recipes.backbone_width("000000") == 512 and recipes.backbone_width("020000") == 2048
+    assert recipes.backbone_kind("020000") == "convnet"
+    vit = recipes.recipe_of(dino, "paper", "vit")
+    assert (vit["optimizer"], vit["lr_base"], vit["wd"], vit["global_crops_scale"]) == ("adamw", 5e-4, 0.04, [0.4, 1.0])
+    resnet = recipes.recipe_of(dino, "paper", "convnet")
+    assert (resnet["optimizer"], resnet["lr_base"], resnet["wd"]) == ("sgd", 0.03, 1e-4)
+    args, _ = resolved(911, "--netnum", "020000")
+    assert args.hidden_dim == 2048                        # MoCo v2's head: the backbone's width
+
+
+def test_lr_rules() -> None:
+    ns = argparse.Namespace(lr=None, lr_rule="linear", lr_base=0.3, recipe="paper", recipe_filled=[])
+    assert recipes.resolve_lr(ns, 512, 1e-4) == pytest.approx(0.6)
+    ns = argparse.Namespace(lr=None, lr_rule="sqrt", lr_base=0.075, recipe="paper", recipe_filled=[])
+    assert recipes.resolve_lr(ns, 4096, 1e-4) == pytest.approx(0.075 * 64)
+    ns = argparse.Namespace(lr=None, lr_rule="dataset", lr_base=None, recipe="paper", recipe_filled=[])
+    assert recipes.resolve_lr(ns, 64, 3e-4) == 3e-4 and ns.lr_base == 3e-4
+
+
+def test_user_errors() -> None:
+    with pytest.raises(SystemExit):
+        parse(910, "--recipe", "big")
+    with pytest.raises(UserError, match="--exclude-bias-norm does not apply to gan"):
+        recipes.resolve(parse(990, "--exclude-bias-norm"), pretexts.load(decode_mode(990, "pretrain")))
+    args, _ = resolved(911)
+    with pytest.raises(UserError, match="--lars-eta sets LARS's trust ratio but --optimizer is sgd"):
+        build_optimizer(args.optimizer, [torch.zeros(1, requires_grad=True)], 0.1, eta=0.02)
+
+
+def test_main_cls_keeps_todays_defaults() -> None:
+    args = evaljob.add_args(base_parser("", "cls")).parse_args(["--mode", "11"])
+    assert {k: getattr(args, k) for k in CLS_DEFAULTS} == {"optimizer": "adam", "warmup": 0.0, "momentum": 0.9,
+                                                            "wd": 1e-6}
+    assert (args.lars_eta, args.lars_clip) == (None, None)
+    bad = evaljob.add_args(base_parser("", "cls")).parse_args(["--mode", "11", "--lars-eta", "0.02"])
+    with pytest.raises(UserError, match="--lars-eta/--lars-clip .* need --optimizer lars"):
+        evaljob.resolve(bad)
+
+
+def test_every_pretraining_mode_takes_a_recipe() -> None:
+    assert {pretexts.load(decode_mode(c, "pretrain")).__name__.rsplit(".", 1)[-1]
+            for c in pretexts.implemented()} == {n for c, (n, _) in PRETEXTS.items() if c in pretexts.implemented()}
+    for code in pretexts.implemented():
+        for recipe in recipes.RECIPE_NAMES:
+            args, _ = resolved(code, "--recipe", recipe)
+            assert args.optimizer in OPTIMIZER_TYPES and args.lr > 0 and args.wd >= 0 and args.warmup >= 0
+
+
+def test_docs_table_matches_the_code_for_the_ssl_methods() -> None:
+    """docs/recipes.md's rows for 910-916 show each recipe's optimiser, base lr, weight decay and warm-up."""
+    from tests.conftest import REPO
+    rows = [r for r in (REPO / "docs" / "recipes.md").read_text().splitlines() if r.startswith("| 91")]
+    for code in (910, 911, 912, 913, 914, 915, 916):
+        module = pretexts.load(decode_mode(code, "pretrain"))
+        for recipe in recipes.RECIPE_NAMES:
+            table = recipes.recipe_of(module, recipe, "convnet")
+            row = [r for r in rows if r.startswith(f"| {code} ") and r.split("|")[2].strip().startswith(recipe)
+                   and ("ViT" not in r.split("|")[2])]
+            assert len(row) == 1, (code, recipe)
+            cells = [c.strip() for c in row[0].split("|")]
+            assert cells[3].lower().startswith(table["optimizer"]), (code, recipe, cells[3])
+            base, rule = cells[4].split()[:2]
+            assert (float(base), rule) == (table["lr_base"], table["lr_rule"]), (code, recipe, cells[4])
+            assert float(cells[5].split(",")[0]) == table["wd"], (code, recipe, cells[5])
+            assert cells[6] == f"{table['warmup']:g}", (code, recipe, cells[6])
