@@ -38,6 +38,7 @@ from engine.atomic import remove_stale_tmp
 from engine.cli import check_process_flags, setup_logging
 from engine.dist import spawn
 from engine.logger import EpochLog
+from engine.lr_decay import param_groups_lrd
 from engine.metrics import classification_metrics, format_confusion, save_confusion_png
 from engine.optim import build_optimizer
 from engine.results import append_result, code_version, save_predictions
@@ -57,6 +58,12 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--encoder_cp", "--encoder-cp", dest="encoder_cp", help="a backbone file to start from (instead of --expnum/--cepoch): one written by pretraining, or SSL4EO-S12 / TorchGeo Sentinel-2 ResNet weights (band order, preprocessing and input size mapped)")
     g.add_argument("--weights", help="--mode 1x: ImageNet weights from this torchvision state dict file instead of the torch hub cache (implies --ptcp 1)")
     g.add_argument("--loss", default="CrossEntropyLoss", help="classification loss (CrossEntropyLoss)")
+    g.add_argument("--layer-decay", dest="layer_decay", type=float, default=None,
+                   help="ViTs: layer-wise lr decay, block k of n at lr * decay^(n + 1 - k) (default 0.75 when a ViT "
+                        "trains, MAE's fine-tuning value; 1: off); refused for CNNs")
+    g.add_argument("--drop-path", dest="drop_path", type=float, default=None,
+                   help="ViTs: stochastic depth rate of the last block (default 0.1 when a ViT trains, MAE's); "
+                        "refused for CNNs")
     g.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips/rotations")
     g.add_argument("--probe", choices=("logreg", "knn"), help="frozen-feature protocol instead of training: logistic regression (C by cross-validation on the training shots) or kNN; features once for the whole --ts x --nseeds sweep")
     g.add_argument("--nseeds", type=int, default=1, help="repeat the few-shot draw for seeds --seed .. --seed+N-1 (one row each, for every --ts)")
@@ -134,6 +141,7 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError(f"--ds {args.ds}: pooled datasets are for pretraining only; evaluate on one dataset")
     guards.check_input_size(args.netnum, opt.input_size)
     trains = mode.job in ("train", "finetune") and not args.probe
+    guards.resolve_vit_finetune(args, args.netnum, trains)
     world = (int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ
              else (args.nproc or max(1, torch.cuda.device_count())) * args.world_size if args.mp_distributed else 1)
     if trains and args.hos != 9 and (args.bs or opt.batch_size) // world < 2:
@@ -238,10 +246,12 @@ def build_classifier(args: argparse.Namespace, job: Job) -> nn.Module:
     opt = job.opt
     imagenet = bool(args.ptcp) and job.mode.job == "train"
     model = build_model(args.netnum, opt.n_bands, opt.num_classes, imagenet, opt.rgb_index,
-                        weights=args.weights if imagenet else None)
+                        weights=args.weights if imagenet else None, input_size=opt.input_size,
+                        drop_path=args.drop_path or 0.0, band_groups=job.init_meta.get("band_groups"), bands=opt.bands)
     norm = Normalize(opt.mean, opt.std)           # the pipeline's statistics, std floor included
     if imagenet and opt.rgb_index is not None and model.backbone.arch not in SMALL_STEMS:
-        targets = pretrained.imagenet_targets(opt.bands, opt.rgb_index, opt.mean)
+        targets = pretrained.imagenet_targets(opt.bands, opt.rgb_index, opt.mean,
+                                              getattr(model.backbone, "imagenet_stats", None))
         model.backbone.set_input_adapter(pretrained.adapter_for(targets, norm.mean, norm.std))
     if job.mode.job == "finetune":
         foreign = pretrained.recognise(ckpt.read_checkpoint(job.init, weights_only=True), job.init)
@@ -275,13 +285,19 @@ def build_classifier(args: argparse.Namespace, job: Job) -> nn.Module:
     return model
 
 
-def param_groups(model: nn.Module, hos: int) -> list[dict]:
-    """Trainable parameter groups of a protocol; ``lr_scale`` is applied by the schedule."""
+def param_groups(model: nn.Module, hos: int, layer_decay: float | None = None) -> list[dict]:
+    """Trainable parameter groups of a protocol; ``lr_scale`` is applied by the schedule.
+
+    ``layer_decay`` (ViTs): MAE's layer-wise lr decay groups (engine/lr_decay.py) for the backbone,
+    times 0.2 with ``--hos 1``, and the head at scale 1.
+    """
     head = list(model.head.parameters())
     if hos == 9:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
         return [{"params": head, "lr_scale": 1.0}]
+    if layer_decay is not None:
+        return param_groups_lrd(model.backbone, layer_decay, 0.2 if hos == 1 else 1.0, model.head)
     back = [p for p in model.backbone.parameters()]
     return [{"params": back, "lr_scale": 0.2 if hos == 1 else 1.0}, {"params": head, "lr_scale": 1.0}]
 
@@ -337,6 +353,7 @@ def run_one(args: argparse.Namespace, job: Job, rt: Runtime, seed: int) -> dict:
         ckpt.atomic_save({"model": model.state_dict(), "meta": {"netnum": args.netnum, "dataset": opt.name,
                           "ts": args.ts, "seed": seed, "pretrain": job.pretext, "input_size": opt.input_size,
                           **({"provenance": job.init_meta["provenance"]} if "provenance" in job.init_meta else {}),
+                          **({"band_groups": job.init_meta["band_groups"]} if "band_groups" in job.init_meta else {}),
                           "metrics": {k: metrics[k] for k in ("OA", "AA", "kappa", "macro_F1")}}}, path)
         log.info("classifier saved to %s", path)
     return metrics
@@ -345,7 +362,7 @@ def run_one(args: argparse.Namespace, job: Job, rt: Runtime, seed: int) -> dict:
 def fit(model: nn.Module, train: list[Sample], args: argparse.Namespace, job: Job, rt: Runtime, seed: int) -> None:
     """Train ``model`` on the few-shot set under protocol ``--hos``."""
     opt = job.opt
-    groups = param_groups(model, args.hos)
+    groups = param_groups(model, args.hos, args.layer_decay)
     net = model
     if rt.distributed and args.sync_bn and args.hos != 9:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(rt.device)

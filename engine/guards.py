@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from config.codes import decode_netnum
+from config.codes import Mode, decode_netnum
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
 from datasets.index import Sample
@@ -32,6 +32,8 @@ from datasets.reader import band_count, read_raw
 MIN_INPUT_SIZE: dict[str, int] = {
     "vgg16_bn": 32, "googlenet": 15, "alexnet": 63, "alexnet_small": 15,
 }
+VIT_LAYER_DECAY = 0.75      # MAE main_finetune.py --layer_decay 0.75 (FINETUNE.md: ViT-L/H)
+VIT_DROP_PATH = 0.1         # MAE main_finetune.py --drop_path 0.1 (FINETUNE.md: ViT-B)
 
 
 def check_values(args: argparse.Namespace) -> None:
@@ -89,14 +91,65 @@ def check_gpu(gpu: int | None) -> None:
 
 
 def check_input_size(netnum: str, size: int) -> None:
-    """The backbone of ``netnum`` must take ``size x size`` inputs (see :data:`MIN_INPUT_SIZE`)."""
+    """The backbone of ``netnum`` must take ``size x size`` inputs (see :data:`MIN_INPUT_SIZE`); a ViT's
+    side must be a multiple of its patch (the error names the nearest sizes that are)."""
     code = decode_netnum(netnum)
+    if code.vit is not None:
+        p = code.patch
+        if size % p:
+            fits = [s for s in (size // p * p, size // p * p + p) if s >= p]
+            raise UserError(f"--netnum {netnum} (vit {code.vit.size} patch {p}) cuts the input into {p}x{p} patches, "
+                            f"so its side must be a multiple of {p}, and {size} px is not; use --input_size "
+                            + " or ".join(str(s) for s in fits))
+        return
     need = MIN_INPUT_SIZE.get(code.backbone, 1)
     if size < need:
         small = {"alexnet": " or alexnet_small (--netnum 080000, 15 px)", "vgg16_bn": "", "googlenet": ""}
         raise UserError(f"--netnum {netnum} ({code.backbone}) needs inputs of at least {need}x{need} pixels but "
                         f"the input is {size}x{size}; raise --input_size to {need} or more, or use a ResNet "
                         f"(e.g. --netnum 000000, any size){small.get(code.backbone, '')}")
+
+
+def check_pretext_backbone(netnum: str, mode: Mode, module) -> None:
+    """A pretext that decodes a CNN's conv stages (``NEEDS_CONV_STAGES``) refuses a ViT, and one made
+    for ViTs (``VIT_ONLY``: MAE) refuses a CNN, each in one sentence."""
+    code = decode_netnum(netnum)
+    if code.vit is not None and getattr(module, "NEEDS_CONV_STAGES", False):
+        raise UserError(f"--mode {mode.code} ({mode.pretext}) works on the feature maps of a CNN's conv stages, which "
+                        f"--netnum {netnum} (vit {code.vit.size} patch {code.vit.patch}) does not have; use a CNN "
+                        "code such as --netnum 090000 (resnet18), or --mode 930 (MAE) for a ViT")
+    if code.vit is None and getattr(module, "VIT_ONLY", False):
+        raise UserError(f"--mode {mode.code} ({mode.pretext}) masks the patch tokens of a Vision Transformer, and "
+                        f"--netnum {netnum} is {code.backbone}; use a ViT code such as --netnum 110000 "
+                        "(vit tiny patch 16)")
+
+
+def resolve_vit_finetune(args: argparse.Namespace, netnum: str, trains: bool) -> None:
+    """``--layer-decay`` / ``--drop-path``: ViT fine-tuning only (refused for CNNs and for a frozen
+    backbone); defaults for a ViT that trains: layer decay 0.75 and drop path 0.1 (MAE
+    main_finetune.py: --layer_decay 0.75, --drop_path 0.1), otherwise none."""
+    code = decode_netnum(netnum)
+    given = [f for f, v in (("--layer-decay", args.layer_decay), ("--drop-path", args.drop_path)) if v is not None]
+    if code.vit is None:
+        if given:
+            raise UserError(f"{', '.join(given)} fine-tune a Vision Transformer, and --netnum {netnum} is "
+                            f"{code.backbone}: drop {'them' if len(given) > 1 else 'it'} or use a ViT code (1x0000)")
+        return
+    frozen = not trains or args.hos == 9
+    if frozen:
+        if given:
+            raise UserError(f"{', '.join(given)} change how a ViT is trained, and here the backbone is frozen "
+                            f"({'--probe' if getattr(args, 'probe', None) else '--hos 9' if args.hos == 9 else 'no training'}): "
+                            "drop " + ("them" if len(given) > 1 else "it"))
+        return
+    if args.layer_decay is None:
+        args.layer_decay = VIT_LAYER_DECAY
+    if args.drop_path is None:
+        args.drop_path = VIT_DROP_PATH
+    if not 0 < args.layer_decay <= 1:
+        raise UserError(f"--layer-decay {args.layer_decay} must be in (0, 1] (1: no decay); MAE fine-tunes with 0.75")
+    if not 0 <= args.drop_path < 1:
+        raise UserError(f"--drop-path {args.drop_path} must be in [0, 1); MAE fine-tunes ViT-B with 0.1")
 
 
 def check_dist_port(args: argparse.Namespace) -> None:

@@ -43,6 +43,7 @@ from engine.provenance import provenance
 from engine.runtime import (PerSampleSeed, Runtime, SeededSampler, TrainingDiverged, init_runtime, move_to,
                             reseed, sample_seed, use_tqdm)
 from engine.schedules import LRSchedule
+from engine.vis import band_triplet, check_vis_flags
 from models import build_backbone
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--knn-freq", dest="knn_freq", default="auto",
                    help="kNN monitor on the validation slice: auto (about 5%% of the training time: after epoch 1, "
                         "then as often as that budget allows, and after the last epoch), or every N epochs (0: off)")
+    g.add_argument("--vis-every", dest="vis_every", type=int, default=None,
+                   help="with --vis: a figure every N epochs, and after the first and the last (default: mepoch // 10)")
+    g.add_argument("--vis-bands", dest="vis_bands", default=None,
+                   help="with --vis: three band names shown as red, green, blue, e.g. B08,B04,B03 (false colour); "
+                        "default: the dataset's true colour")
     g.add_argument("--knn-per-class", dest="knn_per_class", type=int, default=200,
                    help="kNN monitor: at most this many pool images per class in the memory bank (queries: the "
                         "validation slice)")
@@ -146,6 +152,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     args.knn_freq = parse_knn_freq(args.knn_freq)
     decode_netnum(args.netnum)
     module = pretexts.load(mode)
+    guards.check_pretext_backbone(args.netnum, mode, module)
     if (args.aug is not None or args.aug_p is not None) and not getattr(module, "USES_AUG", False):
         raise UserError(f"--aug/--aug_p choose SimCLR's two views; --mode {mode.code} ({mode.pretext}) makes its own "
                         "views: drop them")
@@ -173,6 +180,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         raise UserError(f"--cache-size {args.cache_size} is below the input size {opt.input_size}: every view would be "
                         f"upsampled; use at least {opt.input_size}")
     guards.check_input_size(args.netnum, opt.input_size)
+    check_vis_flags(args, opt)
     args.gpu_aug = resolve_gpu_aug(args, module, opt)
     train = index.train if args.ts == 1 else few_shot(index.train, args.ts, args.seed, index.classes)
     bs = args.bs or opt.batch_size
@@ -211,7 +219,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         raise UserError("--overwrite replaces the run --expnum names" + (", and --resume/--cepoch do not write under "
                         "--expnum" if args.resume or init_from else "") + "; give --expnum E to replace run E, or drop --overwrite")
     if init_from is not None and args.mp_distributed:
-        backbone, _ = build_backbone(args.netnum, opt.n_bands, False, opt.rgb_index)
+        backbone, _ = build_backbone(args.netnum, opt.n_bands, False, opt.rgb_index, input_size=opt.input_size)
         ckpt.load_backbone(init_from, backbone)        # a mismatch is a user error, before workers start
     guards.check_writable_folder(ckpt_dir, "--ckpt")
     guards.check_dist_port(args)
@@ -331,7 +339,7 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
     per_proc_bs = plan.global_bs // rt.world
     reseed(args.seed, 0, rt.rank)
 
-    backbone, _ = build_backbone(args.netnum, opt.n_bands, bool(args.ptcp), opt.rgb_index)
+    backbone, _ = build_backbone(args.netnum, opt.n_bands, bool(args.ptcp), opt.rgb_index, input_size=opt.input_size)
     if plan.init_from is not None:
         meta = ckpt.load_backbone(plan.init_from, backbone)
         log.info("backbone initialised from %s (epoch %s)", plan.init_from, meta.get("epoch"))
@@ -403,7 +411,8 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
             "mean": [float(v) for v in opt.mean] if opt.mean is not None else None,
             "std": [float(v) for v in opt.std] if opt.std is not None else None,
             "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
-            "provenance": provenance(opt, plan.index, plan.train)}
+            "provenance": provenance(opt, plan.index, plan.train),
+            **(backbone.checkpoint_meta() if hasattr(backbone, "checkpoint_meta") else {})}   # ViTs: feature, band groups
     last_good, train_seconds = None, 0.0
     try:
         for epoch in range(start_epoch, args.mepoch):
@@ -414,10 +423,10 @@ def main_worker(local_rank: int | None, nproc: int | None, args: argparse.Namesp
             done = epoch + 1
             if monitor is not None and monitor.due(done, args.mepoch):
                 stats["knn_top1"] = monitor(backbone, done, stats["seconds"])
-            vis_every = max(1, args.mepoch // 10)
+            vis_every = args.vis_every or max(1, args.mepoch // 10)
             if args.vis and rt.is_main and (done % vis_every == 0 or done == args.mepoch or epoch == start_epoch):
                 save_vis(module, model, dataset, opt, plan.ckpt_dir / f"{stem}_vis_e{done:04d}.png", args.seed, rt,
-                         augment=augment)
+                         augment=augment, bands=band_triplet(args.vis_bands, opt))
             if rt.is_main:
                 extra = "  ".join(f"{k} {v:.4g}" for k, v in stats.items()
                                   if k not in ("loss", "lr", "img_per_s", "seconds", "knn_top1"))
@@ -673,8 +682,9 @@ def _features(backbone: nn.Module, images: torch.Tensor, rt: Runtime, batch: int
 
 
 def save_vis(module, model: nn.Module, dataset, opt: DatasetOpt, path: Path, seed: int, rt: Runtime,
-             n: int = 8, augment: DeviceAugment | None = None) -> None:
-    """``--vis``: a PNG grid, one row per image, true colour for multispectral data.
+             n: int = 8, augment: DeviceAugment | None = None, bands: tuple[int, int, int] | None = None) -> None:
+    """``--vis``: a PNG grid, one row per image, true colour for multispectral data (or the ``bands``
+    positions shown as R, G, B: ``--vis-bands``).
 
     A pretext with ``vis_rows(model, views)`` shows what it learns (input, corrupted,
     reconstruction; GAN samples); otherwise the views themselves are shown.
@@ -704,7 +714,7 @@ def save_vis(module, model: nn.Module, dataset, opt: DatasetOpt, path: Path, see
                 elif torch.is_tensor(v) and v.dim() == 5:
                     row.extend(v[j])
             rows.append(row)
-    save_grid(rows, path, opt, getattr(module, "VIS_COLUMNS", None))
+    save_grid(rows, path, opt, getattr(module, "VIS_COLUMNS", None), bands)
     log.info("figure written to %s", path)
 
 

@@ -159,6 +159,8 @@ def feature_identity(args: argparse.Namespace, job: "Job") -> dict:
         "bands": list(opt.bands), "input_size": int(opt.input_size),
         "mean": [round(float(v), 6) for v in np.asarray(opt.mean).ravel()],
         "std": [round(float(v), 6) for v in np.asarray(opt.std).ravel()],
+        # ViTs: the token summary the probe reads (cls / avg), named by the checkpoint's meta or the method
+        **({"vit_feature": job.init_meta["vit_feature"]} if job.init_meta.get("vit_feature") else {}),
     }
 
 

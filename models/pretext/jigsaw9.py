@@ -11,7 +11,7 @@ import argparse
 from torch import nn
 
 from models.pretext import jigsaw_common as common
-from models.pretext.jigsaw_common import LOSSES, VIS_COLUMNS, add_args, vis_rows  # noqa: F401  (the pretext contract)
+from models.pretext.jigsaw_common import LOSSES, NEEDS_CONV_STAGES, VIS_COLUMNS, add_args, vis_rows  # noqa: F401  (the pretext contract)
 
 GRID = 3
 N_PERMS = 1000
