@@ -128,7 +128,7 @@ def check_keep(n_tokens: int, mask_ratio: float, where: str) -> None:
                         "choose a ratio that keeps at least one and removes at least one")
 
 
-def _init_mae(m: nn.Module) -> None:
+def mae_init(m: nn.Module) -> None:
     """models_mae.py ``_init_weights``: xavier-uniform Linear weights, zero biases, LayerNorm 1 / 0."""
     if isinstance(m, nn.Linear):
         nn.init.xavier_uniform_(m.weight)
@@ -152,7 +152,7 @@ class MAEDecoder(nn.Module):
         self.blocks = nn.ModuleList([Block(dim, dim // HEAD_DIM, 4.0, qkv_bias=True,
                                            norm_layer=partial(nn.LayerNorm, eps=1e-6)) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.apply(_init_mae)
+        self.apply(mae_init)
         nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
@@ -188,7 +188,7 @@ class MAE(nn.Module):
         freeze_sincos(backbone, sincos_2d(backbone.out_dim, grid[0]))
         self.decoder = MAEDecoder(backbone.out_dim, decoder_dim, decoder_depth, sincos_2d(decoder_dim, grid[0]))
         self.pred = nn.Linear(decoder_dim, self.patch * self.patch * n_bands)
-        _init_mae(self.pred)
+        mae_init(self.pred)
         self.criterion = MAELoss(self.patch, norm_pix)
 
     def forward_encoder(self, imgs: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -40,10 +40,24 @@ from config.errors import UserError
 from datasets.transforms import Plan
 from losses.mae import MAELoss, patchify, unpatchify
 from models.pretext import mae
-from models.pretext.mae import MAEDecoder, _init_mae, check_keep, freeze_sincos, random_masking
+from models.pretext.mae import (
+    MAEDecoder,
+    mae_init,
+    check_keep,
+    freeze_sincos,
+    random_masking,
+)
 from models.pretext.simclr import embedding_std
-from models.vit import GROUP_EMBED_FRACTION, S2_GROUPS, GroupedViTBackbone, ViTBackbone, parse_band_groups, \
-    resolve_groups, sincos_1d, sincos_2d
+from models.vit import (
+    GROUP_EMBED_FRACTION,
+    S2_GROUPS,
+    GroupedViTBackbone,
+    ViTBackbone,
+    parse_band_groups,
+    resolve_groups,
+    sincos_1d,
+    sincos_2d,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +144,7 @@ class GroupedMAE(nn.Module):
         dec_pos = torch.cat([torch.zeros(1, 1, decoder_dim), tokens.reshape(1, -1, decoder_dim)], dim=1)
         self.decoder = MAEDecoder(backbone.out_dim, decoder_dim, decoder_depth, dec_pos)
         self.pred = nn.ModuleList([nn.Linear(decoder_dim, p * p * len(g)) for g in backbone.groups])
-        self.pred.apply(_init_mae)
+        self.pred.apply(mae_init)
         self.criterion = MAELoss(p, norm_pix)
 
     @property

@@ -17,7 +17,8 @@ from config import baselines as B
 from config.dataset_cfg import opt_euroms
 from config.errors import UserError
 from datasets.transforms import Normalize
-from models import build_backbone, pretrained as P
+from models import build_backbone
+from models import pretrained as P
 
 EUROSAT = opt_euroms.BAND_NAMES                          # B01..B12, B8A LAST
 MEAN = tuple(float(v) for v in torch.linspace(500, 2500, 13))

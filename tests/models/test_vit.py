@@ -2,8 +2,8 @@
 resampling, token parameters, layer-wise lr decay, band groups and the guards that know patches."""
 from __future__ import annotations
 
-import timm
 import pytest
+import timm
 import torch
 from timm.layers import resample_abs_pos_embed
 
@@ -17,7 +17,7 @@ from engine import guards
 from engine.lr_decay import param_groups_lrd
 from models import build_backbone, build_model
 from models import pretext as pretexts
-from models.vit import GroupedViTBackbone, ViTBackbone, resolve_groups, sincos_2d
+from models.vit import GroupedViTBackbone, resolve_groups, sincos_2d
 
 EUROSAT = opt_euroms.BAND_NAMES          # B01..B12, B8A last
 
@@ -180,6 +180,7 @@ def test_dino_local_crops_become_patch_multiples() -> None:
     assert local_crop_size(64) == 28                      # CNNs: 3/7 of the side, as before
     assert (local_crop_size(64, 8), local_crop_size(64, 16), local_crop_size(224, 16)) == (24, 32, 96)
     from argparse import Namespace
+
     from models.pretext import dino
     from tests.models.pretext_data import make_opt
     crops = dino.make_transform(Namespace(netnum="110000", local_crops=2), make_opt(13, 64))
