@@ -1,12 +1,13 @@
 """Images/s of the harness's pretraining epoch against a bare PyTorch loop on the same tensors.
 
-    python bench/pretrain_step.py [--mode 910|920] [--netnum 000000] [--images 96] [--bs 32]
+    python bench/pretrain_step.py [--mode 910|920|930] [--netnum 000000] [--images 96] [--bs 32]
 
 Both loops see the same pre-made views (13 x 64 x 64, in memory, made once by the
 pretext's own view) and do the same forward/backward/step on identical copies of the
 model; the harness adds what it always does (lr schedule, non-finite check, stats,
-meters). For 910 the bare loop is written out (backbone, head, NT-Xent); for 920 it calls
-the pretext's forward. Alternating passes, median of each. Target: harness >= 0.9x bare.
+meters). For 910 the bare loop is written out (backbone, head, NT-Xent); for 920 and 930 (MAE,
+ViT codes only) it calls the pretext's forward. ViT codes (1x0000) are built for ``--size`` px.
+Alternating passes, median of each. Target: harness >= 0.9x bare.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class Views(Dataset):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", default="910", choices=("910", "920"))
+    p.add_argument("--mode", default="910", choices=("910", "920", "930"))
     p.add_argument("--netnum", default="000000", help="backbone code (000000 = resnet18_small)")
     p.add_argument("--images", type=int, default=96)
     p.add_argument("--bs", type=int, default=32)
@@ -59,15 +60,16 @@ def main() -> int:
     torch.manual_seed(0)
     mode = decode_mode(a.mode, "pretrain")
     module = pretexts.load(mode)
-    args = plan.add_args(base_parser("", "pretrain")).parse_args(["--mode", a.mode, "--no-progress"])
+    args = plan.add_args(base_parser("", "pretrain")).parse_args(["--mode", a.mode, "--netnum", a.netnum,
+                                                                  "--no-progress"])
     recipes.resolve(args, module)             # the settings main_cls_ss_train.py would resolve (--recipe paper)
-    args.tau = 0.2
+    plan.resolve_head_flags(args, mode, module)      # --tau / --feature_dim: the mode's own defaults
     opt = SimpleNamespace(input_size=a.size, n_bands=13, mean=np.full(13, 1000.0), std=np.full(13, 300.0),
                           rgb_index=(3, 2, 1))
     view = module.make_transform(args, opt)
     raw = torch.rand(a.images, 13, a.size + 16, a.size + 16) * 3000
     items = [view(x) for x in raw]
-    backbone, _ = build_backbone(a.netnum, 13)
+    backbone, _ = build_backbone(a.netnum, 13, input_size=a.size)
     model = module.build(args, opt, backbone)
     bare_model = copy.deepcopy(model)
     loader = DataLoader(Views(items), batch_size=a.bs, shuffle=False, drop_last=True, num_workers=0)

@@ -17,8 +17,17 @@ MIN_INPUT_SIZE: dict[str, int] = {
 
 
 def check_input_size(netnum: str, size: int) -> None:
-    """The backbone of ``netnum`` must take ``size x size`` inputs (see :data:`MIN_INPUT_SIZE`)."""
+    """The backbone of ``netnum`` must take ``size x size`` inputs (see :data:`MIN_INPUT_SIZE`); a ViT's
+    side must be a multiple of its patch (the error names the nearest sizes that are)."""
     code = decode_netnum(netnum)
+    if code.vit is not None:
+        p = code.patch
+        if size % p:
+            fits = [s for s in (size // p * p, size // p * p + p) if s >= p]
+            raise UserError(f"--netnum {netnum} (vit {code.vit.size} patch {p}) cuts the input into {p}x{p} patches, "
+                            f"so its side must be a multiple of {p}, and {size} px is not; use --input_size "
+                            + " or ".join(str(s) for s in fits))
+        return
     need = MIN_INPUT_SIZE.get(code.backbone, 1)
     if size < need:
         small = {"alexnet": " or alexnet_small (--netnum 080000, 15 px)", "vgg16_bn": "", "googlenet": ""}

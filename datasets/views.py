@@ -143,9 +143,13 @@ LOCAL_CROP_FRACTION = 3 / 7        # local crop side / input side (96 / 224 in t
 MULTICROP_BLUR_SOLARIZE = ((1.0, 0.0), (0.1, 0.2), (0.5, 0.0))
 
 
-def local_crop_size(size: int) -> int:
-    """Side of a DINO local crop: 3/7 of the input side, rounded up (96 at 224, 28 at 64)."""
-    return max(1, math.ceil(size * LOCAL_CROP_FRACTION - 1e-9))
+def local_crop_size(size: int, multiple: int = 1) -> int:
+    """Side of a DINO local crop: 3/7 of the input side, rounded up (96 at 224, 28 at 64); with
+    ``multiple`` > 1 (a ViT's patch) the multiple of it nearest to 3/7 of the side, at least one
+    patch (96 at 224 for patches of 8 or 16; 24 / 32 at 64 px for patch 8 / 16)."""
+    if multiple <= 1:
+        return max(1, math.ceil(size * LOCAL_CROP_FRACTION - 1e-9))
+    return multiple * max(1, math.floor(size * LOCAL_CROP_FRACTION / multiple + 0.5))
 
 
 class MultiCrop:
@@ -156,17 +160,18 @@ class MultiCrop:
     grayscale with the default probabilities) and gaussian blur, normalised; blur and
     solarisation probabilities are the paper's (:data:`MULTICROP_BLUR_SOLARIZE`). Any band
     count: hue/saturation act on ``rgb_index`` only, solarisation per band after
-    normalisation (:class:`~datasets.transforms.Solarize`).
+    normalisation (:class:`~datasets.transforms.Solarize`). ``multiple``: the local side is a
+    multiple of it (a ViT's patch, :func:`local_crop_size`).
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
                  rgb_index: tuple[int, int, int] | None, n_local: int = 6,
                  global_scale: tuple[float, float] = GLOBAL_CROP_SCALE,
-                 local_scale: tuple[float, float] = LOCAL_CROP_SCALE) -> None:
+                 local_scale: tuple[float, float] = LOCAL_CROP_SCALE, multiple: int = 1) -> None:
         if n_local < 0:
             raise UserError(f"--local-crops {n_local} must be >= 0")
         size = check_size(size)
-        self.size, self.local_size, self.n_local = size, local_crop_size(size), n_local
+        self.size, self.local_size, self.n_local = size, local_crop_size(size, multiple), n_local
         probs = merge_p(None)
         norm = Normalize(mean, std)
         triplet = _check_rgb_index(rgb_index, norm.bands)

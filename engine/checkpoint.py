@@ -207,6 +207,8 @@ def load_backbone(path: str | os.PathLike, model_backbone: nn.Module, strict_sha
     meta = dict(ckpt.get("meta") or {})
     model_backbone = _unwrap(model_backbone)
     saved = _strip_module_prefix(ckpt["backbone"])
+    if hasattr(model_backbone, "resize_state"):      # a ViT pretrained at another input size: resample pos_embed
+        saved = model_backbone.resize_state(saved)
     target = model_backbone.state_dict()
 
     missing = [k for k in target if k not in saved]

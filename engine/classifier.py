@@ -17,6 +17,7 @@ from datasets.index import Sample
 from datasets.transforms import Normalize, plain
 from engine import checkpoint as ckpt
 from engine.evaljob import EvalJob
+from engine.lr_decay import param_groups_lrd
 from engine.runtime import move_to
 from models import build_model, pretrained
 from models.backbones import SMALL_STEMS
@@ -30,10 +31,12 @@ def build_classifier(job: EvalJob) -> nn.Module:
     opt = job.opt
     imagenet = job.imagenet
     model = build_model(job.netnum, opt.n_bands, opt.num_classes, imagenet, opt.rgb_index,
-                        weights=job.weights if imagenet else None)
+                        weights=job.weights if imagenet else None, input_size=opt.input_size,
+                        drop_path=job.drop_path, band_groups=job.init_meta.get("band_groups"), bands=opt.bands)
     norm = Normalize(opt.mean, opt.std)           # the pipeline's statistics, std floor included
     if imagenet and opt.rgb_index is not None and model.backbone.arch not in SMALL_STEMS:
-        targets = pretrained.imagenet_targets(opt.bands, opt.rgb_index, opt.mean)
+        targets = pretrained.imagenet_targets(opt.bands, opt.rgb_index, opt.mean,
+                                              getattr(model.backbone, "imagenet_stats", None))
         model.backbone.set_input_adapter(pretrained.adapter_for(targets, norm.mean, norm.std))
     if job.mode.job == "finetune":
         foreign = pretrained.recognise(ckpt.read_checkpoint(job.init, weights_only=True), job.init)
@@ -67,13 +70,19 @@ def build_classifier(job: EvalJob) -> nn.Module:
     return model
 
 
-def param_groups(model: nn.Module, hos: int) -> list[dict]:
-    """Trainable parameter groups of a protocol; ``lr_scale`` is applied by the schedule."""
+def param_groups(model: nn.Module, hos: int, layer_decay: float | None = None) -> list[dict]:
+    """Trainable parameter groups of a protocol; ``lr_scale`` is applied by the schedule.
+
+    ``layer_decay`` (ViTs): MAE's layer-wise lr decay groups (engine/lr_decay.py) for the backbone,
+    times 0.2 with ``--hos 1``, and the head at scale 1.
+    """
     head = list(model.head.parameters())
     if hos == 9:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
         return [{"params": head, "lr_scale": 1.0}]
+    if layer_decay is not None:
+        return param_groups_lrd(model.backbone, layer_decay, 0.2 if hos == 1 else 1.0, model.head)
     back = [p for p in model.backbone.parameters()]
     return [{"params": back, "lr_scale": 0.2 if hos == 1 else 1.0}, {"params": head, "lr_scale": 1.0}]
 

@@ -137,6 +137,8 @@ def base_parser(description: str, script: str) -> argparse.ArgumentParser:
     o.add_argument("--lars-clip", dest="lars_clip", action=argparse.BooleanOptionalAction, default=None,
                    help="LARS: cap each layer's rate eta*||w||/||g|| at the scheduled lr (solo-learn's clip_lr; "
                         "default off, or the --recipe's)")
+    o.add_argument("--beta2", type=float,
+                   help="Adam/AdamW: the second-moment decay (default 0.999, or the --recipe's: MAE 0.95)")
     o.add_argument("--bs", type=int, help="TOTAL batch size over all processes (default: the dataset's)")
     d = p.add_argument_group("devices and processes")
     d.add_argument("--gpu", type=int, help="GPU id for a single-process run")

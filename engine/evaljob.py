@@ -45,6 +45,12 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--encoder_cp", "--encoder-cp", dest="encoder_cp", help="a backbone file to start from (instead of --expnum/--cepoch): one written by pretraining, or SSL4EO-S12 / TorchGeo Sentinel-2 ResNet weights (band order, preprocessing and input size mapped)")
     g.add_argument("--weights", help="--mode 1x: ImageNet weights from this torchvision state dict file instead of the torch hub cache (implies --ptcp 1)")
     g.add_argument("--loss", default="CrossEntropyLoss", help="classification loss (CrossEntropyLoss)")
+    g.add_argument("--layer-decay", dest="layer_decay", type=float, default=None,
+                   help="ViTs: layer-wise lr decay, block k of n at lr * decay^(n + 1 - k) (default 0.75 when a ViT "
+                        "trains, MAE's fine-tuning value; 1: off); refused for CNNs")
+    g.add_argument("--drop-path", dest="drop_path", type=float, default=None,
+                   help="ViTs: stochastic depth rate of the last block (default 0.1 when a ViT trains, MAE's); "
+                        "refused for CNNs")
     g.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips/rotations")
     g.add_argument("--probe", choices=("logreg", "knn"), help="frozen-feature protocol instead of training: logistic regression (C by cross-validation on the training shots) or kNN; features once for the whole --ts x --nseeds sweep")
     g.add_argument("--nseeds", type=int, default=1, help="repeat the few-shot draw for seeds --seed .. --seed+N-1 (one row each, for every --ts)")
@@ -87,6 +93,8 @@ class EvalJob:
     knn_k: int | None
     knn_vote: str | None
     bn_stats: str              # frozen backbones: as-trained | reestimated
+    layer_decay: float | None  # ViT fine-tuning: layer-wise lr decay (None: CNNs, frozen backbones)
+    drop_path: float           # ViT fine-tuning: stochastic depth (0: off)
     tta: bool
     imagenet: bool             # --mode 1x with --ptcp 1 / --weights
     weights: Path | None       # --weights file
@@ -192,6 +200,7 @@ def resolve(args: argparse.Namespace) -> EvalJob:
         raise UserError(f"--ds {args.ds}: pooled datasets are for pretraining only; evaluate on one dataset")
     check_input_size(args.netnum, opt.input_size)
     trains = mode.job in ("train", "finetune") and not args.probe
+    guards.resolve_vit_finetune(args, args.netnum, trains)
     world = (int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ
              else (args.nproc or max(1, torch.cuda.device_count())) * args.world_size if args.mp_distributed else 1)
     if trains and args.hos != 9 and (args.bs or opt.batch_size) // world < 2:
@@ -214,7 +223,7 @@ def resolve(args: argparse.Namespace) -> EvalJob:
     results = Path(args.results) if args.results else Path("results") / f"{opt.name}.csv"
     guards.check_results_table(results)
     lr = args.lr or opt.lr
-    optim = OptimSpec(args.optimizer, lr, args.momentum, args.wd, args.lars_eta, args.lars_clip)
+    optim = OptimSpec(args.optimizer, lr, args.momentum, args.wd, args.lars_eta, args.lars_clip, beta2=args.beta2)
     schedule = ScheduleSpec(args.lr_policy, args.mepoch, args.warmup, tuple(args.milestones), args.lr_decay)
     if trains:                         # optimiser and schedule flags fail here, not after the features
         optim.build([torch.zeros(1, requires_grad=True)])
@@ -231,7 +240,7 @@ def resolve(args: argparse.Namespace) -> EvalJob:
                    init_epoch=init_ep, pretext=pretext, expnum=expnum, results=results, ts_list=tuple(args.ts_list),
                    seeds=tuple(range(args.seed, args.seed + args.nseeds)), hos=args.hos, probe=args.probe,
                    select_on=args.select_on, knn_k=args.knn_k, knn_vote=args.knn_vote, bn_stats=args.bn_stats,
-                   tta=bool(args.tta),
+                   layer_decay=args.layer_decay, drop_path=args.drop_path or 0.0, tta=bool(args.tta),
                    imagenet=bool(args.ptcp) and mode.job == "train",
                    weights=Path(args.weights) if args.weights else None,
                    resume=Path(args.resume) if args.resume else None, sepoch=args.sepoch,

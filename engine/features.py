@@ -96,6 +96,8 @@ def feature_identity(job: EvalJob) -> dict:
         "bn_stats": job.bn_stats,
         "mean": [round(float(v), 6) for v in np.asarray(opt.mean).ravel()],
         "std": [round(float(v), 6) for v in np.asarray(opt.std).ravel()],
+        # ViTs: the token summary the probe reads (cls / avg), named by the checkpoint's meta or the method
+        **({"vit_feature": job.init_meta["vit_feature"]} if job.init_meta.get("vit_feature") else {}),
     }
 
 

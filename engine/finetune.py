@@ -110,6 +110,7 @@ def run_one(job: EvalJob, rt: Runtime, ts: float, seed: int) -> dict:
         ckpt.atomic_save({"model": model.state_dict(), "meta": {"netnum": job.netnum, "dataset": opt.name,
                           "ts": ts, "seed": seed, "pretrain": job.pretext, "input_size": opt.input_size,
                           **({"provenance": job.init_meta["provenance"]} if "provenance" in job.init_meta else {}),
+                          **({"band_groups": job.init_meta["band_groups"]} if "band_groups" in job.init_meta else {}),
                           "metrics": {k: metrics[k] for k in ("OA", "AA", "kappa", "macro_F1")}}}, path)
         log.info("classifier saved to %s", path)
     return metrics
@@ -118,7 +119,7 @@ def run_one(job: EvalJob, rt: Runtime, ts: float, seed: int) -> dict:
 def fit(model: nn.Module, train: list[Sample], job: EvalJob, rt: Runtime, seed: int) -> None:
     """Train ``model`` on the few-shot set under protocol ``--hos``."""
     opt = job.opt
-    groups = param_groups(model, job.hos)
+    groups = param_groups(model, job.hos, job.layer_decay)
     net = model
     if rt.distributed and job.sync_bn and job.hos != 9:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(rt.device)

@@ -20,11 +20,15 @@ from urllib.parse import urlparse
 
 import torch
 
+from config.codes import Mode, decode_netnum
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
 from datasets.index import Sample
 from datasets.reader import band_count, read_raw
 from engine.results import is_result_table
+VIT_LAYER_DECAY = 0.75      # MAE main_finetune.py --layer_decay 0.75 (FINETUNE.md: ViT-L/H)
+VIT_DROP_PATH = 0.1         # MAE main_finetune.py --drop_path 0.1 (FINETUNE.md: ViT-B)
+
 
 def check_values(args: argparse.Namespace) -> None:
     """Numbers both entry scripts take: batch size, seed, workers, lr, epochs, processes, GPU."""
@@ -78,6 +82,48 @@ def check_gpu(gpu: int | None) -> None:
         raise UserError(f"--gpu {gpu}: no GPU is visible here (CUDA_VISIBLE_DEVICES, driver); drop --gpu to run on CPU")
     if not 0 <= gpu < n:
         raise UserError(f"--gpu {gpu} does not exist: {n} GPU(s) are visible, numbered 0..{n - 1}")
+
+
+def check_pretext_backbone(netnum: str, mode: Mode, module) -> None:
+    """A pretext that decodes a CNN's conv stages (``NEEDS_CONV_STAGES``) refuses a ViT, and one made
+    for ViTs (``VIT_ONLY``: MAE) refuses a CNN, each in one sentence."""
+    code = decode_netnum(netnum)
+    if code.vit is not None and getattr(module, "NEEDS_CONV_STAGES", False):
+        raise UserError(f"--mode {mode.code} ({mode.pretext}) works on the feature maps of a CNN's conv stages, which "
+                        f"--netnum {netnum} (vit {code.vit.size} patch {code.vit.patch}) does not have; use a CNN "
+                        "code such as --netnum 090000 (resnet18), or --mode 930 (MAE) for a ViT")
+    if code.vit is None and getattr(module, "VIT_ONLY", False):
+        raise UserError(f"--mode {mode.code} ({mode.pretext}) masks the patch tokens of a Vision Transformer, and "
+                        f"--netnum {netnum} is {code.backbone}; use a ViT code such as --netnum 110000 "
+                        "(vit tiny patch 16)")
+
+
+def resolve_vit_finetune(args: argparse.Namespace, netnum: str, trains: bool) -> None:
+    """``--layer-decay`` / ``--drop-path``: ViT fine-tuning only (refused for CNNs and for a frozen
+    backbone); defaults for a ViT that trains: layer decay 0.75 and drop path 0.1 (MAE
+    main_finetune.py: --layer_decay 0.75, --drop_path 0.1), otherwise none."""
+    code = decode_netnum(netnum)
+    given = [f for f, v in (("--layer-decay", args.layer_decay), ("--drop-path", args.drop_path)) if v is not None]
+    if code.vit is None:
+        if given:
+            raise UserError(f"{', '.join(given)} fine-tune a Vision Transformer, and --netnum {netnum} is "
+                            f"{code.backbone}: drop {'them' if len(given) > 1 else 'it'} or use a ViT code (1x0000)")
+        return
+    frozen = not trains or args.hos == 9
+    if frozen:
+        if given:
+            raise UserError(f"{', '.join(given)} change how a ViT is trained, and here the backbone is frozen "
+                            f"({'--probe' if getattr(args, 'probe', None) else '--hos 9' if args.hos == 9 else 'no training'}): "
+                            "drop " + ("them" if len(given) > 1 else "it"))
+        return
+    if args.layer_decay is None:
+        args.layer_decay = VIT_LAYER_DECAY
+    if args.drop_path is None:
+        args.drop_path = VIT_DROP_PATH
+    if not 0 < args.layer_decay <= 1:
+        raise UserError(f"--layer-decay {args.layer_decay} must be in (0, 1] (1: no decay); MAE fine-tunes with 0.75")
+    if not 0 <= args.drop_path < 1:
+        raise UserError(f"--drop-path {args.drop_path} must be in [0, 1); MAE fine-tunes ViT-B with 0.1")
 
 
 def check_dist_port(args: argparse.Namespace) -> None:

@@ -141,8 +141,9 @@ def _features(backbone: nn.Module, images: torch.Tensor, rt: Runtime, batch: int
 
 
 def save_vis(module, model: nn.Module, dataset, opt: DatasetOpt, path: Path, seed: int, rt: Runtime,
-             n: int = 8, augment: DeviceAugment | None = None) -> None:
-    """``--vis``: a PNG grid, one row per image, true colour for multispectral data.
+             n: int = 8, augment: DeviceAugment | None = None, bands: tuple[int, int, int] | None = None) -> None:
+    """``--vis``: a PNG grid, one row per image, true colour for multispectral data (or the ``bands``
+    positions shown as R, G, B: ``--vis-bands``).
 
     A pretext with ``vis_rows(model, views)`` shows what it learns (input, corrupted,
     reconstruction; GAN samples); otherwise the views themselves are shown.
@@ -169,5 +170,5 @@ def save_vis(module, model: nn.Module, dataset, opt: DatasetOpt, path: Path, see
                 elif torch.is_tensor(v) and v.dim() == 5:
                     row.extend(v[j])
             rows.append(row)
-    save_grid(rows, path, opt, getattr(module, "VIS_COLUMNS", None))
+    save_grid(rows, path, opt, getattr(module, "VIS_COLUMNS", None), bands)
     log.info("figure written to %s", path)

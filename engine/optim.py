@@ -162,6 +162,7 @@ def build_optimizer(
     clip: bool | None = None,
     exclude_bias_norm: bool = True,
     bias_lr_scale: float = 1.0,
+    beta2: float | None = None,
 ) -> torch.optim.Optimizer:
     """Build the optimiser ``--optimizer NAME`` asks for.
 
@@ -184,6 +185,10 @@ def build_optimizer(
     if key != "lars" and (eta is not None or clip is not None):
         flag = "--lars-eta" if eta is not None else "--lars-clip/--no-lars-clip"
         raise UserError(f"{flag} sets LARS's trust ratio but --optimizer is {name}; drop it or use --optimizer lars")
+    if key not in ("adam", "adamw") and beta2 is not None:
+        raise UserError(f"--beta2 is Adam's second-moment decay but --optimizer is {name}; drop it or use adam/adamw")
+    if beta2 is not None and not 0 <= beta2 < 1:
+        raise UserError(f"--beta2 {beta2} must be in [0, 1); Adam's default is 0.999, MAE pretrains with 0.95")
     if eta is not None and not (math.isfinite(eta) and eta > 0):
         raise UserError(f"--lars-eta {eta} must be a positive number; the papers use 1e-3, solo-learn 0.02")
     if not (math.isfinite(bias_lr_scale) and bias_lr_scale > 0):
@@ -200,9 +205,11 @@ def build_optimizer(
     if key == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     elif key == "adam":
-        opt = torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+        opt = torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999 if beta2 is None else beta2),
+                               weight_decay=weight_decay)
     elif key == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+        opt = torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999 if beta2 is None else beta2),
+                                weight_decay=weight_decay)
     else:
         opt = LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                    eta=LARS_ETA if eta is None else eta, clip=bool(clip))
@@ -223,8 +230,9 @@ class OptimSpec:
     clip: bool | None = None
     exclude_bias_norm: bool = True
     bias_lr_scale: float = 1.0
+    beta2: float | None = None
 
     def build(self, params_or_model: ParamsLike) -> torch.optim.Optimizer:
         return build_optimizer(self.name, params_or_model, self.lr, self.momentum, self.wd, self.eta, self.clip,
-                               self.exclude_bias_norm, self.bias_lr_scale)
+                               self.exclude_bias_norm, self.bias_lr_scale, self.beta2)
 

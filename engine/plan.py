@@ -33,6 +33,7 @@ from engine.cli import check_process_flags
 from engine.optim import OptimSpec
 from engine.runtime import Procs
 from engine.schedules import ScheduleSpec
+from engine.vis import band_triplet, check_vis_flags
 from models import build_backbone
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,11 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--knn-freq", dest="knn_freq", default="auto",
                    help="kNN monitor on the validation slice: auto (about 5%% of the training time: after epoch 1, "
                         "then as often as that budget allows, and after the last epoch), or every N epochs (0: off)")
+    g.add_argument("--vis-every", dest="vis_every", type=int, default=None,
+                   help="with --vis: a figure every N epochs, and after the first and the last (default: mepoch // 10)")
+    g.add_argument("--vis-bands", dest="vis_bands", default=None,
+                   help="with --vis: three band names shown as red, green, blue, e.g. B08,B04,B03 (false colour); "
+                        "default: the dataset's true colour")
     g.add_argument("--knn-per-class", dest="knn_per_class", type=int, default=200,
                    help="kNN monitor: at most this many pool images per class in the memory bank (queries: the "
                         "validation slice)")
@@ -172,6 +178,8 @@ class Plan:
     knn_per_class: int
     ckpt_freq: int
     vis: bool
+    vis_every: int                   # epochs between --vis figures (and the first and the last)
+    vis_bands: tuple[int, int, int] | None   # --vis-bands positions shown as R, G, B (None: true colour)
     ckpt_dir: Path
     expnum: str                      # "" with --resume: the state file names the run
     init_from: Path | None           # --expnum/--cepoch: a backbone to start from
@@ -193,6 +201,7 @@ def resolve(args: argparse.Namespace) -> Plan:
     args.knn_freq = knn_freq = parse_knn_freq(args.knn_freq)
     decode_netnum(args.netnum)
     module = pretexts.load(mode)
+    guards.check_pretext_backbone(args.netnum, mode, module)
     if (args.aug is not None or args.aug_p is not None or args.crop_scale is not None) \
             and not getattr(module, "USES_AUG", False):
         raise UserError(f"--aug/--aug_p/--crop-scale choose SimCLR's two views; --mode {mode.code} ({mode.pretext}) "
@@ -222,6 +231,7 @@ def resolve(args: argparse.Namespace) -> Plan:
         raise UserError(f"--cache-size {args.cache_size} is below the input size {opt.input_size}: every view would be "
                         f"upsampled; use at least {opt.input_size}")
     check_input_size(args.netnum, opt.input_size)
+    check_vis_flags(args, opt)
     args.gpu_aug = gpu_aug = resolve_gpu_aug(args, module, opt)
     train = index.train if args.ts == 1 else few_shot(index.train, args.ts, args.seed, index.classes)
     bs = args.bs or opt.batch_size
@@ -237,7 +247,7 @@ def resolve(args: argparse.Namespace) -> Plan:
         module.check_data(args, len(train), bs)
     recipes.resolve_lr(args, bs, opt.lr)
     optim = OptimSpec(args.optimizer, args.lr, args.momentum, args.wd, args.lars_eta, args.lars_clip,
-                      args.exclude_bias_norm, args.bias_lr_scale)
+                      args.exclude_bias_norm, args.bias_lr_scale, args.beta2)
     schedule = ScheduleSpec(args.lr_policy, args.mepoch, args.warmup, tuple(args.milestones), args.lr_decay)
     # optimiser and schedule flags fail here, in the launching process, not inside a worker
     optim.build([torch.zeros(1, requires_grad=True)])
@@ -263,7 +273,7 @@ def resolve(args: argparse.Namespace) -> Plan:
         raise UserError("--overwrite replaces the run --expnum names" + (", and --resume/--cepoch do not write under "
                         "--expnum" if args.resume or init_from else "") + "; give --expnum E to replace run E, or drop --overwrite")
     if init_from is not None and args.mp_distributed:
-        backbone, _ = build_backbone(args.netnum, opt.n_bands, False, opt.rgb_index)
+        backbone, _ = build_backbone(args.netnum, opt.n_bands, False, opt.rgb_index, input_size=opt.input_size)
         ckpt.load_backbone(init_from, backbone)        # a mismatch is a user error, before workers start
     guards.check_writable_folder(ckpt_dir, "--ckpt")
     guards.check_dist_port(args)
@@ -275,7 +285,9 @@ def resolve(args: argparse.Namespace) -> Plan:
                 pin_memory=bool(args.pin_memory), cache_size=args.cache_size, gpu_aug=gpu_aug,
                 aug=aug_code(args, module), aug_p=args.aug_p or "S5",
                 sync_bn="on" if args.sync_bn else "off" if args.no_sync_bn else "auto", knn_freq=knn_freq,
-                knn_per_class=args.knn_per_class, ckpt_freq=args.ckpt_freq, vis=bool(args.vis), ckpt_dir=ckpt_dir,
+                knn_per_class=args.knn_per_class, ckpt_freq=args.ckpt_freq, vis=bool(args.vis),
+                vis_every=args.vis_every or max(1, args.mepoch // 10), vis_bands=band_triplet(args.vis_bands, opt),
+                ckpt_dir=ckpt_dir,
                 expnum=claim_run_name(args, mode, ckpt_dir, expnum), init_from=init_from,
                 resume=Path(args.resume) if args.resume else None, record=record)
 

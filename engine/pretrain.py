@@ -67,7 +67,8 @@ def main_worker(local_rank: int | None, nproc: int | None, plan: Plan) -> None:
     per_proc_bs = plan.global_bs // rt.world
     reseed(plan.seed, 0, rt.rank)
 
-    backbone, _ = build_backbone(plan.netnum, opt.n_bands, plan.imagenet_init, opt.rgb_index)
+    backbone, _ = build_backbone(plan.netnum, opt.n_bands, plan.imagenet_init, opt.rgb_index,
+                                 input_size=opt.input_size)
     if plan.init_from is not None:
         meta = ckpt.load_backbone(plan.init_from, backbone)
         log.info("backbone initialised from %s (epoch %s)", plan.init_from, meta.get("epoch"))
@@ -122,7 +123,8 @@ def main_worker(local_rank: int | None, nproc: int | None, plan: Plan) -> None:
             "pretext": mode.pretext, "expnum": expnum, "dataset": opt.name, "input_size": opt.input_size,
             "mean": [float(v) for v in opt.mean] if opt.mean is not None else None,
             "std": [float(v) for v in opt.std] if opt.std is not None else None,
-            "args": plan.record, "provenance": provenance(opt, plan.index, plan.train)}
+            "args": plan.record, "provenance": provenance(opt, plan.index, plan.train),
+            **(backbone.checkpoint_meta() if hasattr(backbone, "checkpoint_meta") else {})}   # ViTs: feature, band groups
     last_good, train_seconds = None, 0.0
     try:
         for epoch in range(start_epoch, plan.epochs):
@@ -134,10 +136,9 @@ def main_worker(local_rank: int | None, nproc: int | None, plan: Plan) -> None:
             done = epoch + 1
             if monitor is not None and monitor.due(done, plan.epochs):
                 stats["knn_top1"] = monitor(backbone, done, stats["seconds"])
-            vis_every = max(1, plan.epochs // 10)
-            if plan.vis and rt.is_main and (done % vis_every == 0 or done == plan.epochs or epoch == start_epoch):
+            if plan.vis and rt.is_main and (done % plan.vis_every == 0 or done == plan.epochs or epoch == start_epoch):
                 save_vis(module, model, dataset, opt, plan.ckpt_dir / f"{stem}_vis_e{done:04d}.png", plan.seed, rt,
-                         augment=augment)
+                         augment=augment, bands=plan.vis_bands)
             if rt.is_main:
                 stats["backbone_moved"] = drift(backbone)
                 last_good, best_knn = _end_of_epoch(plan, done, stats, meta, expnum, backbone, model, optimizer,

@@ -50,6 +50,7 @@ CLASSIC: dict[str, Any] = {"optimizer": "adam", "momentum": 0.9, "wd": 1e-6, "wa
 # (DINO main_dino.py defaults: 30 of 100 epochs), frozen last layer 10 % (DINO: 1 of 100 epochs).
 EPOCH_CAPS: dict[str, float] = {"warmup": 0.1, "warmup_teacher_temp_epochs": 0.3, "dino_freeze_last": 0.1}
 LARS_KEYS: tuple[str, ...] = ("lars_eta", "lars_clip")
+ADAM_KEYS: tuple[str, ...] = ("beta2",)
 OWN_OPTIMIZER_KEYS: tuple[str, ...] = ("exclude_bias_norm", "bias_lr_scale", "lars_eta", "lars_clip")
 NOT_FLAGS: tuple[str, ...] = ("lr_base", "lr_rule")
 
@@ -138,6 +139,11 @@ def resolve(args: argparse.Namespace, module: ModuleType) -> None:
             filled.remove("bias_lr_scale")
     if args.optimizer.lower() != "lars":
         for key in LARS_KEYS:
+            if key in filled:
+                setattr(args, key, None)
+                filled.remove(key)
+    if args.optimizer.lower() not in ("adam", "adamw"):
+        for key in ADAM_KEYS:
             if key in filled:
                 setattr(args, key, None)
                 filled.remove(key)

@@ -8,6 +8,8 @@ the multi-task pretext) plug into.
 Family 0 (scene network): global average pooling on the last stage, first conv rebuilt
 for ``in_channels`` bands. Family 9 (plain torchvision model): the torchvision
 classifier up to its last layer (e.g. VGG's 4096-d fully connected layers), RGB only.
+Family 1 (Vision Transformers) is built by :mod:`models.vit` with the same interface
+(``out_dim``, ``arch``, ``input_adapter``, ``forward`` -> pooled features) but no conv stages.
 
 ImageNet weights (``--ptcp 1``) are the torchvision ``IMAGENET1K_V1`` weights, the
 classic ones most remote-sensing papers compare against, read from the torch hub cache or,
@@ -30,9 +32,10 @@ import torchvision.models as tvm
 from torch import Tensor, nn
 
 from config.baselines import IMAGENET_MEAN, IMAGENET_STD
-from config.codes import BACKBONES, decode_netnum
+from config.codes import BACKBONES, NetCode, decode_netnum
 from config.errors import UserError
-from models.pretrained import read_state_dict_file
+from models.pretrained import load_imagenet_vit, read_state_dict_file
+from models.vit import build_vit
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +280,9 @@ def _googlenet_input_transform(in_channels: int, rgb_index: tuple[int, int, int]
 
 def build_backbone(netnum: str, in_channels: int, ptcp: bool = False,
                    rgb_index: tuple[int, int, int] | None = None,
-                   weights: str | Path | None = None) -> tuple[Backbone, int]:
+                   weights: str | Path | None = None, *, input_size: int | None = None,
+                   drop_path: float = 0.0, band_groups: Sequence[Sequence[str]] | None = None,
+                   bands: Sequence[str] | None = None) -> tuple[nn.Module, int]:
     """Build the backbone that ``--netnum`` names, for ``in_channels`` input bands.
 
     Args:
@@ -288,14 +293,23 @@ def build_backbone(netnum: str, in_channels: int, ptcp: bool = False,
         rgb_index: input positions of the R, G, B bands (e.g. ``(3, 2, 1)`` for EuroSAT's 13
             bands), where the ImageNet RGB filters are placed; default ``(0, 1, 2)`` for 3 bands.
         weights: with ``ptcp``, a torchvision ImageNet state dict file to read instead of
-            the torch hub cache (``--weights FILE``).
+            the torch hub cache (``--weights FILE``); for a ViT, a timm ImageNet file.
+        input_size: ViTs only: the input side (their position-embedding grid; default 224).
+        drop_path: ViTs only: timm's stochastic-depth rate.
+        band_groups, bands: ViTs only: the band groups (names) of a grouped-channel encoder
+            (mode 931 checkpoints) and the data's band names they are matched with.
 
     Returns:
-        The :class:`Backbone` and its feature size ``D``.
+        The :class:`Backbone` (a :class:`models.vit.ViTBackbone` for family 1) and its feature size ``D``.
     """
     code = decode_netnum(netnum)
     if in_channels < 1:
         raise UserError(f"the input has {in_channels} bands; a backbone needs at least 1 (check --dtype)")
+    if code.vit is not None:
+        return _build_vit(code, in_channels, ptcp, rgb_index, weights, input_size, drop_path, band_groups, bands)
+    if band_groups is not None:
+        raise UserError(f"the checkpoint holds a grouped-channel ViT encoder (mode 931) but --netnum {code.code} is "
+                        f"{code.backbone}; pass the ViT --netnum it was pretrained with")
     if code.family == "torchvision" and in_channels != 3:
         digit = next(k for k, v in BACKBONES.items() if v == code.backbone)
         raise UserError(
@@ -334,6 +348,25 @@ def build_backbone(netnum: str, in_channels: int, ptcp: bool = False,
     log.debug("backbone %s (%s): %d bands, %d-d features, ImageNet weights: %s",
               code.code, code.backbone, in_channels, out_dim, ptcp)
     return Backbone(stem, stages, channels, pool, out_dim, code.backbone), out_dim
+
+
+def _build_vit(code: NetCode, in_channels: int, ptcp: bool, rgb_index: tuple[int, int, int] | None,
+               weights: str | Path | None, input_size: int | None, drop_path: float,
+               band_groups: Sequence[Sequence[str]] | None, bands: Sequence[str] | None) -> tuple[nn.Module, int]:
+    """Family 1: a timm ViT (:mod:`models.vit`); with ``ptcp``, timm's ImageNet ViT file on the RGB bands."""
+    spec = code.vit
+    assert spec is not None
+    if weights is not None and not ptcp:
+        raise ValueError("weights= is the file of the ImageNet weights: it needs ptcp=True")
+    if ptcp and band_groups is not None:
+        raise UserError("ImageNet weights have one RGB patch embedding, not one per band group; drop --ptcp")
+    idx = _check_rgb_index(rgb_index, in_channels) if ptcp else None
+    backbone = build_vit(spec, in_channels, input_size, drop_path, band_groups, bands)
+    if idx is not None:
+        load_imagenet_vit(backbone, weights, idx)
+    log.debug("backbone %s (%s): %d bands, %d px, %d-d features, ImageNet weights: %s", code.code, spec.name,
+              in_channels, backbone.input_size, spec.embed_dim, ptcp)
+    return backbone, spec.embed_dim
 
 
 def stage_shapes(backbone: "Backbone", in_channels: int, size: int) -> list[torch.Size]:

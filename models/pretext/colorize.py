@@ -41,6 +41,7 @@ from models.pretext.decoder import build_decoder
 from models.pretext.simclr import embedding_std
 
 LOSSES = ("MSELoss", "mse")
+NEEDS_CONV_STAGES = True     # engine.guards.check_pretext_backbone refuses ViTs: the decoder reads the conv stages and the 1-band stem is a conv
 PLAN = "D"                      # light augmentation: crop, rotation + flip
 VIS_COLUMNS = ("input band", "target", "prediction")      # --vis: the columns of vis_rows
 _SMALL = ("scripts/experiments/eurosat_ms_pretexts.sh, this repository's README runs of the classic pretexts: "

@@ -284,9 +284,16 @@ def build(args: argparse.Namespace, opt, backbone: nn.Module) -> DINO:
 
 
 def make_transform(args: argparse.Namespace, opt) -> MultiCrop:
-    """DINO's multi-crop; local crops smaller than the backbone takes are a user error."""
+    """DINO's multi-crop; local crops smaller than the backbone takes are a user error. For a ViT the
+    local side is the multiple of its patch nearest to 3/7 of the input side, and must stay below it."""
+    code = decode_netnum(args.netnum) if getattr(args, "netnum", None) else None
     crops = MultiCrop(opt.input_size, opt.mean, opt.std, opt.rgb_index, args.local_crops,
-                      tuple(args.global_crops_scale), tuple(args.local_crops_scale))
+                      tuple(args.global_crops_scale), tuple(args.local_crops_scale),
+                      multiple=code.patch if code is not None else 1)
+    if crops.n_local and code is not None and code.vit is not None and crops.local_size >= opt.input_size:
+        raise UserError(f"--mode 916's local crops must be smaller than the {opt.input_size} px input and a multiple of "
+                        f"the {code.patch} px patch of --netnum {args.netnum}; use --input_size {2 * code.patch} or more, "
+                        "or --local-crops 0")
     if crops.n_local and getattr(args, "netnum", None):
         need = MIN_INPUT_SIZE.get(decode_netnum(args.netnum).backbone, 1)
         if crops.local_size < need:

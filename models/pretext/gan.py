@@ -39,6 +39,7 @@ from config.errors import UserError
 from datasets.transforms import build_plan
 
 LOSSES = ("GANLoss", "gan")
+NEEDS_CONV_STAGES = True     # engine.guards.check_pretext_backbone refuses ViTs: the discriminator is the CNN's conv stages (multi-level features)
 PLAN = "D"                      # light augmentation: crop, rotation + flip
 DEFAULT_Z = 100
 DEFAULT_G_LR_SCALE = 1.0

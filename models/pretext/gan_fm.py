@@ -24,6 +24,7 @@ from models.pretext.gan import GAN
 
 LOSSES = ("FeatureMatchingLoss", "feature_matching")
 RECIPES, SOURCES = gan.RECIPES, gan.SOURCES       # the same generator, discriminator and Adam
+NEEDS_CONV_STAGES = True     # engine.guards.check_pretext_backbone refuses ViTs: as mode 990
 DEFAULT_BCE_WEIGHT = 0.0
 
 make_transform = gan.make_transform          # the same real views as mode 990

@@ -26,6 +26,7 @@ from models.pretext.decoder import build_decoder
 from models.pretext.simclr import embedding_std
 
 LOSSES = ("MaskedMSELoss", "masked_mse")
+NEEDS_CONV_STAGES = True     # engine.guards.check_pretext_backbone refuses ViTs: the decoder reads the last conv stage's feature map
 PLAN = "D"                      # light augmentation: crop, rotation + flip
 DEFAULT_MASK = 0.5              # side of the masked square / side of the image
 DEFAULT_CONTEXT_WEIGHT = 0.01

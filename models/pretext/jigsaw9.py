@@ -11,8 +11,8 @@ import argparse
 from torch import nn
 
 from models.pretext import jigsaw_common as common
-from models.pretext.jigsaw_common import (LOSSES, RECIPES, SOURCES, VIS_COLUMNS, add_args,  # noqa: F401
-                                          vis_rows)  # (the pretext contract)
+from models.pretext.jigsaw_common import (LOSSES, NEEDS_CONV_STAGES, RECIPES, SOURCES, VIS_COLUMNS,  # noqa: F401
+                                          add_args, vis_rows)  # (the pretext contract)
 
 GRID = 3
 N_PERMS = 1000

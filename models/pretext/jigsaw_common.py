@@ -44,6 +44,7 @@ from models.pretext.simclr import embedding_std
 log = logging.getLogger(__name__)
 
 LOSSES = ("CrossEntropyLoss", "ce")
+NEEDS_CONV_STAGES = True     # engine.guards.check_pretext_backbone refuses ViTs: tile sizes are checked on the conv stages (last_stage_shape)
 PLAN = "D"                      # light augmentation: crop, rotation + flip
 PERM_SEED = 0                   # tie-breaking seed of the greedy permutation selection
 MAX_TILES = 9                   # all n! permutations are enumerated: 9! = 362,880 rows

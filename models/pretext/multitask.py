@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from config.dataset_cfg import DatasetOpt
 
 LOSSES = ("MultiTaskLoss", "multitask")
+NEEDS_CONV_STAGES = True     # engine.guards.check_pretext_backbone refuses ViTs: the decoder uses skip connections from the conv stages
 SYNC_BN = True           # exemplar contrast couples a batch's images: SyncBatchNorm by default on several GPUs
 TAU = 0.5                # exemplar NT-Xent temperature (--tau)
 FEATURE_DIM = 128        # exemplar projection size (--feature_dim)

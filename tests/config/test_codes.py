@@ -43,3 +43,24 @@ def test_list_codes_tables():
     text = codes.format_tables()
     for word in ("910", "920", "973", "resnet18_small", "vgg16_bn", "finetune"):
         assert word in text
+
+
+def test_vit_family_has_its_own_digit_2_table():
+    want = {"1": ("vit_tiny_patch16", 16), "2": ("vit_tiny_patch8", 8), "3": ("vit_small_patch16", 16),
+            "4": ("vit_small_patch8", 8)}
+    for digit, (name, patch) in want.items():
+        code = codes.decode_netnum(f"1{digit}0000")
+        assert (code.family, code.backbone, code.patch) == ("vit", name, patch)
+    assert codes.decode_netnum("010000").backbone == "resnet34"        # digit 2 means a CNN in family 0
+    for bad in ("100000", "150000", "190000"):
+        with pytest.raises(UserError, match="digit 2 of family 1"):
+            codes.decode_netnum(bad)
+    lines = [line for line in codes.format_netnums().splitlines() if line.strip().startswith(("1 ", "2 ", "3 ", "4 "))]
+    assert "    1  vit tiny patch 16  (vit_tiny_patch16: 192-d, 12 blocks, 3 heads; input side a multiple of 16)" in lines
+    assert "    4  vit small patch 8  (vit_small_patch8: 384-d, 12 blocks, 6 heads; input side a multiple of 8)" in lines
+
+
+def test_mae_modes():
+    assert codes.decode_mode(930, "pretrain").pretext == "mae"
+    assert codes.decode_mode(931, "pretrain").pretext == "mae_grouped"
+    assert "930" in codes.format_modes("pretrain") and "931" in codes.format_modes("pretrain")

@@ -61,7 +61,7 @@ def test_finetune_round_trip_writes_a_result_row(demo_root, pretrained, tmp_path
 
 def test_linear_probe_guard_catches_a_changing_backbone(demo_root, pretrained, tmp_path, monkeypatch):
     real = finetune.param_groups
-    monkeypatch.setattr(finetune, "param_groups", lambda model, hos: real(model, 0))   # "forgets" to freeze
+    monkeypatch.setattr(finetune, "param_groups", lambda model, hos, *rest: real(model, 0))   # "forgets" to freeze
     with pytest.raises(RuntimeError, match="the backbone is not frozen"):
         main_cls.main(cls_args(demo_root, pretrained, tmp_path / "r.csv", "--mode", "41", "--ts", "5", "--hos", "9",
                                "--mepoch", "2", "--expnum", "20186093531_pretrain", "--cepoch", "1"))
@@ -74,6 +74,30 @@ def test_protocol_parameter_groups():
     assert [g["lr_scale"] for g in g1] == [0.2, 1.0]
     g9 = finetune.param_groups(build_model(NET, 13, 6), 9)
     assert len(g9) == 1 and len(g9[0]["params"]) == 2                  # head weight and bias only
+
+
+def test_vit_fine_tuning_uses_layer_decay_groups():
+    """--netnum 1x0000 trains with MAE's layer-wise lr decay (default 0.75) and drop path (default 0.1)."""
+    import argparse
+
+    from engine import guards
+    from models import build_model
+    args = argparse.Namespace(layer_decay=None, drop_path=None, hos=0, probe=None)
+    guards.resolve_vit_finetune(args, "110000", trains=True)
+    assert (args.layer_decay, args.drop_path) == (0.75, 0.1)
+    model = build_model("110000", 13, 6, input_size=32, drop_path=args.drop_path)
+    assert model.backbone.blocks[11].drop_path1.drop_prob == pytest.approx(0.1)
+    groups = finetune.param_groups(model, 0, args.layer_decay)
+    assert sorted({round(g["lr_scale"], 8) for g in groups}) == sorted({round(0.75 ** k, 8) for k in range(14)})
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    g1 = finetune.param_groups(build_model("110000", 13, 6, input_size=32), 1, 0.75)
+    assert max(g["lr_scale"] for g in g1 if any(p.ndim == 4 for p in g["params"])) == pytest.approx(0.2 * 0.75 ** 13)
+    frozen = argparse.Namespace(layer_decay=None, drop_path=None, hos=9, probe=None)
+    guards.resolve_vit_finetune(frozen, "110000", trains=True)
+    assert (frozen.layer_decay, frozen.drop_path) == (None, None)          # a frozen backbone: neither applies
+    cnn = argparse.Namespace(layer_decay=None, drop_path=None, hos=0, probe=None)
+    guards.resolve_vit_finetune(cnn, NET, trains=True)
+    assert cnn.layer_decay is None and len(finetune.param_groups(build_model(NET, 13, 6), 0, None)) == 2
 
 
 def test_linear_probe_keeps_bn_statistics(demo_root, pretrained, tmp_path, monkeypatch):

@@ -58,9 +58,25 @@ PRETRAIN = [
     (["--knn-per-class", "0"], "--knn-per-class 0 must be >= 1"),
     (["--overwrite"], "--overwrite replaces the run --expnum names"),
     (["--mp-distributed", "--dist-url", "tcp://localhost"], "has no host:port"),
+    (["--vis-every", "2"], "--vis-every shape the --vis figures; add --vis or drop it"),
+    (["--vis", "--vis-bands", "B08,B04"], "--vis-bands B08,B04 must name three of this dataset's bands"),
+    (["--vis", "--vis-every", "0"], "--vis-every 0 must be >= 1 epoch"),
+    (["--mode", "930"], "--mode 930 (mae) masks the patch tokens of a Vision Transformer, and --netnum 000000 is "
+                        "resnet18_small; use a ViT code such as --netnum 110000"),
+    (["--mode", "96", "--netnum", "110000"], "--mode 96 (inpaint) works on the feature maps of a CNN's conv stages"),
+    (["--mode", "930", "--netnum", "110000", "--input_size", "40"], "--netnum 110000 (vit tiny patch 16) cuts the "
+     "input into 16x16 patches, so its side must be a multiple of 16, and 40 px is not; use --input_size 32 or 48"),
+    (["--mode", "930", "--netnum", "110000", "--mask-ratio", "1.5"], "--mask-ratio 1.5 must be strictly between 0 and 1"),
+    (["--mode", "931", "--netnum", "110000", "--dtype", "RGB"], "this data's bands (B04 B03 B02) form 1 group(s)"),
+    (["--mode", "910", "--consistent-mask"], "--consistent-mask belongs to --mode 931"),
 ]
 
 CLS = [
+    (["--layer-decay", "0.75"], "--layer-decay fine-tune a Vision Transformer, and --netnum 000000 is resnet18_small"),
+    (["--netnum", "110000", "--hos", "9", "--drop-path", "0.1"], "--drop-path change how a ViT is trained, and here "
+                                                                 "the backbone is frozen (--hos 9): drop it"),
+    (["--netnum", "110000", "--layer-decay", "1.5"], "--layer-decay 1.5 must be in (0, 1]"),
+    (["--netnum", "120000", "--input_size", "20"], "use --input_size 16 or 24"),
     (["--bs", "1"], "BatchNorm needs at least 2 per process: use --bs 2 or more"),
     (["--bs", "3", "--mp-distributed", "--nproc", "2"], "use --bs 4 or more"),
 ]

@@ -16,7 +16,7 @@ from config.errors import UserError
 from engine import evaljob, plan, recipes
 from engine.optim import OptimSpec
 from engine.cli import CLS_DEFAULTS, base_parser
-from engine.optim import LARS, build_optimizer
+from engine.optim import LARS, build_optimizer, no_weight_decay_names
 from engine.schedules import LRSchedule
 from models import build_backbone
 from models.pretext import dino, moco
@@ -26,9 +26,14 @@ BS, N_TRAIN, DATASET_LR, MEPOCH = 64, 375, 1e-4, 200
 OPTIMIZER_TYPES = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "lars": LARS}
 
 
+def netnum_for(code: int) -> str:
+    """A ViT (ViT-Tiny/8) for the modes made for ViTs (MAE), resnet18_small for the others."""
+    return "120000" if getattr(pretexts.load(decode_mode(code, "pretrain")), "VIT_ONLY", False) else "000000"
+
+
 def parse(code: int, *extra: str) -> argparse.Namespace:
     return plan.add_args(base_parser("", "pretrain")).parse_args(
-        ["--mode", str(code), "--netnum", "000000", "--mepoch", str(MEPOCH), *extra])
+        ["--mode", str(code), "--netnum", netnum_for(code), "--mepoch", str(MEPOCH), *extra])
 
 
 def resolved(code: int, *extra: str) -> tuple[argparse.Namespace, object]:
@@ -71,7 +76,7 @@ def test_every_pretext_has_both_recipes_each_setting_with_a_source() -> None:
 @pytest.mark.parametrize("code", sorted(pretexts.implemented()))
 def test_recipe_settings_reach_the_optimizer_and_the_model(code: int, recipe: str) -> None:
     args, module = resolved(code, "--recipe", recipe)
-    table = recipes.recipe_of(module, recipe, "convnet")
+    table = recipes.recipe_of(module, recipe, recipes.backbone_kind(args.netnum))
     assert args.recipe == recipe
     # every setting of the table is in the namespace (what the checkpoint's meta records)
     for key, value in table.items():
@@ -89,9 +94,9 @@ def test_recipe_settings_reach_the_optimizer_and_the_model(code: int, recipe: st
     assert args.lr == pytest.approx(expected_lr(table))
     assert set(args.recipe_filled) == {k for k in table if k not in recipes.NOT_FLAGS} | {"lr"}
     # the optimiser's param groups
-    opt = make_opt(4, 32)
-    with torch.device("meta"):
-        backbone, _ = build_backbone(args.netnum, 4)
+    opt = make_opt(13 if code == 931 else 4, 32)             # 931 groups Sentinel-2 bands by name
+    with torch.device("cpu" if code in (930, 931) else "meta"):    # MAE's sin-cos tables come from numpy
+        backbone, _ = build_backbone(args.netnum, opt.n_bands, input_size=32)
         model = module.build(args, opt, backbone)
     if hasattr(module, "build_optimizer"):
         optimizer = module.build_optimizer(args, model, args.lr)
@@ -99,20 +104,24 @@ def test_recipe_settings_reach_the_optimizer_and_the_model(code: int, recipe: st
         assert type(optimizer) is torch.optim.Adam and all(g["weight_decay"] == table["wd"] for g in groups)
     else:
         optimizer = OptimSpec(args.optimizer, args.lr, args.momentum, args.wd, args.lars_eta, args.lars_clip,
-                              args.exclude_bias_norm, args.bias_lr_scale).build(model)
+                              args.exclude_bias_norm, args.bias_lr_scale, args.beta2).build(model)
         assert type(optimizer) is OPTIMIZER_TYPES[table["optimizer"]]
         groups = optimizer.param_groups
         if table.get("exclude_bias_norm", True):
             assert [g["name"] for g in groups] == ["weights", "bias_norm"]
             assert (groups[0]["weight_decay"], groups[1]["weight_decay"]) == (table["wd"], 0.0)
             assert groups[1]["lr_scale"] == pytest.approx(table.get("bias_lr_scale", 1.0))
-            assert all(p.ndim < 2 for p in groups[1]["params"]) and all(p.ndim >= 2 for p in groups[0]["params"])
+            tokens = {id(p) for n, p in model.named_parameters() if n in no_weight_decay_names(model)}
+            assert all(p.ndim < 2 or id(p) in tokens for p in groups[1]["params"])       # ViTs: cls_token, pos_embed
+            assert all(p.ndim >= 2 and id(p) not in tokens for p in groups[0]["params"])
         else:
             assert [g["name"] for g in groups] == ["all"] and groups[0]["weight_decay"] == table["wd"]
         if table["optimizer"] == "lars":
             assert all((g["eta"], g["clip"]) == (table["lars_eta"], table["lars_clip"]) for g in groups)
         momentum = groups[0]["betas"][0] if "betas" in groups[0] else groups[0]["momentum"]
         assert momentum == table["momentum"]
+        if "beta2" in table:
+            assert groups[0]["betas"][1] == table["beta2"]
     n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
     assert sum(len(g["params"]) for g in groups) == n_trainable
     schedule = LRSchedule(args.lr_policy, args.lr, args.mepoch, 5, args.warmup)
@@ -170,6 +179,12 @@ def check_model(code: int, model: nn.Module, args: argparse.Namespace, table: di
         crops = dino.make_transform(args, make_opt(4, 32))
         assert crops.n_local == table["local_crops"]
         assert crops.global_views[0].steps[0].scale == tuple(table["global_crops_scale"])
+    elif code in (930, 931):
+        assert model.mask_ratio == table["mask_ratio"] and model.criterion.norm_pix == table["norm_pix_loss"]
+        assert len(model.decoder.blocks) == table["decoder_depth"]
+        assert model.decoder.embed.out_features == table["decoder_dim"]
+        if code == 931:
+            assert model.consistent == table["consistent_mask"]
 
 
 def test_default_recipe_is_paper_and_keeps_the_specs_defaults() -> None:

@@ -68,7 +68,8 @@ def setup(code: int, n_batches: int = 3, bs: int = 4, size: int = 32, lr: float 
     plan.resolve_head_flags(args, mode, module)
     if args.feature_dim is not None:                # tiny heads: the test is about the loop, not the method
         args.feature_dim = 32
-    for dest, value in (("hidden_dim", 32), ("local_crops", 2)):
+    for dest, value in (("hidden_dim", 32), ("local_crops", 2), ("decoder_depth", 1), ("decoder_dim", 32),
+                        ("band_groups", "B01,B02;B03,B04")):
         if hasattr(args, dest):
             setattr(args, dest, value)
     if hasattr(module, "check_args"):
@@ -76,7 +77,8 @@ def setup(code: int, n_batches: int = 3, bs: int = 4, size: int = 32, lr: float 
     if hasattr(module, "check_data"):
         module.check_data(args, n_batches * bs * 4, bs)
     opt = make_opt(BANDS, size)
-    backbone, _ = build_backbone("000000", BANDS)
+    netnum = "110000" if getattr(module, "VIT_ONLY", False) else "000000"   # MAE (930/931): a ViT-Tiny/16
+    backbone, _ = build_backbone(netnum, BANDS, input_size=size)
     model = module.build(args, opt, backbone)
     view = module.make_transform(args, opt)
     raw = raw_images(n_batches * bs, BANDS, side=size + 8)
