@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,13 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--knn-freq", dest="knn_freq", default="auto",
                    help="kNN monitor on the validation slice: auto (about 5%% of the training time: after epoch 1, "
                         "then as often as that budget allows, and after the last epoch), or every N epochs (0: off)")
+    g.add_argument("--dry-run", dest="dry_run", action="store_true",
+                   help="resolve and check everything (recipe, lr, data, iterations per epoch), print the plan as "
+                        "JSON and exit without writing anything")
+    g.add_argument("--lr-selection", dest="lr_selection", default=None,
+                   help="how --lr was chosen, recorded in the checkpoint and every row built from it: "
+                        "val-knn:LR1,LR2,LR3@STEPS (the validation-slice kNN accuracy after a STEPS-step run at each "
+                        "grid value; --lr must be one of them), as scripts/experiments/methods.sh writes it")
     g.add_argument("--vis-every", dest="vis_every", type=int, default=None,
                    help="with --vis: a figure every N epochs, and after the first and the last (default: mepoch // 10)")
     g.add_argument("--vis-bands", dest="vis_bands", default=None,
@@ -193,7 +202,8 @@ class Plan:
 
 
 def resolve(args: argparse.Namespace) -> Plan:
-    """Decode codes, load the dataset index, check every user input once; claim the run's name last."""
+    """Decode codes, load the dataset index, check every user input once; claim the run's name last
+    (not with ``--dry-run``, which writes nothing)."""
     mode = decode_mode(args.mode if args.mode is not None else 910, script="pretrain")
     check_process_flags(args)
     guards.check_values(args)
@@ -246,6 +256,7 @@ def resolve(args: argparse.Namespace) -> Plan:
     if hasattr(module, "check_data"):         # e.g. MoCo sizes its queue from the training images
         module.check_data(args, len(train), bs)
     recipes.resolve_lr(args, bs, opt.lr)
+    check_lr_selection(args.lr_selection, args.lr)
     optim = OptimSpec(args.optimizer, args.lr, args.momentum, args.wd, args.lars_eta, args.lars_clip,
                       args.exclude_bias_norm, args.bias_lr_scale, args.beta2)
     schedule = ScheduleSpec(args.lr_policy, args.mepoch, args.warmup, tuple(args.milestones), args.lr_decay)
@@ -288,7 +299,7 @@ def resolve(args: argparse.Namespace) -> Plan:
                 knn_per_class=args.knn_per_class, ckpt_freq=args.ckpt_freq, vis=bool(args.vis),
                 vis_every=args.vis_every or max(1, args.mepoch // 10), vis_bands=band_triplet(args.vis_bands, opt),
                 ckpt_dir=ckpt_dir,
-                expnum=claim_run_name(args, mode, ckpt_dir, expnum), init_from=init_from,
+                expnum="" if args.dry_run else claim_run_name(args, mode, ckpt_dir, expnum), init_from=init_from,
                 resume=Path(args.resume) if args.resume else None, record=record)
 
 
@@ -352,4 +363,31 @@ def processes_per_node(plan: Plan) -> int:
     """Processes this node spawns for ``--mp-distributed``."""
     p = plan.procs
     return p.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
+
+
+LR_SELECTION = re.compile(r"val-knn:(?P<grid>[0-9.eE+-]+(?:,[0-9.eE+-]+)+)@(?P<steps>[1-9][0-9]*)")
+
+
+def check_lr_selection(text: str | None, lr: float) -> None:
+    """``--lr-selection val-knn:GRID@STEPS``: well formed, and ``--lr`` is one of the grid's values."""
+    if text is None:
+        return
+    m = LR_SELECTION.fullmatch(text)
+    try:
+        grid = [float(v) for v in m.group("grid").split(",")] if m else []
+    except ValueError:
+        grid = []
+    if not grid:
+        raise UserError(f"--lr-selection {text!r} is not val-knn:LR1,LR2,...@STEPS, e.g. val-knn:0.15,0.3,0.6@250")
+    if not any(math.isclose(lr, g, rel_tol=1e-6) for g in grid):
+        raise UserError(f"--lr-selection {text} says the lr was chosen from {grid}, but --lr is {lr:g}; pass one of them")
+
+
+def plan_summary(plan: Plan, iters_per_epoch: int) -> dict[str, Any]:
+    """What ``--dry-run`` prints: the resolved settings a script needs (lr, steps, data)."""
+    return {"mode": plan.mode.code, "pretext": plan.mode.pretext, "netnum": plan.netnum, "dataset": plan.opt.name,
+            "n_train": len(plan.train), "global_bs": plan.global_bs, "iters_per_epoch": iters_per_epoch,
+            "epochs": plan.epochs, "steps": iters_per_epoch * plan.epochs, "lr": plan.optim.lr,
+            "optimizer": plan.optim.name, "recipe": plan.record.get("recipe"), "lr_rule": plan.record.get("lr_rule"),
+            "lr_base": plan.record.get("lr_base"), "input_size": plan.opt.input_size, "bands": list(plan.opt.bands)}
 

@@ -7,6 +7,7 @@ engine/loaders.py, the kNN monitor and figures engine/monitors.py.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -23,7 +24,7 @@ from engine.loaders import make_loader, training_data
 from engine.logger import EpochLog
 from engine.loop import train_one_epoch
 from engine.monitors import KnnMonitor, WeightDrift, save_vis
-from engine.plan import Plan, processes_per_node, resolve
+from engine.plan import Plan, plan_summary, planned_world_size, processes_per_node, resolve
 from engine.provenance import provenance
 from engine.runtime import Runtime, TrainingDiverged, init_runtime, reseed
 from models import build_backbone
@@ -46,6 +47,11 @@ def main(args: argparse.Namespace) -> None:
     """Resolve the plan, then run one process, spawn one per GPU (or ``--nproc`` on CPU), or join torchrun."""
     setup_logging()
     plan = resolve(args)
+    if args.dry_run:
+        world = planned_world_size(args)
+        iters = (len(plan.train) // world) // (plan.global_bs // world)     # full batches per process (drop_last)
+        print(json.dumps(plan_summary(plan, iters), sort_keys=True))
+        return
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:          # launched by torchrun
         main_worker(int(os.environ.get("LOCAL_RANK", 0)), None, plan)
         return

@@ -1,0 +1,86 @@
+"""The pretraining diagnostics of a methods table (scripts/experiments/methods.sh), as markdown.
+
+    OUT=runs/methods_euroms NET=090000 MODES="910 911" SEEDS="0 1 2" python scripts/experiments/methods_diagnostics.py
+
+Per mode, mean over the pretraining seeds of each final run's epoch log (``<netnum>_<expnum>_log.csv``):
+the loss at the first and the last epoch; the embedding std at the end against 1/sqrt(d) (the std of
+L2-normalised embeddings spread evenly over d dimensions; ~0 is collapse); how far the kept backbone's
+weights moved from their initialisation (``backbone_moved``, ||W - W0|| / ||W0||); the validation kNN
+accuracy after the last epoch; DINO's teacher entropy as a fraction of ln K (1: a uniform teacher,
+the collapse DINO's centring fights); MoCo's share of queries whose own image had a key in the
+queue (masked out of the negatives, so the contamination rate is 0); images/s and wall time (runs.csv).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from config.codes import PRETEXTS  # noqa: E402
+
+EMBEDDING = {916: ("bottleneck", 256)}      # DINO's emb_std is that of its 256-d bottleneck embedding
+
+
+def _f(rows: list[dict], key: str, i: int = -1) -> float:
+    vals = [r.get(key, "") for r in rows]
+    vals = [float(v) for v in vals if v not in ("", None)]
+    return vals[i] if vals else math.nan
+
+
+def _mean(xs: list[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return statistics.fmean(xs) if xs else math.nan
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    return "-" if math.isnan(x) else f"{x:.{digits}g}"
+
+
+def main() -> int:
+    out, net = Path(os.environ["OUT"]), os.environ.get("NET", "090000")
+    modes, seeds = os.environ["MODES"].split(), os.environ.get("SEEDS", "0 1 2").split()
+    runs = list(csv.DictReader(open(out / "runs.csv"))) if (out / "runs.csv").exists() else []
+    lines = ["| mode | method | seeds | lr (chosen) | loss first -> last | emb_std (1/sqrt d) | backbone moved | "
+             "val kNN (%) | teacher entropy / ln K | own-image keys masked | img/s | wall (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for mode in modes:
+        per = []
+        for seed in seeds:
+            tag = out / f"final_{mode}_s{seed}.expnum"
+            if not tag.exists():
+                continue
+            exp = tag.read_text().strip()
+            log = out / "ck" / f"{net}_{exp}_log.csv"
+            if not log.exists():
+                continue
+            rows = list(csv.DictReader(open(log)))
+            ck = sorted((out / "ck").glob(f"{net}_{exp}_[0-9]*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+            meta = torch.load(ck[-1], map_location="cpu", weights_only=True)["meta"] if ck else {}
+            d = EMBEDDING.get(int(mode), (None, None))[1] or (meta.get("args") or {}).get("feature_dim") or math.nan
+            run = [r for r in runs if r["expnum"] == exp]
+            per.append({"loss0": _f(rows, "loss", 0), "loss1": _f(rows, "loss"), "std": _f(rows, "emb_std"),
+                        "d": float(d), "moved": _f(rows, "backbone_moved"), "knn": _f(rows, "knn_top1"),
+                        "ent": _f(rows, "teacher_entropy"), "own": _f(rows, "moco_own_keys"),
+                        "ips": float(run[-1]["img_per_s"]) if run else math.nan,
+                        "wall": float(run[-1]["seconds"]) if run else math.nan})
+        if not per:
+            continue
+        lr = (out / f"{mode}.lr").read_text().strip() if (out / f"{mode}.lr").exists() else "-"
+        m = {k: _mean([p[k] for p in per]) for k in per[0]}
+        lines.append(f"| {mode} | {PRETEXTS[int(mode)][0]} | {len(per)} | {lr} | {fmt(m['loss0'], 4)} -> "
+                     f"{fmt(m['loss1'], 4)} | {fmt(m['std'])} ({fmt(1 / math.sqrt(m['d']))}) | "
+                     f"{fmt(100 * m['moved'], 3)} % | {fmt(m['knn'], 3)} | {fmt(m['ent'])} | {fmt(m['own'])} | "
+                     f"{fmt(m['ips'], 3)} | {fmt(m['wall'], 4)} |")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
