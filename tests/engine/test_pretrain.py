@@ -203,3 +203,32 @@ def test_log_says_how_far_the_backbone_moved(demo_root, tmp_path):
     expect = (sum(float((end[k] - w).square().sum()) for k, w in w0.items())
               / sum(float(w.square().sum()) for w in w0.values())) ** 0.5
     assert 0 < moved[0] < moved[1] and moved[1] == pytest.approx(expect, rel=1e-4)
+
+
+def test_dry_run_prints_the_resolved_plan_and_writes_nothing(demo_root, tmp_path, capsys):
+    import json
+    ck = tmp_path / "ck"
+    main_cls_ss_train.main(["--mode", "912", "--ds", "demo", "--data-root", str(demo_root), "--netnum", "090000",
+                            "--input_size", "32", "--bs", "16", "--recipe", "small", "--mepoch", "4", "--dry-run",
+                            "--ckpt", str(ck), "--no-progress"])
+    plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert plan["recipe"] == "small" and plan["optimizer"] == "lars"
+    assert plan["lr"] == pytest.approx(plan["lr_base"] * 16 / 256)           # the recipe's linear rule
+    assert plan["iters_per_epoch"] == plan["n_train"] // 16 and plan["steps"] == 4 * plan["iters_per_epoch"]
+    assert not ck.exists() or not any(ck.iterdir())
+
+
+@pytest.mark.parametrize("text,lr,fails", [("val-knn:0.1,0.2,0.4@250", "0.2", None),
+                                           ("val-knn:0.1,0.2,0.4@250", "0.3", "--lr is 0.3"),
+                                           ("knn:0.1", "0.1", "is not val-knn")])
+def test_lr_selection_is_checked_and_recorded(demo_root, tmp_path, capsys, text, lr, fails):
+    argv = args_for(demo_root, tmp_path, "--lr", lr, "--lr-selection", text, "--mepoch", "1", "--expnum", "1_pretrain",
+                    "--knn-freq", "0")
+    if fails:
+        with pytest.raises(SystemExit) as e:
+            main_cls_ss_train.main(argv)
+        assert e.value.code == 2 and fails in capsys.readouterr().err
+        return
+    main_cls_ss_train.main(argv)
+    meta = torch.load(tmp_path / "090000_1_pretrain_1.pth", weights_only=True)["meta"]
+    assert meta["args"]["lr_selection"] == text and meta["steps"] == meta["epoch"] * 3   # 48 images / 16
