@@ -50,7 +50,7 @@ SMALL_SOURCES: dict[str, str] = {
                          "decayed, as MoCo v3)",
     "bias_lr_scale": f"{_SOLO}: one lr", "warmup": "solo-learn solo/methods/base.py @c980e9e3: warmup_epochs 10",
     "freeze_patch_embed": f"MoCo v3's random patch projection ({_CONFIG} --stop-grad-conv1), kept for short runs: "
-                          "the paper finds it stabilises every framework it tried (solo-learn's yaml has no switch)"}
+                          "the paper finds it stabilises MoCo v3, SimCLR and BYOL (solo-learn's yaml has no switch)"}
 
 
 def moco_v3(why: str) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
