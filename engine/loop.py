@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from engine.optim import clip_grad_per_tensor
 from engine.runtime import Runtime, TrainingDiverged, move_to, use_tqdm
 from engine.schedules import LRSchedule
 
@@ -23,19 +24,22 @@ BAR_EVERY = 25       # the progress bar reads the running loss every this many s
 
 def train_one_epoch(net: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     schedule: LRSchedule, epoch: int, rt: Runtime, total_epochs: int,
-                    last_good: Path | None, augment: Callable[[Any, int], Any] | None = None) -> dict[str, float]:
+                    last_good: Path | None, augment: Callable[[Any, int], Any] | None = None,
+                    clip_grad: float = 0.0) -> dict[str, float]:
     """One pass over the loader; means over all processes; stops on a non-finite loss.
 
     After each optimizer step the model's optional ``on_step_end(progress)`` hook runs
     (progress = global step / total steps of ``total_epochs``, for EMA teachers and momentum
     schedules). A model with ``uses_index = True`` (MoCo: its queue remembers whose keys it
     holds) is called as ``net(views, index)`` with the batch's sample indices. ``augment`` (``--gpu-aug``) turns a device batch of raw images into the
-    pretext's views.
+    pretext's views. ``clip_grad`` > 0 (``--clip-grad``) caps each parameter tensor's gradient norm
+    after backward, before the step (DINO's ``clip_gradients``).
     """
     net.train()
     model = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
     on_step_end = getattr(model, "on_step_end", None)
     uses_index = getattr(model, "uses_index", False)
+    trained = [p for p in model.parameters() if p.requires_grad] if clip_grad > 0 else []
     iters = len(loader)  # type: ignore[arg-type]
     total_steps = max(1, total_epochs * iters)
     dev = rt.device
@@ -62,6 +66,8 @@ def train_one_epoch(net: nn.Module, loader: Iterable, optimizer: torch.optim.Opt
             loss, stats = net(views, index.to(dev, non_blocking=True)) if uses_index else net(views)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if trained:
+            clip_grad_per_tensor(trained, clip_grad)
         optimizer.step()
         if on_step_end is not None:
             on_step_end((step + 1) / total_steps)

@@ -236,3 +236,15 @@ class OptimSpec:
         return build_optimizer(self.name, params_or_model, self.lr, self.momentum, self.wd, self.eta, self.clip,
                                self.exclude_bias_norm, self.bias_lr_scale, self.beta2)
 
+
+
+@torch.no_grad()
+def clip_grad_per_tensor(params: Iterable[torch.Tensor], max_norm: float) -> None:
+    """DINO's ``utils.clip_gradients``: every parameter tensor's gradient scaled to an L2 norm of at most ``max_norm``.
+
+    Each tensor is clipped on its own (``g *= min(1, max_norm / (||g|| + 1e-6))``), unlike
+    ``torch.nn.utils.clip_grad_norm_``'s one global norm. The factor stays a device tensor: no host sync.
+    """
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(torch.clamp(max_norm / (torch.linalg.vector_norm(p.grad) + 1e-6), max=1.0))

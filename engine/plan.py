@@ -57,6 +57,12 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                       "paper decays everything)")
     g.add_argument("--bias-lr-scale", dest="bias_lr_scale", type=float, default=None,
                    help="lr factor of the bias/norm group (default 1, or the --recipe's: Barlow Twins 0.0048/0.2 = 0.024)")
+    g.add_argument("--freeze-patch-embed", dest="freeze_patch_embed", action=argparse.BooleanOptionalAction,
+                   default=None, help="ViT codes: keep the patch embedding at its initial (random) weights, MoCo v3's "
+                                      "random patch projection (default: the --recipe's, on for 910-915 on ViTs)")
+    g.add_argument("--clip-grad", dest="clip_grad", type=float, default=None,
+                   help="cap each parameter tensor's gradient norm at this value after backward, as DINO's "
+                        "utils.clip_gradients (0: off; default: the --recipe's, 3 for DINO's paper recipe, else off)")
     g.add_argument("--aug", type=int, help="SimCLR: how the two views are made (1-5, see README; default 5)")
     g.add_argument("--aug_p", "--aug-p", dest="aug_p", help="SimCLR: augmentation plan of an augmented view (A-E, S1-S6; default S5)")
     g.add_argument("--loss", help="loss of the pretext (default: the pretext's own, e.g. NTXentLoss for 910)")
@@ -145,6 +151,20 @@ def resolve_head_flags(args: argparse.Namespace, mode: Mode, module) -> None:
         raise UserError(f"--feature_dim {args.feature_dim} must be a positive integer, e.g. 128")
 
 
+def resolve_vit_training_flags(args: argparse.Namespace) -> None:
+    """``--freeze-patch-embed`` (recipes set it for ViT codes only, so a value on a CNN code is the user's:
+    refused) and ``--clip-grad`` (>= 0; None: off)."""
+    code = decode_netnum(args.netnum)
+    if args.freeze_patch_embed is not None and code.vit is None:
+        raise UserError(f"--{'' if args.freeze_patch_embed else 'no-'}freeze-patch-embed is about a ViT's patch "
+                        f"embedding (MoCo v3's random patch projection), and --netnum {args.netnum} is {code.backbone}: "
+                        "drop it or use a ViT code (1x0000)")
+    if args.clip_grad is None:
+        args.clip_grad = 0.0
+    if not (math.isfinite(args.clip_grad) and args.clip_grad >= 0):
+        raise UserError(f"--clip-grad {args.clip_grad} must be a norm >= 0 (0: off); DINO clips at 3")
+
+
 def parse_knn_freq(text: str) -> int | str:
     """``--knn-freq``: ``auto``, or every N epochs (0: off)."""
     if str(text).lower() == "auto":
@@ -194,6 +214,8 @@ class Plan:
     init_from: Path | None           # --expnum/--cepoch: a backbone to start from
     resume: Path | None              # --resume: a training state
     record: dict[str, Any]           # the resolved flags, written into every checkpoint's meta["args"]
+    freeze_patch_embed: bool = False  # ViTs: the patch embedding takes no gradient (MoCo v3's random patch projection)
+    clip_grad: float = 0.0           # per-tensor gradient-norm cap after backward (DINO's clip_gradients; 0: off)
 
     @property
     def module(self):
@@ -227,6 +249,7 @@ def resolve(args: argparse.Namespace) -> Plan:
     if args.loss not in module.LOSSES:
         raise UserError(f"--loss {args.loss} does not fit --mode {mode.code} ({mode.pretext}); use {module.LOSSES[0]}")
     resolve_head_flags(args, mode, module)
+    resolve_vit_training_flags(args)
     if hasattr(module, "check_args"):
         module.check_args(args)
     if args.cache_size is not None and not args.pin_memory:
@@ -300,7 +323,8 @@ def resolve(args: argparse.Namespace) -> Plan:
                 vis_every=args.vis_every or max(1, args.mepoch // 10), vis_bands=band_triplet(args.vis_bands, opt),
                 ckpt_dir=ckpt_dir,
                 expnum="" if args.dry_run else claim_run_name(args, mode, ckpt_dir, expnum), init_from=init_from,
-                resume=Path(args.resume) if args.resume else None, record=record)
+                resume=Path(args.resume) if args.resume else None, record=record,
+                freeze_patch_embed=bool(args.freeze_patch_embed), clip_grad=args.clip_grad)
 
 
 def claim_run_name(args: argparse.Namespace, mode: Mode, ckpt_dir: Path, expnum: str | None) -> str:

@@ -28,6 +28,7 @@ from engine.plan import Plan, plan_summary, planned_world_size, processes_per_no
 from engine.provenance import provenance
 from engine.runtime import Runtime, TrainingDiverged, init_runtime, reseed
 from models import build_backbone
+from models.vit import freeze_patch_embed, is_vit, method_feature
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,13 @@ def main_worker(local_rank: int | None, nproc: int | None, plan: Plan) -> None:
     if plan.init_from is not None:
         meta = ckpt.load_backbone(plan.init_from, backbone)
         log.info("backbone initialised from %s (epoch %s)", plan.init_from, meta.get("epoch"))
+    if is_vit(backbone):                   # the probe feature of the method's paper, recorded in the meta
+        backbone.set_feature(method_feature(mode.pretext))
     model = module.build(plan.method, opt, backbone)
+    if plan.freeze_patch_embed:            # before the optimiser: these parameters stay out of its groups
+        frozen = freeze_patch_embed(model)
+        if rt.is_main:
+            log.info("patch embedding frozen at its initial weights (random patch projection): %d tensors", len(frozen))
     if use_sync_bn(plan, rt):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if rt.is_main:
@@ -137,7 +144,7 @@ def main_worker(local_rank: int | None, nproc: int | None, plan: Plan) -> None:
             reseed(plan.seed, epoch + 1, rt.rank)
             sampler.set_epoch(epoch)
             stats = train_one_epoch(net, loader, optimizer, schedule, epoch, rt, plan.epochs, last_good,
-                                    augment=augment)
+                                    augment=augment, clip_grad=plan.clip_grad)
             train_seconds += stats["seconds"]
             done = epoch + 1
             if monitor is not None and monitor.due(done, plan.epochs):

@@ -12,7 +12,8 @@ Two recipe keys are not flags: ``lr_base`` and ``lr_rule`` give ``--lr`` as
 ``lr_base * sqrt(global_batch)`` (SimCLR's alternative), ``none``: ``lr_base`` as is (the
 source's batch, no scaling stated), ``dataset``: the dataset option's lr (no number in the
 source: this repository's behaviour before recipes). A recipe value may depend on the
-backbone family, written ``{"convnet": a, "vit": b}``, and a head width may be
+backbone family, written ``{"convnet": a, "vit": b}`` (None for a family: the setting does not
+apply to it, e.g. MoCo v2's queue on a ViT, and its flag keeps its default), and a head width may be
 ``"backbone"``: the backbone's feature width (MoCo v2's and SimSiam's hidden layers).
 
 Epoch counts a recipe fills are capped at a share of ``--mepoch`` (:data:`EPOCH_CAPS`,
@@ -116,7 +117,7 @@ def resolve(args: argparse.Namespace, module: ModuleType) -> None:
     filled = []
     width = None
     for key, value in recipe.items():
-        if key in NOT_FLAGS:
+        if key in NOT_FLAGS or value is None:          # None: the setting does not apply to this family
             continue
         if not hasattr(args, key):
             raise UserError(f"recipe {name} of {module.__name__} sets {key}, which no flag defines")

@@ -1,9 +1,11 @@
-"""InfoNCE with a queue of negatives: the MoCo loss."""
+"""InfoNCE with a queue of negatives (MoCo v1/v2) and MoCo v3's symmetric in-batch version."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from config.dist import all_gather_nograd, rank
 
 
 class InfoNCELoss(nn.Module):
@@ -56,3 +58,39 @@ class InfoNCELoss(nn.Module):
         """Loss for queries ``q`` (N x d), positive keys ``k`` (N x d) and normalised queued keys (K x d);
         queue entries marked in ``exclude`` (N x K) are no negatives of that query."""
         return self.from_logits(self.logits(q, k, queue, exclude))
+
+
+class MoCoV3Loss(nn.Module):
+    r"""MoCo v3's symmetric contrastive loss (Chen, Xie & He, ICCV 2021, Algorithm 1).
+
+    Each query (predictor output of one view) is contrasted with the momentum keys of the OTHER
+    view of every image in the global batch: for N queries on this process and the keys of all
+    processes gathered in rank order,
+
+    .. math::
+
+        \mathrm{ctr}(q, k) = 2\tau \cdot \mathrm{CE}\big(q \cdot k_{\mathrm{all}}^\top / \tau,\
+                             \mathrm{rank} \cdot N + i\big), \qquad
+        L = \mathrm{ctr}(q_1, k_2) + \mathrm{ctr}(q_2, k_1),
+
+    q and k L2-normalised, no queue (moco-v3 moco/builder.py @337f3c96 ``contrastive_loss``;
+    the factor 2 tau is the code's). Keys carry no gradient.
+    """
+
+    def __init__(self, temperature: float = 0.2) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"MoCo v3 temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def contrast(self, q: Tensor, k: Tensor) -> Tensor:
+        """``ctr(q, k)``: this process's queries against every process's keys (the positive: its own image's)."""
+        q = F.normalize(q, dim=1)
+        k = F.normalize(all_gather_nograd(k.detach()), dim=1)
+        logits = q @ k.to(q.dtype).T / self.temperature
+        labels = torch.arange(len(q), device=q.device) + len(q) * rank()
+        return F.cross_entropy(logits, labels) * (2 * self.temperature)
+
+    def forward(self, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor) -> Tensor:
+        """Queries and keys of view 1 and view 2 (N x d each): ``ctr(q1, k2) + ctr(q2, k1)``."""
+        return self.contrast(q1, k2) + self.contrast(q2, k1)

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from timm.layers import PatchEmbed, resample_abs_pos_embed
+from timm.layers import DropPath, PatchEmbed, calculate_drop_path_rates, resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -50,6 +50,11 @@ METHOD_FEATURE: dict[str, str] = {
     "mae_grouped": "avg",  # SatMAE main_finetune.py: --global_pool default True, mean over all group tokens
     "dino": "cls",         # DINO eval_linear.py: [CLS] after norm (it concatenates the last 4 blocks' for ViT-S; we read the last)
     "moco": "cls",         # MoCo v3 main_lincls.py: the timm head on the cls token
+    "simclr": "cls",       # SimCLR / BYOL on ViTs: MoCo v3's Table 4 framework, probed as MoCo v3 (cls token)
+    "byol": "cls",
+    "simsiam": "cls",      # SimSiam, Barlow Twins, VICReg: no published ViT probe; MoCo v3's, whose recipe they take
+    "barlow": "cls",
+    "vicreg": "cls",
     "data2vec": "avg",     # data2vec vision (SSL4EO-S12 linear_EU_data2vec.py): use_mean_pooling True
 }
 
@@ -345,3 +350,31 @@ def build_vit(spec: ViTSpec, in_channels: int, input_size: int | None, drop_path
 
 def is_vit(module: nn.Module) -> bool:
     return isinstance(module, ViTBackbone)
+
+
+def freeze_patch_embed(model: nn.Module) -> list[str]:
+    """MoCo v3's random patch projection: every ViT patch embedding in ``model`` keeps its initial weights.
+
+    Its parameters get ``requires_grad=False`` (moco-v3 vits.py ``--stop-grad-conv1``), so the
+    optimiser built afterwards leaves them out of its groups (an EMA copy of them then stays equal
+    to them). Returns the names of the tensors it froze; a model without a ViT is an error (the plan
+    refuses the flag for CNN codes before this runs).
+    """
+    vits = [(prefix, m) for prefix, m in model.named_modules() if is_vit(m)]
+    if not vits:
+        raise ValueError("freeze_patch_embed: the model has no ViT backbone")
+    frozen = []
+    for prefix, vit in vits:
+        for name, p in vit.patch_embed.named_parameters():
+            if p.requires_grad:
+                frozen.append(f"{prefix + '.' if prefix else ''}patch_embed.{name}")
+                p.requires_grad_(False)
+    return frozen
+
+
+def set_drop_path(vit: ViTBackbone, rate: float) -> None:
+    """Stochastic depth on ``vit``'s blocks, rising linearly from 0 to ``rate`` over the depth (timm's
+    ``drop_path_rate`` rule), set after building: DINO's student has it, its teacher (a copy) not."""
+    for block, r in zip(vit.blocks, calculate_drop_path_rates(rate, len(vit.blocks))):
+        block.drop_path1 = DropPath(r) if r > 0 else nn.Identity()
+        block.drop_path2 = DropPath(r) if r > 0 else nn.Identity()

@@ -22,6 +22,7 @@ from config.errors import UserError
 from datasets.views import build_views, crop_scale_of
 from losses.barlow import BarlowTwinsLoss
 from models.heads import mlp
+from models.pretext import vit_recipes
 from models.pretext.ema import add_hidden_dim, check_positive
 from models.pretext.simclr import embedding_std
 
@@ -36,7 +37,7 @@ LAMBDA = 5.1e-3
 _MAIN = "facebookresearch/barlowtwins main.py @046eec3c"
 _SOLO = "vturrisi/solo-learn scripts/pretrain/cifar/barlow.yaml @07f8c3bb"
 _SOLO_BASE = "vturrisi/solo-learn solo/args/pretrain.py @07458e52 and solo/methods/base.py @c980e9e3 defaults"
-RECIPES = {
+_CONVNET = {
     "paper": {"optimizer": "lars", "lr_base": 0.2, "lr_rule": "linear", "momentum": 0.9, "wd": 1e-6,
               "lars_eta": 1e-3, "lars_clip": False, "exclude_bias_norm": True, "bias_lr_scale": 0.0048 / 0.2,
               "warmup": 10, "feature_dim": FEATURE_DIM, "hidden_dim": HIDDEN_DIM, "barlow_lambda": LAMBDA,
@@ -46,7 +47,7 @@ RECIPES = {
               "warmup": 10, "feature_dim": 2048, "hidden_dim": 2048, "barlow_lambda": LAMBDA,
               "aug": AUG, "aug_p": "S5", "crop_scale": [0.08, 1.0]},
 }
-SOURCES = {
+_CONVNET_SOURCES = {
     "paper": {"optimizer": f"{_MAIN}: LARS", "lr_base": f"{_MAIN} --learning-rate-weights 0.2",
               "lr_rule": f"{_MAIN} adjust_learning_rate: base_lr = batch_size / 256", "momentum": f"{_MAIN} LARS momentum 0.9",
               "wd": f"{_MAIN} --weight-decay 1e-6", "lars_eta": f"{_MAIN} LARS eta 0.001",
@@ -68,6 +69,11 @@ SOURCES = {
               "aug_p": "asymmetric.yaml: crop, flip, jitter 0.4, gray 0.2; S5 is this repo's version",
               "crop_scale": "asymmetric.yaml crop min_scale 0.08"},
 }
+# On ViTs: no published ViT recipe, so MoCo v3's ViT optimisation and random patch projection
+# (models/pretext/vit_recipes.py, docs/recipes.md); heads and views as above.
+_OPTIM, _OPTIM_SOURCES = vit_recipes.moco_v3(vit_recipes.UNPUBLISHED)
+_VIT, _VIT_SOURCES = _OPTIM, _OPTIM_SOURCES
+RECIPES, SOURCES = vit_recipes.with_vit(_CONVNET, _CONVNET_SOURCES, _VIT, _VIT_SOURCES)
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:
@@ -80,6 +86,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.barlow_lambda < 0:
         raise UserError(f"--barlow-lambda {args.barlow_lambda} must be >= 0; the paper uses 0.0051")
     check_positive(args, "hidden_dim")
+    vit_recipes.note_unpublished(args, "Barlow Twins")
 
 
 class BarlowTwins(nn.Module):

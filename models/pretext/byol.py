@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from datasets.views import build_views, crop_scale_of
 from losses.byol import BYOLLoss
 from models.heads import mlp
+from models.pretext import vit_recipes
 from models.pretext.ema import (add_hidden_dim, check_positive, check_unit, cosine_momentum, ema_update,
                                 frozen_copy)
 from models.pretext.simclr import embedding_std
@@ -42,7 +43,7 @@ _BYOL = "google-deepmind/deepmind-research byol/"
 _CFG = f"{_BYOL}configs/byol.py @4822a455"
 _SOLO = "vturrisi/solo-learn scripts/pretrain/cifar/byol.yaml @4d64ac0d"
 _SOLO_BASE = "vturrisi/solo-learn solo/args/pretrain.py @07458e52 and solo/methods/base.py @c980e9e3 defaults"
-RECIPES = {
+_CONVNET = {
     "paper": {"optimizer": "lars", "lr_base": 0.2, "lr_rule": "linear", "momentum": 0.9, "wd": 1.5e-6,
               "lars_eta": 1e-3, "lars_clip": False, "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 10,
               "feature_dim": FEATURE_DIM, "hidden_dim": HIDDEN_DIM, "pred_hidden": PRED_HIDDEN,
@@ -52,7 +53,7 @@ RECIPES = {
               "feature_dim": FEATURE_DIM, "hidden_dim": HIDDEN_DIM, "pred_hidden": PRED_HIDDEN,
               "byol_momentum": 0.99, "aug": AUG, "aug_p": "S5", "crop_scale": [0.08, 1.0]},
 }
-SOURCES = {
+_CONVNET_SOURCES = {
     "paper": {"optimizer": f"{_BYOL}utils/optimizers.py @4822a455: LARS", "lr_base": f"{_CFG} _LR_PRESETS[1000] = 0.2",
               "lr_rule": f"{_CFG}: base_learning_rate * batch_size / 256", "momentum": f"{_CFG}: momentum 0.9",
               "wd": f"{_CFG} _WD_PRESETS[1000] = 1.5e-6", "lars_eta": f"{_BYOL}utils/optimizers.py: eta 1e-3",
@@ -77,6 +78,14 @@ SOURCES = {
               "aug_p": "asymmetric.yaml: crop, flip, jitter 0.4, gray 0.2; S5 is this repo's version",
               "crop_scale": "asymmetric.yaml crop min_scale 0.08"},
 }
+# On ViTs: MoCo v3's ViT optimisation and random patch projection (models/pretext/vit_recipes.py), the setting
+# of MoCo v3's Table 4 run; heads and views as above.
+_OPTIM, _OPTIM_SOURCES = vit_recipes.moco_v3(vit_recipes.TABLE4.format(method="BYOL"))
+_VIT = {name: {**_OPTIM[name], "byol_momentum": 0.99} for name in _OPTIM}
+_VIT_SOURCES = {name: {**_OPTIM_SOURCES[name], "byol_momentum": "MoCo v3's ViT momentum (facebookresearch/moco-v3 "
+                       "main_moco.py @7074f47f --moco-m 0.99 --moco-m-cos: to 1 on a cosine, BYOL's own schedule)"}
+                for name in _OPTIM_SOURCES}
+RECIPES, SOURCES = vit_recipes.with_vit(_CONVNET, _CONVNET_SOURCES, _VIT, _VIT_SOURCES)
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:

@@ -21,6 +21,12 @@ first``, at the first batch's mean teacher output, so the first steps are centre
 (chosen for short runs: with momentum 0.9 the zero start needs ~20-45 steps to fade to
 12-1 %, a good share of a run of a few hundred steps; the freeze stays as in the paper).
 
+On a ViT the recipe is the ViT-S/16 one (the ``vit`` values below: AdamW, no BatchNorm in the
+head, teacher temperature 0.04 -> 0.07, crops 0.4-1 / 0.05-0.4, gradients clipped per tensor at
+3 by ``--clip-grad``, stochastic depth ``--drop-path`` 0.1 on the student only). Not reproduced:
+the weight-decay cosine 0.04 -> 0.4, the lr's end at 1e-6, and ``norm_last_layer False`` of the
+boosted ViT-S/16 run (the last layer here always has unit-norm rows, DINO's default).
+
 The kept backbone (kNN monitor, saved checkpoints) is the TEACHER's, which the paper
 evaluates. Teacher, centre and progress are submodules / buffers: ``--resume`` restores
 them exactly. Logged: ``teacher_temp`` and ``teacher_entropy`` (mean entropy / ln K).
@@ -41,6 +47,7 @@ from datasets.views import MultiCrop, parse_scale
 from losses.dino import DINOLoss
 from models.pretext.ema import add_hidden_dim, check_positive, check_unit, cosine_momentum, ema_update, frozen_copy
 from models.pretext.simclr import embedding_std
+from models.vit import is_vit, set_drop_path
 
 log = logging.getLogger(__name__)
 
@@ -56,55 +63,72 @@ CENTER_MOMENTUM = 0.9
 LOCAL_CROPS = 8
 FREEZE_LAST = 1          # epochs
 WIDE_GLOBAL = [0.14, 1.0]    # main_dino.py --global_crops_scale help: the range to use without local crops
+CLIP_GRAD = 3.0          # main_dino.py --clip_grad: each parameter's gradient norm at most 3 (utils.clip_gradients)
+DROP_PATH = 0.1          # main_dino.py --drop_path_rate: stochastic depth of a ViT student (the teacher has none)
 
 _MAIN = "facebookresearch/dino main_dino.py @04c0ad95"
 _README = "facebookresearch/dino README.md 'ResNet-50 and other convnets trainings'"
 _HEAD = "facebookresearch/dino vision_transformer.py @04c0ad95 DINOHead"
 _SOLO = "vturrisi/solo-learn scripts/pretrain/cifar/dino.yaml @07f8c3bb"
 _SOLO_BASE = "vturrisi/solo-learn solo/args/pretrain.py @07458e52 and solo/methods/base.py @c980e9e3 defaults"
+_BOOST = "facebookresearch/dino README.md @70643152 'Boosting DINO performance' (ViT-S/16 full command)"
+_NO_DROP = "does not apply: stochastic depth is a ViT's"
 _RN50_ARGS = ("the released RN50 checkpoint's args.txt (issue #133: 'exactly those that I used'; values from two "
               "copies)")
 RECIPES = {
     "paper": {"optimizer": {"convnet": "sgd", "vit": "adamw"}, "lr_base": {"convnet": 0.03, "vit": 5e-4},
               "lr_rule": "linear", "momentum": 0.9, "wd": {"convnet": 1e-4, "vit": 0.04},
               "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 10, "tau": TAU, "feature_dim": FEATURE_DIM,
-              "hidden_dim": HIDDEN_DIM, "dino_bn_head": False, "teacher_temp": TEACHER_TEMP,
-              "warmup_teacher_temp": TEACHER_TEMP, "warmup_teacher_temp_epochs": 0, "dino_momentum": MOMENTUM,
+              "hidden_dim": HIDDEN_DIM, "dino_bn_head": False, "teacher_temp": {"convnet": TEACHER_TEMP, "vit": 0.07},
+              "warmup_teacher_temp": TEACHER_TEMP, "warmup_teacher_temp_epochs": {"convnet": 0, "vit": 30},
+              "dino_momentum": MOMENTUM, "clip_grad": CLIP_GRAD, "drop_path": {"convnet": None, "vit": DROP_PATH},
               "dino_center_momentum": CENTER_MOMENTUM, "dino_freeze_last": FREEZE_LAST, "dino_center_init": "zero",
               "local_crops": LOCAL_CROPS, "global_crops_scale": {"convnet": [0.14, 1.0], "vit": [0.4, 1.0]},
               "local_crops_scale": {"convnet": [0.05, 0.14], "vit": [0.05, 0.4]}},
     "small": {"optimizer": {"convnet": "lars", "vit": "adamw"}, "lr_base": {"convnet": 0.3, "vit": 5e-4},
               "lr_rule": "linear", "momentum": 0.9, "wd": {"convnet": 1e-6, "vit": 0.04},
-              "lars_eta": 0.02, "lars_clip": True, "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 10,
-              "tau": TAU, "feature_dim": 4096, "hidden_dim": HIDDEN_DIM,
+              "lars_eta": {"convnet": 0.02, "vit": None}, "lars_clip": {"convnet": True, "vit": None},
+              "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 10, "tau": TAU, "feature_dim": 4096, "hidden_dim": HIDDEN_DIM,
               "dino_bn_head": {"convnet": True, "vit": False}, "teacher_temp": 0.07,
               "warmup_teacher_temp": TEACHER_TEMP, "warmup_teacher_temp_epochs": 50, "dino_momentum": 0.99,
               "dino_center_momentum": CENTER_MOMENTUM, "dino_freeze_last": FREEZE_LAST, "dino_center_init": "first",
+              "clip_grad": {"convnet": 0.0, "vit": CLIP_GRAD}, "drop_path": {"convnet": None, "vit": DROP_PATH},
               "local_crops": 0, "global_crops_scale": WIDE_GLOBAL, "local_crops_scale": [0.05, 0.14]},
 }
 SOURCES = {
     "paper": {"optimizer": f"convnet: {_README} (--optimizer sgd); vit: {_MAIN} --optimizer adamw",
               "lr_base": f"convnet: {_README} --lr 0.03; vit: {_MAIN} --lr 0.0005",
-              "lr_rule": f"{_MAIN}: lr * batch_size_per_gpu * world_size / 256", "momentum": f"{_MAIN} SGD momentum 0.9",
+              "lr_rule": f"{_MAIN}: lr * batch_size_per_gpu * world_size / 256",
+              "momentum": f"convnet: {_MAIN} SGD momentum 0.9; vit: {_MAIN} torch.optim.AdamW's default beta1 0.9",
               "wd": f"convnet: {_README} --weight_decay 1e-4 --weight_decay_end 1e-4; vit: {_MAIN} --weight_decay 0.04 "
                     "(its cosine to 0.4 is not reproduced)",
-              "exclude_bias_norm": "facebookresearch/dino utils.get_params_groups: biases and 1-D tensors at wd 0",
+              "exclude_bias_norm": "facebookresearch/dino utils.get_params_groups: biases and 1-D tensors at wd 0 (it "
+                                   "decays a ViT's 3-D cls_token and pos_embed, which timm's no_weight_decay() exempts here)",
               "bias_lr_scale": f"{_MAIN}: one lr", "warmup": f"{_MAIN} --warmup_epochs 10", "tau": f"{_MAIN} DINOLoss student_temp 0.1",
               "feature_dim": f"{_MAIN} --out_dim 65536", "hidden_dim": f"{_HEAD} hidden_dim 2048",
-              "dino_bn_head": f"{_README}: --use_bn_in_head not given (False)",
-              "teacher_temp": f"{_MAIN} --teacher_temp 0.04", "warmup_teacher_temp": f"{_MAIN} --warmup_teacher_temp 0.04",
-              "warmup_teacher_temp_epochs": f"{_MAIN} --warmup_teacher_temp_epochs 0 (constant 0.04)",
+              "dino_bn_head": f"{_MAIN} --use_bn_in_head default False (neither README command sets it)",
+              "teacher_temp": f"convnet: {_MAIN} --teacher_temp 0.04 (the ResNet-50 command keeps it); vit: {_BOOST} "
+                              "--teacher_temp 0.07, the paper's 0.04 -> 0.07 over 30 epochs (Caron et al. 2021, "
+                              "'Implementation details')",
+              "warmup_teacher_temp": f"{_MAIN} --warmup_teacher_temp 0.04",
+              "warmup_teacher_temp_epochs": f"convnet: {_MAIN} --warmup_teacher_temp_epochs 0 (constant 0.04); vit: "
+                                            f"{_BOOST} --warmup_teacher_temp_epochs 30 (of 300 epochs; capped at 30 %)",
+              "clip_grad": f"{_MAIN} --clip_grad 3.0 (the default; neither README command overrides it; the released "
+                           "800-epoch ViT-S/16's args.txt sets 0, per copies of it)",
+              "drop_path": f"convnet: {_NO_DROP}; vit: {_MAIN} --drop_path_rate 0.1 (student only)",
               "dino_momentum": f"{_MAIN} --momentum_teacher 0.996, to 1 on a cosine",
               "dino_center_momentum": f"{_MAIN} DINOLoss center_momentum 0.9",
               "dino_freeze_last": f"{_MAIN} --freeze_last_layer 1", "dino_center_init": f"{_MAIN} DINOLoss: zeros",
               "local_crops": f"{_MAIN} --local_crops_number 8",
-              "global_crops_scale": f"convnet: {_README} --global_crops_scale 0.14 1; vit: {_MAIN} default 0.4 1",
+              "global_crops_scale": f"convnet: {_README} --global_crops_scale 0.14 1; vit: {_MAIN} default 0.4 1 (kept "
+                                    f"by {_BOOST}; its released 800-epoch ViT-S/16 used 0.25 1 with 10 local crops, per copies of its args.txt)",
               "local_crops_scale": f"convnet: {_README} --local_crops_scale 0.05 0.14; vit: {_MAIN} default 0.05 0.4"},
     "small": {"optimizer": f"convnet: {_SOLO} (LARS); vit: {_MAIN} adamw",
               "lr_base": f"convnet: {_SOLO} lr 0.3 (per 256); vit: {_MAIN} --lr 0.0005",
-              "lr_rule": "solo-learn: lr x batch / 256", "momentum": _SOLO_BASE,
-              "wd": f"convnet: {_SOLO} weight_decay 1e-6; vit: {_MAIN} 0.04", "lars_eta": f"{_SOLO} eta 0.02",
-              "lars_clip": f"{_SOLO} clip_lr True", "exclude_bias_norm": f"{_SOLO} exclude_bias_n_norm True",
+              "lr_rule": "solo-learn: lr x batch / 256",
+              "momentum": f"convnet: {_SOLO_BASE} (LARS momentum 0.9); vit: {_MAIN} torch.optim.AdamW's default beta1 0.9",
+              "wd": f"convnet: {_SOLO} weight_decay 1e-6; vit: {_MAIN} 0.04", "lars_eta": f"convnet: {_SOLO} eta 0.02; vit: does not apply (AdamW)",
+              "lars_clip": f"convnet: {_SOLO} clip_lr True; vit: does not apply (AdamW)", "exclude_bias_norm": f"{_SOLO} exclude_bias_n_norm True",
               "bias_lr_scale": f"{_SOLO}: one lr", "warmup": f"{_SOLO_BASE}: warmup_epochs 10",
               "tau": "solo-learn solo/methods/dino.py student_temperature 0.1",
               "feature_dim": f"{_SOLO} num_prototypes 4096 (not 65,536 for a few thousand images)",
@@ -119,6 +143,9 @@ SOURCES = {
               "dino_center_momentum": f"{_MAIN} DINOLoss center_momentum 0.9",
               "dino_freeze_last": f"{_SOLO} freeze_last_layer 1",
               "dino_center_init": "this repository: the first batch's mean (see the module docstring)",
+              "clip_grad": f"convnet: vturrisi/solo-learn solo/methods/dino.py @e3841843 clip_grad 0 (off); vit: {_MAIN} "
+                           "--clip_grad 3.0 (the ViT column takes main_dino's optimisation)",
+              "drop_path": f"convnet: {_NO_DROP}; vit: {_MAIN} --drop_path_rate 0.1 (student only)",
               "local_crops": f"{_SOLO}: no local crops (two global crops)",
               "global_crops_scale": f"{_MAIN} --global_crops_scale help: 0.14 1 when multi-crop is off",
               "local_crops_scale": f"{_README} --local_crops_scale 0.05 0.14 (used when --local-crops > 0)"},
@@ -156,6 +183,9 @@ def add_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--dino-freeze-last", dest="dino_freeze_last", type=float, default=None,
                        help=f"mode 916: epochs during which the head's last layer does not learn (default {FREEZE_LAST}, "
                             "at most 10 %% of --mepoch from a recipe)")
+    group.add_argument("--drop-path", dest="drop_path", type=float, default=None,
+                       help=f"mode 916, ViT codes: stochastic depth of the student's blocks, rising to this rate (the "
+                            f"teacher has none; default: the --recipe's, {DROP_PATH})")
     group.add_argument("--dino-bn-head", dest="dino_bn_head", action=argparse.BooleanOptionalAction, default=None,
                        help="mode 916: BatchNorm after the head's hidden layers (the official use_bn_in_head; "
                             "default: the --recipe's, on for ResNets in the small recipe)")
@@ -176,6 +206,13 @@ def check_args(args: argparse.Namespace) -> None:
     check_unit(args, "dino_momentum")
     check_unit(args, "dino_center_momentum", closed_top=False)
     check_positive(args, "hidden_dim")
+    if args.drop_path is not None:
+        netnum = getattr(args, "netnum", None) or "000000"
+        if decode_netnum(netnum).vit is None:
+            raise UserError(f"--drop-path is stochastic depth of a ViT student, and --netnum {netnum} is "
+                            f"{decode_netnum(netnum).backbone}: drop it or use a ViT code (1x0000)")
+        if not 0 <= args.drop_path < 1:
+            raise UserError(f"--drop-path {args.drop_path} must be in [0, 1); DINO trains ViTs with {DROP_PATH}")
     if (args.local_crops == 0 and "global_crops_scale" in getattr(args, "recipe_filled", ())
             and args.global_crops_scale[0] > WIDE_GLOBAL[0]):
         log.info("DINO without local crops: global crops of scale %s instead of %s (main_dino.py's advice)",
@@ -218,13 +255,18 @@ class DINO(nn.Module):
                  bottleneck: int = BOTTLENECK, momentum: float = MOMENTUM, student_temp: float = TAU,
                  teacher_temp: float = TEACHER_TEMP, center_momentum: float = CENTER_MOMENTUM,
                  freeze_last: float = 0.0, use_bn: bool = False, warmup_teacher_temp: float | None = None,
-                 warmup_fraction: float = 0.0, center_init: str = "zero") -> None:
+                 warmup_fraction: float = 0.0, center_init: str = "zero", drop_path: float = 0.0) -> None:
         """``freeze_last`` / ``warmup_fraction``: the shares of the run during which the head's last layer
-        gets no gradient / the teacher temperature rises from ``warmup_teacher_temp`` to ``teacher_temp``."""
+        gets no gradient / the teacher temperature rises from ``warmup_teacher_temp`` to ``teacher_temp``.
+        ``drop_path``: the student ViT's stochastic depth (main_dino.py builds the teacher without it)."""
         super().__init__()
         self.backbone = backbone
         self.head = DINOHead(backbone.out_dim, out_dim, hidden_dim, bottleneck, use_bn)
         self.teacher_backbone = frozen_copy(backbone)
+        if drop_path > 0:
+            if not is_vit(backbone):
+                raise ValueError("drop_path is stochastic depth of a ViT student")
+            set_drop_path(backbone, drop_path)
         self.teacher_head = frozen_copy(self.head)
         self.criterion = DINOLoss(out_dim, teacher_temp, student_temp, center_momentum, center_init)
         self.base_momentum, self.freeze_last = momentum, freeze_last
@@ -280,7 +322,8 @@ def build(args: argparse.Namespace, opt, backbone: nn.Module) -> DINO:
                 momentum=args.dino_momentum, student_temp=args.tau, teacher_temp=args.teacher_temp,
                 center_momentum=args.dino_center_momentum, freeze_last=args.dino_freeze_last / args.mepoch,
                 use_bn=bool(args.dino_bn_head), warmup_teacher_temp=args.warmup_teacher_temp,
-                warmup_fraction=args.warmup_teacher_temp_epochs / args.mepoch, center_init=args.dino_center_init)
+                warmup_fraction=args.warmup_teacher_temp_epochs / args.mepoch, center_init=args.dino_center_init,
+                drop_path=args.drop_path or 0.0)
 
 
 def make_transform(args: argparse.Namespace, opt) -> MultiCrop:

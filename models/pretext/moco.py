@@ -22,6 +22,13 @@ and key of one image are normalised in different groups. Keys of ALL processes a
 in rank order, so every process holds the same queue. Queue, indices, pointer and key
 encoder are buffers / frozen submodules: ``--resume`` restores them exactly. The loss is
 asymmetric, as in MoCo v2 (view 1 queries, view 2 keys).
+
+On a ViT code the mode runs MoCo v3 (:class:`MoCoV3`; Chen, Xie & He, ICCV 2021), the MoCo
+authors' method for ViTs: no queue (the keys of the batch's other images, all processes', are
+the negatives), a 3-layer projector and a 2-layer predictor with BatchNorm (the last one without
+affine parameters, moco-v3 ``_build_mlp``), a symmetric loss (:class:`losses.MoCoV3Loss`), and a
+key-encoder momentum rising from ``--moco-momentum`` 0.99 to 1 on a cosine. Its recipe
+(``vit`` values below) is the authors' ViT command, random patch projection included.
 """
 from __future__ import annotations
 
@@ -33,13 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from config.errors import UserError
+from config.codes import decode_netnum
 from config.dist import all_gather_nograd
+from config.errors import UserError
 from datasets.views import build_views, crop_scale_of
-from losses.infonce import InfoNCELoss
+from losses.infonce import InfoNCELoss, MoCoV3Loss
 from models.heads import mlp
-from models.pretext.ema import add_hidden_dim, check_positive, check_unit, ema_update, frozen_copy
+from models.pretext import vit_recipes
+from models.pretext.ema import add_hidden_dim, check_positive, check_unit, cosine_momentum, ema_update, frozen_copy
 from models.pretext.simclr import embedding_std
+from models.vit import is_vit
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +65,11 @@ _MOCO = "facebookresearch/moco"
 _MAIN = f"{_MOCO} main_moco.py @010242b7"
 _COLAB = f"{_MOCO} colab/moco_cifar10_demo.ipynb @f7364915"
 _BUILDER = f"{_MOCO} moco/builder.py @4397a04e --mlp: dim_mlp = the encoder's fc input width (2048 for ResNet-50)"
-RECIPES = {
+_V3 = "facebookresearch/moco-v3"
+_V3_MAIN = f"{_V3} main_moco.py @7074f47f"
+_V3_CONFIG = f"{_V3} CONFIG.md @38aae447"
+_V3_SOLO = "vturrisi/solo-learn scripts/pretrain/imagenet-100/mocov3_vit.yaml @72c172b8"
+_CONVNET = {
     "paper": {"optimizer": "sgd", "lr_base": 0.03, "lr_rule": "linear", "momentum": 0.9, "wd": 1e-4,
               "exclude_bias_norm": False, "bias_lr_scale": 1.0, "warmup": 0, "tau": TAU, "feature_dim": FEATURE_DIM,
               "hidden_dim": "backbone", "moco_queue": QUEUE, "moco_momentum": MOMENTUM, "moco_bn_splits": 8,
@@ -65,7 +79,7 @@ RECIPES = {
               "hidden_dim": "backbone", "moco_queue": 4096, "moco_momentum": 0.99, "moco_bn_splits": 8,
               "aug": 5, "aug_p": "S5", "crop_scale": [0.08, 1.0]},
 }
-SOURCES = {
+_CONVNET_SOURCES = {
     "paper": {"optimizer": f"{_MAIN}: torch.optim.SGD", "lr_base": f"{_MOCO} README.md @56700212: lr 0.03 at batch 256",
               "lr_rule": f"{_MOCO} README.md: 'linear lr scaling recipe' (0.015 at batch 128)",
               "momentum": f"{_MAIN} --momentum 0.9", "wd": f"{_MAIN} --wd 1e-4",
@@ -90,6 +104,28 @@ SOURCES = {
               "aug": "two independent views as MoCo v2", "aug_p": f"{_COLAB}: crop, jitter, gray, flip (no blur); S5",
               "crop_scale": f"{_COLAB} RandomResizedCrop(32): torchvision's default scale (0.08, 1.0)"},
 }
+# On ViTs, MoCo v3: the authors' ViT-S/B command (paper) and solo-learn's ImageNet-100 ViT-S config (small).
+_V3_TABLES, _V3_OPTIM = vit_recipes.moco_v3("MoCo v3, the MoCo authors' ViT recipe")
+_NO_QUEUE = "does not apply: MoCo v3 has no queue (negatives: the keys of the batch's other images, all processes')"
+_NO_SPLIT = "does not apply: a ViT has no BatchNorm to split (MoCo v3's heads use SyncBatchNorm across processes)"
+_V3_AUG = f"{_V3_MAIN}: BYOL's augmentation recipe (blur 1.0 / 0.1, solarise 0 / 0.2): --aug 6"
+_V3_AUG_P = f"{_V3_MAIN}: crop, jitter (0.4, 0.4, 0.2, 0.1) p 0.8, gray 0.2, blur, solarise, flip; S5 is this repo's version"
+_VIT = {name: {**_V3_TABLES[name], "tau": 0.2, "feature_dim": 256, "hidden_dim": 4096, "moco_queue": None,
+               "moco_momentum": 0.99, "moco_bn_splits": None, "aug": 6, "crop_scale": [0.08, 1.0]}
+        for name in ("paper", "small")}
+_VIT_SOURCES = {
+    "paper": {**_V3_OPTIM["paper"], "tau": f"{_V3_CONFIG}: --moco-t=.2", "feature_dim": f"{_V3_MAIN} --moco-dim 256",
+              "hidden_dim": f"{_V3_MAIN} --moco-mlp-dim 4096 (projector and predictor)", "moco_queue": _NO_QUEUE,
+              "moco_momentum": f"{_V3_MAIN} --moco-m 0.99 with {_V3_CONFIG} --moco-m-cos (to 1 on a half cosine)",
+              "moco_bn_splits": _NO_SPLIT, "aug": _V3_AUG, "aug_p": _V3_AUG_P,
+              "crop_scale": f"{_V3_MAIN} --crop-min 0.08 (its default; the ResNet commands use .2)"},
+    "small": {**_V3_OPTIM["small"], "tau": f"{_V3_SOLO} temperature 0.2", "feature_dim": f"{_V3_SOLO} proj_output_dim 256",
+              "hidden_dim": f"{_V3_SOLO} proj_hidden_dim 4096, pred_hidden_dim 4096", "moco_queue": _NO_QUEUE,
+              "moco_momentum": f"{_V3_SOLO} base_tau 0.99, final_tau 1.0", "moco_bn_splits": _NO_SPLIT,
+              "aug": "solo-learn imagenet-100/augmentations/asymmetric.yaml @6f228fd0 (mocov3_vit.yaml's)",
+              "aug_p": _V3_AUG_P, "crop_scale": "asymmetric.yaml crop min_scale 0.08"},
+}
+RECIPES, SOURCES = vit_recipes.with_vit(_CONVNET, _CONVNET_SOURCES, _VIT, _VIT_SOURCES)
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:
@@ -104,9 +140,19 @@ def add_args(group: argparse._ArgumentGroup) -> None:
     add_hidden_dim(group)
 
 
+def _on_vit(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "netnum", None)) and decode_netnum(args.netnum).vit is not None
+
+
 def check_args(args: argparse.Namespace) -> None:
     check_unit(args, "moco_momentum")
     check_positive(args, "moco_queue", "hidden_dim", "moco_bn_splits")
+    if _on_vit(args):
+        for dest, why in (("moco_queue", "has no queue (the batch's other images are the negatives)"),
+                          ("moco_bn_splits", "runs on a ViT, which has no BatchNorm to split")):
+            if getattr(args, dest) is not None:
+                raise UserError(f"--{dest.replace('_', '-')} is MoCo v2's; on --netnum {args.netnum} --mode 911 runs "
+                                f"MoCo v3, which {why}: drop it")
 
 
 def _several_processes(args: argparse.Namespace) -> bool:
@@ -121,6 +167,8 @@ def check_data(args: argparse.Namespace, n_train: int, global_bs: int) -> None:
     simulates several GPUs in ONE process: with several processes, or a batch it cannot
     split into groups of >= 2 images, a recipe's value is lowered and a given one refused.
     """
+    if _on_vit(args):                  # MoCo v3: no queue, no split BatchNorm
+        return
     filled = getattr(args, "recipe_filled", ())
     limit = n_train - global_bs
     if args.moco_queue is None or "moco_queue" in filled:
@@ -268,7 +316,53 @@ class MoCo(nn.Module):
         self.queue_ptr.copy_((self.queue_ptr + len(keys)) % size)
 
 
-def build(args: argparse.Namespace, opt, backbone: nn.Module) -> MoCo:
+class MoCoV3(nn.Module):
+    """MoCo v3 (what --mode 911 runs on a ViT): query encoder = backbone + projector + predictor, key
+    encoder = EMA copy of backbone + projector, symmetric in-batch InfoNCE (moco-v3 moco/builder.py
+    @337f3c96, ``MoCo_ViT``). Heads: ``_build_mlp``, Linear (no bias) -> BN -> ReLU between layers, the
+    last Linear followed by a BatchNorm1d without affine parameters: a 3-layer projector
+    (``hidden_dim`` 4096, ``feature_dim`` 256) and a 2-layer predictor. Each view is its own batch."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int = 256, hidden_dim: int = 4096, momentum: float = 0.99,
+                 tau: float = 0.2) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = mlp([backbone.out_dim, hidden_dim, hidden_dim, feature_dim], last_bn=True,
+                             last_bn_affine=False, last_bias=False)
+        self.predictor = mlp([feature_dim, hidden_dim, feature_dim], last_bn=True, last_bn_affine=False,
+                             last_bias=False)
+        self.key_backbone = frozen_copy(backbone)
+        self.key_projector = frozen_copy(self.projector)
+        self.base_momentum = momentum
+        self.criterion = MoCoV3Loss(tau)
+
+    def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        x1, x2 = views
+        z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
+        q1, q2 = self.predictor(z1), self.predictor(z2)
+        with torch.no_grad():
+            k1 = self.key_projector(self.key_backbone(x1))
+            k2 = self.key_projector(self.key_backbone(x2))
+        loss = self.criterion(q1.float(), q2.float(), k1.float(), k2.float())
+        return loss, {"emb_std": embedding_std(torch.cat([q1, q2]))}
+
+    @torch.no_grad()
+    def on_step_end(self, progress: float) -> None:
+        """Momentum update of the key encoder, the momentum on MoCo v3's cosine (``--moco-m-cos``) to 1.
+
+        MoCo v3 updates before each forward with the momentum of that step's progress; updating
+        after step t with the progress after it is the same sequence of updates."""
+        m = cosine_momentum(self.base_momentum, progress)
+        ema_update(self.key_backbone, self.backbone, m)
+        ema_update(self.key_projector, self.projector, m)
+
+
+def build(args: argparse.Namespace, opt, backbone: nn.Module) -> MoCo | MoCoV3:
+    if is_vit(backbone):
+        log.info("MoCo v3 (ViT): momentum %g -> 1, tau %g, heads %d-%d", args.moco_momentum, args.tau,
+                 args.hidden_dim or 4096, args.feature_dim)
+        return MoCoV3(backbone, feature_dim=args.feature_dim, hidden_dim=args.hidden_dim or 4096,
+                      momentum=args.moco_momentum, tau=args.tau)
     queue = args.moco_queue if args.moco_queue is not None else QUEUE
     splits = args.moco_bn_splits or 1
     log.info("MoCo v2: queue %d keys, momentum %g, tau %g, BatchNorm in %d group(s)", queue, args.moco_momentum,

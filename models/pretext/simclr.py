@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from datasets.views import build_views, crop_scale_of
 from losses.ntxent import NTXentLoss
 from models.heads import ProjectionHead
+from models.pretext import vit_recipes
 
 LOSSES = ("NTXentLoss", "ntxent")
 USES_AUG = True          # --aug / --aug_p choose the two views
@@ -25,7 +26,7 @@ _README = "google-research/simclr README.md @0075cc07, CIFAR-10 command"
 _TF2 = "google-research/simclr tf2/"
 _SOLO = "vturrisi/solo-learn scripts/pretrain/cifar/simclr.yaml @07f8c3bb"
 _SOLO_BASE = "vturrisi/solo-learn solo/args/pretrain.py @07458e52 and solo/methods/base.py @c980e9e3 defaults"
-RECIPES = {
+_CONVNET = {
     "paper": {"optimizer": "lars", "lr_base": 1.0, "lr_rule": "linear", "momentum": 0.9, "wd": 1e-6,
               "lars_eta": 1e-3, "lars_clip": False, "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 10,
               "tau": TAU, "feature_dim": FEATURE_DIM, "aug": 5, "aug_p": "S5", "crop_scale": [0.08, 1.0]},
@@ -33,7 +34,7 @@ RECIPES = {
               "lars_eta": 0.02, "lars_clip": True, "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 10,
               "tau": 0.2, "feature_dim": FEATURE_DIM, "aug": 5, "aug_p": "S5", "crop_scale": [0.08, 1.0]},
 }
-SOURCES = {
+_CONVNET_SOURCES = {
     "paper": {"optimizer": f"{_TF2}run.py --optimizer lars", "lr_base": f"{_README}: --learning_rate 1.0",
               "lr_rule": f"{_TF2}model.py WarmUpAndCosineDecay, --learning_rate_scaling linear (default)",
               "momentum": f"{_TF2}run.py --momentum 0.9", "wd": f"{_README}: --weight_decay 1e-6",
@@ -58,6 +59,14 @@ SOURCES = {
               "aug_p": "symmetric.yaml: crop, flip, jitter 0.8, gray 0.2, blur 0.5; S5 is this repo's version",
               "crop_scale": "symmetric.yaml crop min_scale 0.08, max_scale 1.0"},
 }
+# On ViTs: MoCo v3's ViT optimisation and random patch projection (models/pretext/vit_recipes.py), the setting
+# of MoCo v3's Table 4 run; heads and views as above.
+_OPTIM, _OPTIM_SOURCES = vit_recipes.moco_v3(vit_recipes.TABLE4.format(method="SimCLR"))
+_VIT = {name: {**_OPTIM[name], "tau": 0.2} for name in _OPTIM}
+_VIT_SOURCES = {name: {**_OPTIM_SOURCES[name], "tau": "MoCo v3's ViT temperature (facebookresearch/moco-v3 CONFIG.md "
+                       "@38aae447 --moco-t=.2): NT-Xent is the same InfoNCE with in-batch negatives"}
+                for name in _OPTIM_SOURCES}
+RECIPES, SOURCES = vit_recipes.with_vit(_CONVNET, _CONVNET_SOURCES, _VIT, _VIT_SOURCES)
 
 
 def embedding_std(z: Tensor) -> Tensor:

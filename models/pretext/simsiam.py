@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from datasets.views import build_views, crop_scale_of
 from losses.simsiam import SimSiamLoss
 from models.heads import mlp
+from models.pretext import vit_recipes
 from models.pretext.ema import add_hidden_dim, check_positive
 from models.pretext.simclr import embedding_std
 
@@ -34,7 +35,7 @@ _MAIN = "facebookresearch/simsiam main_simsiam.py @a7bc1772"
 _BUILDER = "facebookresearch/simsiam simsiam/builder.py @39ac33e6"
 _SOLO = "vturrisi/solo-learn scripts/pretrain/cifar/simsiam.yaml @3a64e558"
 _SOLO_BASE = "vturrisi/solo-learn solo/args/pretrain.py @07458e52 and solo/methods/base.py @c980e9e3 defaults"
-RECIPES = {
+_CONVNET = {
     "paper": {"optimizer": "sgd", "lr_base": 0.05, "lr_rule": "linear", "momentum": 0.9, "wd": 1e-4,
               "exclude_bias_norm": False, "bias_lr_scale": 1.0, "warmup": 0, "feature_dim": FEATURE_DIM,
               "hidden_dim": "backbone", "pred_hidden": PRED_HIDDEN, "aug": 5, "aug_p": "S5", "crop_scale": [0.2, 1.0]},
@@ -42,7 +43,7 @@ RECIPES = {
               "exclude_bias_norm": False, "bias_lr_scale": 1.0, "warmup": 10, "feature_dim": 2048,
               "hidden_dim": 2048, "pred_hidden": PRED_HIDDEN, "aug": 5, "aug_p": "S5", "crop_scale": [0.08, 1.0]},
 }
-SOURCES = {
+_CONVNET_SOURCES = {
     "paper": {"optimizer": f"{_MAIN}: torch.optim.SGD", "lr_base": f"{_MAIN} --lr 0.05",
               "lr_rule": f"{_MAIN}: init_lr = args.lr * args.batch_size / 256", "momentum": f"{_MAIN} --momentum 0.9",
               "wd": f"{_MAIN} --wd 1e-4", "exclude_bias_norm": f"{_MAIN}: SGD over every parameter with weight_decay",
@@ -62,6 +63,11 @@ SOURCES = {
               "aug_p": "symmetric_weak.yaml: crop, flip, jitter 0.4, gray 0.2, blur 0.5; S5 is this repo's version",
               "crop_scale": "symmetric_weak.yaml crop min_scale 0.08"},
 }
+# On ViTs: no published ViT recipe, so MoCo v3's ViT optimisation and random patch projection
+# (models/pretext/vit_recipes.py, docs/recipes.md); heads and views as above.
+_OPTIM, _OPTIM_SOURCES = vit_recipes.moco_v3(vit_recipes.UNPUBLISHED)
+_VIT, _VIT_SOURCES = _OPTIM, _OPTIM_SOURCES
+RECIPES, SOURCES = vit_recipes.with_vit(_CONVNET, _CONVNET_SOURCES, _VIT, _VIT_SOURCES)
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:
@@ -72,6 +78,7 @@ def add_args(group: argparse._ArgumentGroup) -> None:
 
 def check_args(args: argparse.Namespace) -> None:
     check_positive(args, "pred_hidden", "hidden_dim")
+    vit_recipes.note_unpublished(args, "SimSiam")
 
 
 class SimSiam(nn.Module):

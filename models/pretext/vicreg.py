@@ -20,6 +20,7 @@ from config.errors import UserError
 from datasets.views import build_views, crop_scale_of
 from losses.vicreg import VICRegLoss
 from models.heads import mlp
+from models.pretext import vit_recipes
 from models.pretext.ema import add_hidden_dim, check_positive
 from models.pretext.simclr import embedding_std
 
@@ -34,7 +35,7 @@ WEIGHTS = "25,25,1"
 _MAIN = "facebookresearch/vicreg main_vicreg.py @b42aa232"
 _SOLO = "vturrisi/solo-learn scripts/pretrain/cifar/vicreg.yaml @1df0b89d"
 _SOLO_BASE = "vturrisi/solo-learn solo/args/pretrain.py @07458e52 and solo/methods/base.py @c980e9e3 defaults"
-RECIPES = {
+_CONVNET = {
     "paper": {"optimizer": "lars", "lr_base": 0.2, "lr_rule": "linear", "momentum": 0.9, "wd": 1e-6,
               "lars_eta": 1e-3, "lars_clip": False, "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 10,
               "feature_dim": FEATURE_DIM, "hidden_dim": HIDDEN_DIM, "vicreg_weights": WEIGHTS,
@@ -44,7 +45,7 @@ RECIPES = {
               "feature_dim": 2048, "hidden_dim": 2048, "vicreg_weights": WEIGHTS,
               "aug": AUG, "aug_p": "S5", "crop_scale": [0.2, 1.0]},
 }
-SOURCES = {
+_CONVNET_SOURCES = {
     "paper": {"optimizer": f"{_MAIN}: LARS (Barlow Twins' copy)", "lr_base": f"{_MAIN} --base-lr 0.2",
               "lr_rule": f"{_MAIN} adjust_learning_rate: base_lr * batch_size / 256", "momentum": f"{_MAIN} LARS 0.9",
               "wd": f"{_MAIN} --wd 1e-6", "lars_eta": f"{_MAIN} LARS eta 0.001", "lars_clip": f"{_MAIN}: not capped",
@@ -65,6 +66,11 @@ SOURCES = {
               "aug_p": f"{_SOLO}: crop, flip, jitter 0.4, gray 0.2; S5 is this repo's version",
               "crop_scale": f"{_SOLO} crop min_scale 0.2"},
 }
+# On ViTs: no published ViT recipe, so MoCo v3's ViT optimisation and random patch projection
+# (models/pretext/vit_recipes.py, docs/recipes.md); heads and views as above.
+_OPTIM, _OPTIM_SOURCES = vit_recipes.moco_v3(vit_recipes.UNPUBLISHED)
+_VIT, _VIT_SOURCES = _OPTIM, _OPTIM_SOURCES
+RECIPES, SOURCES = vit_recipes.with_vit(_CONVNET, _CONVNET_SOURCES, _VIT, _VIT_SOURCES)
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:
@@ -88,6 +94,7 @@ def parse_weights(text: str) -> tuple[float, float, float]:
 def check_args(args: argparse.Namespace) -> None:
     parse_weights(args.vicreg_weights)
     check_positive(args, "hidden_dim")
+    vit_recipes.note_unpublished(args, "VICReg")
 
 
 class VICReg(nn.Module):

@@ -20,9 +20,11 @@ from engine.optim import LARS, build_optimizer, no_weight_decay_names
 from engine.schedules import LRSchedule
 from models import build_backbone
 from models.pretext import dino, moco
+from models.vit import freeze_patch_embed, is_vit
 from tests.models.pretext_data import make_opt
 
 BS, N_TRAIN, DATASET_LR, MEPOCH = 64, 375, 1e-4, 200
+SSL_CODES = (910, 911, 912, 913, 914, 915, 916)
 OPTIMIZER_TYPES = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "lars": LARS}
 
 
@@ -43,6 +45,7 @@ def resolved(code: int, *extra: str) -> tuple[argparse.Namespace, object]:
     module = pretexts.load(mode)
     recipes.resolve(args, module)
     plan.resolve_head_flags(args, mode, module)
+    plan.resolve_vit_training_flags(args)
     if hasattr(module, "check_args"):
         module.check_args(args)
     if hasattr(module, "check_data"):
@@ -75,15 +78,34 @@ def test_every_pretext_has_both_recipes_each_setting_with_a_source() -> None:
 @pytest.mark.parametrize("recipe", recipes.RECIPE_NAMES)
 @pytest.mark.parametrize("code", sorted(pretexts.implemented()))
 def test_recipe_settings_reach_the_optimizer_and_the_model(code: int, recipe: str) -> None:
-    args, module = resolved(code, "--recipe", recipe)
+    check_recipe(code, recipe)
+
+
+@pytest.mark.parametrize("recipe", recipes.RECIPE_NAMES)
+@pytest.mark.parametrize("code", SSL_CODES)
+def test_vit_recipe_settings_reach_the_optimizer_and_the_model(code: int, recipe: str) -> None:
+    """910-916 on a ViT-Tiny/16: the ``vit`` values (MoCo v3's optimisation, DINO's ViT-S/16 run) are the ones used."""
+    args = check_recipe(code, recipe, "110000")
+    assert args.optimizer == "adamw"
+    if code != 916:                                       # MoCo v3's random patch projection; DINO has none
+        assert args.freeze_patch_embed is True and args.exclude_bias_norm is False
+        assert args.wd == 0.1 and args.warmup == min({"paper": 40, "small": 10}[recipe], MEPOCH // 10)
+
+
+def check_recipe(code: int, recipe: str, netnum: str | None = None) -> argparse.Namespace:
+    """Every setting of ``code``'s ``recipe`` (for ``netnum``'s family) in the namespace, the optimiser and the model."""
+    args, module = resolved(code, "--recipe", recipe, *(["--netnum", netnum] if netnum else []))
     table = recipes.recipe_of(module, recipe, recipes.backbone_kind(args.netnum))
     assert args.recipe == recipe
     # every setting of the table is in the namespace (what the checkpoint's meta records)
     for key, value in table.items():
         if key in recipes.NOT_FLAGS:
             continue
+        if value is None:                                 # does not apply to this family: the flag stays unset
+            assert getattr(args, key) is None, key
+            continue
         if value == "backbone":
-            value = 512                                   # ResNet-18's width
+            value = recipes.backbone_width(args.netnum)   # ResNet-18: 512, ViT-Tiny: 192
         elif key in recipes.EPOCH_CAPS:
             value = min(value, math.floor(recipes.EPOCH_CAPS[key] * MEPOCH))
         elif key == "moco_queue":
@@ -92,12 +114,14 @@ def test_recipe_settings_reach_the_optimizer_and_the_model(code: int, recipe: st
             value = None
         assert getattr(args, key) == value, (key, getattr(args, key), value)
     assert args.lr == pytest.approx(expected_lr(table))
-    assert set(args.recipe_filled) == {k for k in table if k not in recipes.NOT_FLAGS} | {"lr"}
+    assert set(args.recipe_filled) == {k for k, v in table.items() if k not in recipes.NOT_FLAGS and v is not None} | {"lr"}
     # the optimiser's param groups
     opt = make_opt(13 if code == 931 else 4, 32)             # 931 groups Sentinel-2 bands by name
     with torch.device("cpu" if code in (930, 931) else "meta"):    # MAE's sin-cos tables come from numpy
         backbone, _ = build_backbone(args.netnum, opt.n_bands, input_size=32)
         model = module.build(args, opt, backbone)
+    frozen = freeze_patch_embed(model) if args.freeze_patch_embed else []   # what main_worker does before the optimiser
+    assert len(frozen) == (2 if table.get("freeze_patch_embed") else 0)      # the student's proj weight and bias
     if hasattr(module, "build_optimizer"):
         optimizer = module.build_optimizer(args, model, args.lr)
         groups = optimizer.param_groups
@@ -124,6 +148,8 @@ def test_recipe_settings_reach_the_optimizer_and_the_model(code: int, recipe: st
             assert groups[0]["betas"][1] == table["beta2"]
     n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
     assert sum(len(g["params"]) for g in groups) == n_trainable
+    in_groups = {id(p) for g in groups for p in g["params"]}
+    assert not any(id(p) in in_groups for n, p in model.named_parameters() if n in frozen)
     schedule = LRSchedule(args.lr_policy, args.lr, args.mepoch, 5, args.warmup)
     assert schedule.warmup_iters == round(args.warmup * 5)
     schedule.step(optimizer, 5 * MEPOCH // 2)
@@ -135,6 +161,7 @@ def test_recipe_settings_reach_the_optimizer_and_the_model(code: int, recipe: st
         crop = views.view_a.steps[0]
         assert (crop.scale, crop.p) == (tuple(table["crop_scale"]), 1.0)
         assert views.aug == table["aug"] and views.view_a.code == table["aug_p"]
+    return args
 
 
 def check_model(code: int, model: nn.Module, args: argparse.Namespace, table: dict) -> None:
@@ -145,6 +172,14 @@ def check_model(code: int, model: nn.Module, args: argparse.Namespace, table: di
         assert model.criterion.temperature == table["tau"] and model.projector.out_dim == table["feature_dim"]
     elif code == 920:
         assert args.tau == table["tau"] and args.feature_dim == table["feature_dim"]
+    elif code == 911 and is_vit(model.backbone):          # MoCo v3: BN heads ending in an affine-free BN, no queue
+        hidden, out = table["hidden_dim"], table["feature_dim"]
+        assert widths(model.projector) == [hidden, hidden, out] and widths(model.predictor) == [hidden, out]
+        for head in (model.projector, model.predictor):
+            assert isinstance(head[-1], nn.BatchNorm1d) and not head[-1].affine
+            assert all(m.bias is None for m in head if isinstance(m, nn.Linear))
+        assert model.base_momentum == table["moco_momentum"] and model.criterion.temperature == table["tau"]
+        assert not hasattr(model, "queue") and not getattr(model, "uses_index", False)
     elif code == 911:
         assert widths(model.projector) == [512, table["feature_dim"]]        # hidden = the backbone's width
         assert model.momentum == table["moco_momentum"] and model.criterion.temperature == table["tau"]
@@ -158,7 +193,7 @@ def check_model(code: int, model: nn.Module, args: argparse.Namespace, table: di
         assert widths(model.predictor) == [table["pred_hidden"], table["feature_dim"]]
         assert model.base_momentum == table["byol_momentum"]
     elif code == 913:
-        hidden = 512 if table["hidden_dim"] == "backbone" else table["hidden_dim"]
+        hidden = model.backbone.out_dim if table["hidden_dim"] == "backbone" else table["hidden_dim"]
         assert widths(model.projector) == [hidden, hidden, table["feature_dim"]]
         assert widths(model.predictor) == [table["pred_hidden"], table["feature_dim"]]
     elif code == 914:
@@ -179,6 +214,10 @@ def check_model(code: int, model: nn.Module, args: argparse.Namespace, table: di
         crops = dino.make_transform(args, make_opt(4, 32))
         assert crops.n_local == table["local_crops"]
         assert crops.global_views[0].steps[0].scale == tuple(table["global_crops_scale"])
+        assert args.clip_grad == table["clip_grad"]
+        if is_vit(model.backbone):                        # stochastic depth on the student's last block only
+            assert model.backbone.blocks[-1].drop_path1.drop_prob == pytest.approx(table["drop_path"])
+            assert isinstance(model.teacher_backbone.blocks[-1].drop_path1, nn.Identity)
     elif code in (930, 931):
         assert model.mask_ratio == table["mask_ratio"] and model.criterion.norm_pix == table["norm_pix_loss"]
         assert len(model.decoder.blocks) == table["decoder_depth"]
@@ -256,6 +295,17 @@ def test_backbone_family_columns_and_width() -> None:
     assert recipes.backbone_kind("020000") == "convnet"
     vit = recipes.recipe_of(dino, "paper", "vit")
     assert (vit["optimizer"], vit["lr_base"], vit["wd"], vit["global_crops_scale"]) == ("adamw", 5e-4, 0.04, [0.4, 1.0])
+    # DINO's ViT-S/16 run: teacher 0.04 -> 0.07 over 30 epochs, 8 local crops of 0.05-0.4, clip 3, drop path 0.1, no BN
+    assert (vit["warmup_teacher_temp"], vit["teacher_temp"], vit["warmup_teacher_temp_epochs"]) == (0.04, 0.07, 30)
+    assert (vit["local_crops"], vit["local_crops_scale"], vit["clip_grad"], vit["drop_path"]) == (8, [0.05, 0.4], 3.0, 0.1)
+    assert vit["dino_bn_head"] is False and recipes.recipe_of(dino, "small", "vit")["dino_bn_head"] is False
+    assert (vit["feature_dim"], vit["dino_momentum"]) == (65536, 0.996)
+    v3 = recipes.recipe_of(moco, "paper", "vit")          # MoCo v3's ViT-S/B command
+    assert (v3["optimizer"], v3["lr_base"], v3["wd"], v3["warmup"], v3["tau"], v3["moco_momentum"]) == \
+        ("adamw", 1.5e-4, 0.1, 40, 0.2, 0.99)
+    assert (v3["freeze_patch_embed"], v3["exclude_bias_norm"], v3["moco_queue"], v3["moco_bn_splits"]) == \
+        (True, False, None, None)
+    assert recipes.recipe_of(moco, "paper", "convnet")["freeze_patch_embed"] is None      # ViTs only
     resnet = recipes.recipe_of(dino, "paper", "convnet")
     assert (resnet["optimizer"], resnet["lr_base"], resnet["wd"]) == ("sgd", 0.03, 1e-4)
     args, _ = resolved(911, "--netnum", "020000")
@@ -300,20 +350,23 @@ def test_every_pretraining_mode_takes_a_recipe() -> None:
             assert args.optimizer in OPTIMIZER_TYPES and args.lr > 0 and args.wd >= 0 and args.warmup >= 0
 
 
-def test_docs_table_matches_the_code_for_the_ssl_methods() -> None:
-    """docs/recipes.md's rows for 910-916 show each recipe's optimiser, base lr, weight decay and warm-up."""
+@pytest.mark.parametrize("kind", recipes.BACKBONE_KINDS)
+def test_docs_table_matches_the_code_for_the_ssl_methods(kind: str) -> None:
+    """docs/recipes.md's rows for 910-916 (ResNet rows and the rows marked ViT) show each recipe's optimiser,
+    base lr, weight decay and warm-up."""
     from tests.conftest import REPO
     rows = [r for r in (REPO / "docs" / "recipes.md").read_text().splitlines() if r.startswith("| 91")]
-    for code in (910, 911, 912, 913, 914, 915, 916):
+    for code in SSL_CODES:
         module = pretexts.load(decode_mode(code, "pretrain"))
         for recipe in recipes.RECIPE_NAMES:
-            table = recipes.recipe_of(module, recipe, "convnet")
+            table = recipes.recipe_of(module, recipe, kind)
             row = [r for r in rows if r.startswith(f"| {code} ") and r.split("|")[2].strip().startswith(recipe)
-                   and ("ViT" not in r.split("|")[2])]
+                   and (("ViT" in r.split("|")[2]) == (kind == "vit"))]
             assert len(row) == 1, (code, recipe)
             cells = [c.strip() for c in row[0].split("|")]
             assert cells[3].lower().startswith(table["optimizer"]), (code, recipe, cells[3])
             base, rule = cells[4].split()[:2]
             assert (float(base), rule) == (table["lr_base"], table["lr_rule"]), (code, recipe, cells[4])
-            assert float(cells[5].split(",")[0]) == table["wd"], (code, recipe, cells[5])
+            assert float(cells[5].split(",")[0].split()[0]) == table["wd"], (code, recipe, cells[5])
             assert cells[6] == f"{table['warmup']:g}", (code, recipe, cells[6])
+            assert ("patch embedding frozen" in cells[10]) == bool(table.get("freeze_patch_embed")), (code, recipe)

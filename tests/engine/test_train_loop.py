@@ -322,3 +322,46 @@ def test_sync_bn_flags_contradicting_exit_2(demo_root, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--sync-bn and --no-sync-bn contradict each other" in err and "Traceback" not in err
+
+
+def dino_clip_gradients(model: torch.nn.Module, clip: float) -> None:
+    """facebookresearch/dino utils.clip_gradients, transcribed: each parameter's gradient on its own."""
+    for _, p in model.named_parameters():
+        if p.grad is not None:
+            param_norm = p.grad.data.norm(2)
+            clip_coef = clip / (param_norm + 1e-6)
+            if clip_coef < 1:
+                p.grad.data.mul_(clip_coef)
+
+
+def test_clip_grad_caps_each_tensor_after_backward_as_dino_does(monkeypatch):
+    """--clip-grad: the gradients the optimiser steps with are DINO's clip_gradients of the backward's (at a cap
+    that clips some tensors and not others), with no extra host sync; 0 leaves them as backward made them."""
+    import copy
+    args, model, optimizer, schedule, batches = setup(910, 1)
+    ref = copy.deepcopy(model)
+    loss, _ = ref(batches[0][0])
+    loss.backward()
+    norms = sorted(float(p.grad.norm()) for p in ref.parameters() if p.grad is not None)
+    cap = norms[len(norms) // 2]                            # the median: half the tensors are clipped
+    raw = {n: p.grad.clone() for n, p in ref.named_parameters() if p.grad is not None}
+    dino_clip_gradients(ref, cap)
+    expect = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+    assert sum(not torch.equal(raw[n], expect[n]) for n in raw) >= len(raw) // 2 - 1
+    seen: dict[str, torch.Tensor] = {}
+    optimizer.step = lambda: seen.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    rt = Runtime(torch.device("cpu"))
+    with count_host_syncs(monkeypatch) as calls:
+        loop.train_one_epoch(model, batches, optimizer, schedule, 0, rt, args.mepoch, None, clip_grad=cap)
+    assert len(calls) == 1, calls
+    assert seen.keys() == expect.keys()
+    for n in expect:
+        torch.testing.assert_close(seen[n], expect[n], rtol=1e-5, atol=1e-8)
+        assert float(seen[n].norm()) <= cap * (1 + 1e-5)
+    loop.train_one_epoch(model, batches, optimizer, schedule, 0, rt, args.mepoch, None, clip_grad=0.0)
+    ref.zero_grad()
+    ref.load_state_dict(model.state_dict())
+    ref(batches[0][0])[0].backward()
+    for n, p in ref.named_parameters():                     # off: the step sees the backward's gradients
+        if p.grad is not None:
+            torch.testing.assert_close(seen[n], p.grad, rtol=1e-5, atol=1e-8)

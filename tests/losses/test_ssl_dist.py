@@ -6,6 +6,8 @@ embeddings (models without BatchNorm: on CPU there is no SyncBN, see README):
   DDP gradients (and each process's local-only loss differs, so a missing gather fails);
 - MoCo: the keys of both processes enter the queue in rank order -> same loss, gradients,
   queue and pointer;
+- MoCo v3: each query meets the keys of both processes, its positive at rank x rows + i ->
+  the mean of the processes' losses and the DDP gradients are the one process's;
 - DINO: the centre moves to the mean teacher output of the global batch -> same loss,
   gradients and centre.
 """
@@ -19,7 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from losses import BarlowTwinsLoss, VICRegLoss
+from losses import BarlowTwinsLoss, MoCoV3Loss, VICRegLoss
 from models.pretext.dino import DINO
 from models.pretext.moco import MoCo
 
@@ -54,6 +56,7 @@ def _models() -> dict[str, nn.Module]:
     """The same initial models in every process."""
     torch.manual_seed(0)
     return {"barlow": nn.Linear(IN_DIM, OUT_DIM), "vicreg": nn.Linear(IN_DIM, OUT_DIM),
+            "mocov3": nn.Linear(IN_DIM, OUT_DIM),
             "moco": MoCo(TinyBackbone(), feature_dim=OUT_DIM, hidden_dim=8, queue=40, momentum=0.9, tau=0.2),
             "dino": DINO(TinyBackbone(), out_dim=OUT_DIM * 3, hidden_dim=8, bottleneck=4, momentum=0.9,
                          student_temp=0.1, teacher_temp=0.04, center_momentum=0.9, freeze_last=0.0)}
@@ -65,6 +68,9 @@ def step(name: str, net: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor) -> tor
         loss = BarlowTwinsLoss(5e-3)(net(x_a), net(x_b))
     elif name == "vicreg":
         loss = VICRegLoss()(net(x_a), net(x_b))
+    elif name == "mocov3":                       # keys: a fixed map of the same rows, as a key encoder's
+        key = torch.linspace(-1, 1, IN_DIM * OUT_DIM).view(OUT_DIM, IN_DIM)
+        loss = MoCoV3Loss(0.2)(net(x_a), net(x_b), x_a @ key.T, x_b @ key.T)
     elif name == "dino":
         loss, _ = net([x_a, x_b, x_a[:, :IN_DIM] * 0.5])
     else:
@@ -109,7 +115,7 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
     for name, model in models.items():
         single = step(name, model, x_a, x_b)
         ref = state_of(model)
-        per_sample_mean = name in ("moco", "dino")      # each process averages its own rows
+        per_sample_mean = name in ("moco", "mocov3", "dino")      # each process averages its own rows
         got = [r[name] for r in ranks]
         loss = sum(g["loss"] for g in got) / WORLD if per_sample_mean else got[0]["loss"]
         assert abs(loss.item() - single.item()) < 1e-5, name

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import BarlowTwinsLoss, BYOLLoss, DINOLoss, InfoNCELoss, SimSiamLoss, VICRegLoss
+from losses import BarlowTwinsLoss, BYOLLoss, DINOLoss, InfoNCELoss, MoCoV3Loss, SimSiamLoss, VICRegLoss
 from losses.barlow import off_diagonal
 
 
@@ -61,6 +61,26 @@ def test_infonce_matches_moco_algorithm1() -> None:
     assert ours.item() == pytest.approx(sum(terms) / 6, rel=1e-9)
     # keys take no gradient
     assert grads(ours, (k,))[0] is None
+
+
+# --- MoCo v3, Algorithm 1 ----------------------------------------------------------------
+def mocov3_algorithm1(q1, q2, k1, k2, t: float) -> torch.Tensor:
+    """Chen, Xie & He 2021, Algorithm 1: ctr(q, k) = 2t CE(q k^T / t, arange(N)), summed over the two orders."""
+    def ctr(q, k):
+        q, k = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1)
+        logits = torch.mm(q, k.t())
+        return 2 * t * F.cross_entropy(logits / t, torch.arange(len(q)))
+    return ctr(q1, k2) + ctr(q2, k1)
+
+
+def test_mocov3_matches_algorithm1() -> None:
+    q1, q2, k1, k2 = (randn(6, 8, seed=s) for s in (1, 2, 3, 4))
+    ours = MoCoV3Loss(0.2)(q1, q2, k1, k2)
+    assert_same(ours, mocov3_algorithm1(q1, q2, k1, k2, 0.2), (q1, q2))
+    assert all(g is None for g in grads(MoCoV3Loss(0.2)(q1, q2, k1, k2), (k1, k2)))     # keys take no gradient
+    # a perfect match of every query with its own key (and no other) gives 2 x 2t x log(1 + (N-1) e^{-1/t})
+    eye = torch.eye(6, 8, dtype=torch.float64)
+    assert float(MoCoV3Loss(0.2)(eye, eye, eye, eye)) == pytest.approx(4 * 0.2 * math.log(1 + 5 * math.exp(-5)))
 
 
 # --- BYOL ----------------------------------------------------------------------------------
