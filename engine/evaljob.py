@@ -20,7 +20,7 @@ from config.codes import Mode, decode_mode, decode_netnum
 from config.atomic import remove_stale_tmp
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
-from config.limits import check_input_size
+from config.limits import check_input_memory, check_input_size
 from datasets.folder import prepare_dataset
 from datasets.index import Index
 from datasets.options import get_opt
@@ -34,6 +34,7 @@ from models import pretrained
 from models.backbones import SMALL_STEMS
 
 log = logging.getLogger(__name__)
+EVAL_BATCH = 128            # images per forward pass when evaluating or extracting features
 PROTOCOLS = {0: "all layers", 1: "backbone at lr/5", 9: "linear probe (frozen backbone)"}
 
 
@@ -181,6 +182,8 @@ def resolve(args: argparse.Namespace) -> EvalJob:
     trains = mode.job in ("train", "finetune") and not args.probe
     world = (int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ
              else (args.nproc or max(1, torch.cuda.device_count())) * args.world_size if args.mp_distributed else 1)
+    check_input_memory(opt.input_size, opt.n_bands, max(min(EVAL_BATCH, len(index.train) + len(index.test)),
+                                                        (args.bs or opt.batch_size) // world if trains else 1))
     if trains and args.hos != 9 and (args.bs or opt.batch_size) // world < 2:
         raise UserError(f"--bs {args.bs or opt.batch_size} gives {(args.bs or opt.batch_size) // world} image(s) to each "
                         f"of the {world} process(es); BatchNorm needs at least 2 per process: use --bs {2 * world} or more")

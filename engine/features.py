@@ -27,7 +27,7 @@ from datasets.folder import make_dataset
 from datasets.index import Sample
 from datasets.transforms import plain
 from engine.classifier import build_classifier
-from engine.evaljob import EvalJob
+from engine.evaljob import EVAL_BATCH, EvalJob
 from engine.knn import extract_indexed
 from engine.runtime import Runtime, reseed
 
@@ -141,7 +141,7 @@ def probe_features(job: EvalJob, rt: Runtime) -> FeatureTable:
     reseed(job.seeds[0], 0, 0)
     model = build_classifier(job).to(rt.device)
     ds = make_dataset(opt, samples, lambda o: plain(o.input_size, o.mean, o.std))
-    loader = DataLoader(ds, batch_size=128, num_workers=job.workers, shuffle=False)
+    loader = DataLoader(ds, batch_size=EVAL_BATCH, num_workers=job.workers, shuffle=False)
     feats, _, idx = extract_indexed(model.backbone, loader, rt.device, rt.amp, rt.channels_last)
     if sorted(idx.tolist()) != list(range(len(samples))):
         raise RuntimeError(f"feature extraction covered {len(set(idx.tolist()))} of {len(samples)} images")

@@ -28,7 +28,7 @@ from engine import checkpoint as ckpt
 from engine import labels
 from engine.classifier import TRAIN_PLAN, build_classifier, check_frozen, param_groups
 from engine.cli import setup_logging
-from engine.evaljob import EvalJob, resolve
+from engine.evaljob import EVAL_BATCH, EvalJob, resolve
 from engine.logger import EpochLog
 from engine.probe import run_probe
 from engine.report import report
@@ -173,7 +173,7 @@ def evaluate(model: nn.Module, samples: list[Sample], job: EvalJob, rt: Runtime)
     """Predictions for ``samples`` (each exactly once, also when distributed); ``--tta`` averages 8 views."""
     ds = make_dataset(job.opt, samples, lambda o: plain(o.input_size, o.mean, o.std))
     sampler = ShardSampler(len(ds), rt.rank, rt.world)
-    loader = DataLoader(ds, batch_size=128, sampler=sampler, num_workers=job.workers)
+    loader = DataLoader(ds, batch_size=EVAL_BATCH, sampler=sampler, num_workers=job.workers)
     model.eval()
     idx_all, pred_all = [], []
     for x, _, idx in loader:

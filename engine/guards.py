@@ -47,6 +47,11 @@ def check_values(args: argparse.Namespace) -> None:
         raise UserError(f"--warmup {args.warmup} must be >= 0 epochs")
     if args.sepoch < 0:
         raise UserError(f"--sepoch {args.sepoch} must be >= 0: the number of epochs already done")
+    expnum = getattr(args, "expnum", None)
+    if expnum is not None and ("/" in expnum or "\\" in expnum or os.sep in expnum or ".." in expnum
+                               or expnum.strip(". ") == ""):
+        raise UserError(f"--expnum {expnum} is a name, not a path: drop the folder part ('/', '..'); the folder "
+                        "is --ckpt, e.g. --ckpt ck --expnum 26336120000_pretrain")
     if args.input_size is not None and args.input_size < 1:
         raise UserError(f"--input_size {args.input_size} must be a positive number of pixels, e.g. --input_size 64")
     if args.nproc is not None and args.nproc < 1:
@@ -181,7 +186,7 @@ def check_results_table(path: Path) -> None:
         raise UserError(f"--results {path} is not readable and writable; fix its permissions or pass another file")
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")       # a byte-order mark (a spreadsheet's save) is fine
     except UnicodeDecodeError as err:
         raise UserError(f"--results {path} is not UTF-8 text (byte {err.start}); pass another --results file "
                         "or convert it to UTF-8") from None

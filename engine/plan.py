@@ -22,7 +22,7 @@ from config.codes import PRETEXTS, Mode, decode_mode, decode_netnum
 from config.atomic import remove_stale_tmp
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
-from config.limits import check_input_size
+from config.limits import check_input_memory, check_input_size
 from datasets.folder import prepare_dataset
 from datasets.index import Index, Sample, few_shot
 from datasets.options import get_opt
@@ -200,11 +200,12 @@ def resolve(args: argparse.Namespace) -> Plan:
     if args.sync_bn and not torch.cuda.is_available():
         raise UserError("--sync-bn needs GPUs (SyncBatchNorm has no CPU kernel); drop it on CPU")
     opt, index = prepare_dataset(get_opt(args.ds, args))
+    check_input_size(args.netnum, opt.input_size)
+    check_input_memory(opt.input_size, opt.n_bands, 2 * max(1, (args.bs or opt.batch_size) // planned_world_size(args)))
     module.make_transform(args, opt.parts[0] if opt.parts else opt)   # validates --aug / --aug_p
     if args.cache_size is not None and args.cache_size < opt.input_size:
         raise UserError(f"--cache-size {args.cache_size} is below the input size {opt.input_size}: every view would be "
                         f"upsampled; use at least {opt.input_size}")
-    check_input_size(args.netnum, opt.input_size)
     args.gpu_aug = gpu_aug = resolve_gpu_aug(args, module, opt)
     train = index.train if args.ts == 1 else few_shot(index.train, args.ts, args.seed, index.classes)
     bs = args.bs or opt.batch_size

@@ -36,8 +36,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from config.atomic import atomic_write  # noqa: E402
 from config.errors import UserError  # noqa: E402
-from engine.results import load_predictions, read_table  # noqa: E402
+from engine.results import is_result_table, load_predictions, read_table, strip_bom  # noqa: E402
 from scripts.summary_stats import (METRICS, Scored, bootstrap_ci, has_images, mcnemar_exact_p,  # noqa: E402
                                    paired_bootstrap_ci, paired_t_p)
 
@@ -310,28 +311,34 @@ def to_markdown(lines: list[Line], metric: str, n_boot: int, boot_seed: int, bas
     return "\n".join(out)
 
 
-def to_csv(lines: list[Line], path: Path, baseline: tuple[str, str] | None) -> None:
+def to_csv(lines: list[Line], baseline: tuple[str, str] | None) -> bytes:
+    """The summary table as CSV bytes (every identity column, CI bounds, p-values)."""
     import csv
+    import io
     head = [*IDENTITY, "n", "mean", "std", "ci_low", "ci_high", "ci_over", "seeds"]
     if baseline:
         head += ["baseline_expnum", "diff", "diff_ci_low", "diff_ci_high", "p_paired_t", "p_mcnemar", "n_pairs", "note"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(head)
-        for ln in lines:
-            row = [*ln.group.key, ln.n, ln.mean, ln.std, ln.ci[0], ln.ci[1], ln.over, " ".join(ln.group.seeds())]
-            if baseline:
-                pr = ln.paired
-                if "diff" in pr:
-                    row += [pr["baseline"].ident["pretrain_expnum"], pr["diff"], *pr["diff_ci"], pr["p_t"],
-                            pr["p_mcnemar"], pr["n_pairs"], ""]
-                else:
-                    row += ["", "", "", "", "", "", "", pr.get("note", "baseline")]
-            w.writerow(row)
+    f = io.StringIO()
+    w = csv.writer(f, lineterminator="\n")
+    w.writerow(head)
+    for ln in lines:
+        row = [*ln.group.key, ln.n, ln.mean, ln.std, ln.ci[0], ln.ci[1], ln.over, " ".join(ln.group.seeds())]
+        if baseline:
+            pr = ln.paired
+            if "diff" in pr:
+                row += [pr["baseline"].ident["pretrain_expnum"], pr["diff"], *pr["diff_ci"], pr["p_t"],
+                        pr["p_mcnemar"], pr["n_pairs"], ""]
+            else:
+                row += ["", "", "", "", "", "", "", pr.get("note", "baseline")]
+        w.writerow(row)
+    return f.getvalue().encode("utf-8")
 
 
-def plot(lines: list[Line], path: Path, metric: str) -> None:
-    """Label-efficiency curves: mean against labels per class, shaded 95 % CI, one curve per run (identity minus ts)."""
+def plot(lines: list[Line], metric: str) -> bytes:
+    """Label-efficiency curves (PNG bytes): mean against labels per class, shaded 95 % CI, one curve per run
+    (identity minus ts)."""
+    import io
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -366,8 +373,10 @@ def plot(lines: list[Line], path: Path, metric: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
+    return buf.getvalue()
 
 
 def parse_baseline(text: str | None) -> tuple[str, str] | None:
@@ -396,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.boot < 100:
             raise UserError(f"--boot {args.boot} is too few resamples for a 95 % interval; use 1000 or more")
         baseline = parse_baseline(args.baseline)
+        outs = output_paths(args.out, args.csv)
         notes: list[str] = []
         groups = group(load(args.csv, args.include_dirty, notes), notes)
         lines = summarize(groups, args.metric, args.boot, args.boot_seed, baseline, notes)
@@ -404,15 +414,53 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    out = args.out or args.csv[0].with_name(args.csv[0].stem + "_summary")
     md = to_markdown(lines, args.metric, args.boot, args.boot_seed, baseline)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(md)
-    to_csv(lines, out.with_suffix(".csv"), baseline)
-    plot(lines, out.with_suffix(".png"), args.metric)
+    try:
+        files = write_outputs(outs, {".md": md.encode("utf-8"), ".csv": to_csv(lines, baseline)},
+                              lambda: plot(lines, args.metric))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(md)
-    print(f"written: {out.with_suffix('.md')}, {out.with_suffix('.csv')}, {out.with_suffix('.png')}")
+    print(f"written: {', '.join(map(str, files))}")
     return 0
+
+
+def output_paths(out: Path | None, inputs: list[Path]) -> dict[str, Path]:
+    """``<out>.md/.csv/.png``; refused when one of them is an input or another results table (never overwritten)."""
+    out = out or inputs[0].with_name(inputs[0].stem + "_summary")
+    outs = {ext: out.with_suffix(ext) for ext in (".md", ".csv", ".png")}
+    given = {p.resolve(): p for p in inputs}
+    for path in outs.values():
+        if path.resolve() in given:
+            raise UserError(f"--out {out} would write {path} over the input table {given[path.resolve()]}; "
+                            f"pick another prefix, e.g. --out {out.with_name(out.name + '_summary')}")
+        if path.suffix == ".csv" and path.is_file() and is_result_table(_first_line(path)):
+            raise UserError(f"--out {out} would write {path} over a results table; pick another prefix, "
+                            f"e.g. --out {out.with_name(out.name + '_summary')}")
+    return outs
+
+
+def _first_line(path: Path) -> list[str]:
+    import csv
+    with open(path, "rb") as f:
+        line = strip_bom(f.readline()).decode("utf-8", "replace").rstrip("\r\n")
+    return next(csv.reader([line]), [])
+
+
+def write_outputs(outs: dict[str, Path], data: dict[str, bytes], png) -> list[Path]:
+    """Write every output atomically (temp file + rename), the figure rendered first: a failure leaves the
+    previous summary files whole. An unwritable place is one sentence."""
+    where = outs[".md"].parent
+    try:
+        data = {**data, ".png": png()}
+        where.mkdir(parents=True, exist_ok=True)
+        for ext, path in outs.items():
+            atomic_write(path, lambda f, b=data[ext]: f.write(b))
+    except OSError as err:
+        raise UserError(f"--out {where / outs['.md'].stem}: cannot write there ({err.strerror or err}); "
+                        "pass an --out prefix in a folder you can write to") from None
+    return list(outs.values())
 
 
 if __name__ == "__main__":

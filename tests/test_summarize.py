@@ -215,3 +215,89 @@ def test_mcnemar_pairs_images_even_when_a_run_never_predicts_some_classes(tmp_pa
     row = t[t["pretext"] == "simclr"].iloc[0]
     assert code == 0 and float(row["p_mcnemar"]) == pytest.approx(20 / 512)
     assert float(row["diff"]) == pytest.approx(-700 / 12) and row["p_paired_t"] == "nan"
+
+
+# ---- issue 19: never lose a file, one sentence for every bad input ----
+
+def test_an_output_that_is_an_input_is_refused_and_the_table_survives(tmp_path, capsys):
+    """``--out T`` would write T.csv over the input table T.csv."""
+    path = tmp_path / "T.csv"
+    add(path, seed=0, ts=5, OA=50.0)
+    before = path.read_bytes()
+    code = summarize.main([str(path), "--out", str(tmp_path / "T")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out" in err and "T.csv" in err and "Traceback" not in err and err.count("\n") == 1
+    assert path.read_bytes() == before
+
+
+def test_outputs_are_written_atomically(tmp_path, capsys, monkeypatch):
+    """A failure while writing the summary leaves the previous summary whole (no partial file)."""
+    path = tmp_path / "r.csv"
+    add(path, seed=0, ts=5, OA=50.0)
+    assert summarize.main([str(path), "--out", str(tmp_path / "s")]) == 0
+    old = (tmp_path / "s.csv").read_bytes()
+    add(path, seed=1, ts=5, OA=70.0)
+
+    def broken(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(summarize, "plot", broken)
+    code = summarize.main([str(path), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no space left" in err.lower() and "Traceback" not in err
+    assert (tmp_path / "s.csv").read_bytes() == old
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_unwritable_out_and_a_folder_as_input_exit_2(tmp_path, capsys):
+    path = tmp_path / "r.csv"
+    add(path, seed=0, ts=5, OA=50.0)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where --out wants a folder")
+    code = summarize.main([str(path), "--out", str(blocker / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(blocker) in err and "Traceback" not in err and err.count("\n") == 1
+    code = summarize.main([str(tmp_path), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a folder" in err and "not found" not in err
+
+
+def test_an_out_folder_without_write_permission_exits_2(tmp_path, capsys):
+    import os
+    path = tmp_path / "r.csv"
+    add(path, seed=0, ts=5, OA=50.0)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        code = summarize.main([str(path), "--out", str(locked / "s")])
+        err = capsys.readouterr().err
+        assert code == 2 and str(locked) in err and "Traceback" not in err and err.count("\n") == 1
+    finally:
+        locked.chmod(0o700)
+
+
+@pytest.mark.parametrize("content", [b"path,true,pred\nc0/img0.tif,c0", b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01binary"])
+def test_truncated_or_binary_predictions_exit_2_naming_the_file(tmp_path, capsys, content):
+    path = tmp_path / "r.csv"
+    rel = _preds(tmp_path, path, np.arange(12) % 3 > 0, "x")
+    add(path, seed=0, ts=5, OA=50.0, predictions=rel)
+    add(path, seed=1, ts=5, OA=60.0, predictions=rel)
+    (tmp_path / rel).write_bytes(content)
+    code = summarize.main([str(path), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and rel.split("/")[-1] in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_results_table_saved_with_a_bom_is_read(tmp_path, capsys):
+    """Excel writes UTF-8 CSVs with a byte-order mark; the header must still be ours."""
+    path = tmp_path / "r.csv"
+    add(path, seed=0, ts=5, OA=50.0)
+    add(path, seed=1, ts=5, OA=60.0)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    code, t, err = summary(tmp_path, capsys, path)
+    assert code == 0 and float(t.iloc[0]["mean"]) == 55.0, err
+    add(path, seed=2, ts=5, OA=70.0)              # appending keeps working (and drops the mark)
+    code, t, _ = summary(tmp_path, capsys, path)
+    assert code == 0 and float(t.iloc[0]["mean"]) == 60.0

@@ -48,6 +48,11 @@ BOTH = [   # (extra flags, what the sentence must say): the same in both scripts
     (["--netnum", "050000", "--input_size", "8"], "--netnum 050000 (vgg16_bn) needs inputs of at least 32x32"),
     (["--netnum", "060000", "--input_size", "8"], "--netnum 060000 (googlenet) needs inputs of at least 15x15"),
     (["--netnum", "080000", "--input_size", "8"], "--netnum 080000 (alexnet_small) needs inputs of at least 15x15"),
+    # issue 19: a name that is a path, and a size no memory holds
+    (["--expnum", "../x_pretrain"], "--expnum ../x_pretrain is a name, not a path"),
+    (["--expnum", "a/b"], "--expnum a/b is a name, not a path"),
+    (["--expnum", ".."], "--expnum .. is a name, not a path"),
+    (["--input_size", "100000"], "--input_size 100000 needs"),
 ]
 
 PRETRAIN = [
@@ -180,4 +185,6 @@ def test_an_empty_results_file_or_our_header_is_accepted(tmp_path):
     guards.check_results_table(res)
     with open(res, "w", newline="") as f:
         csv.writer(f).writerow(RESULT_COLUMNS)
+    guards.check_results_table(res)
+    res.write_bytes(b"\xef\xbb\xbf" + res.read_bytes())    # saved by a spreadsheet: a byte-order mark (issue 19)
     guards.check_results_table(res)
