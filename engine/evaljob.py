@@ -25,7 +25,7 @@ from datasets.folder import prepare_dataset
 from datasets.index import Index
 from datasets.options import get_opt
 from engine import checkpoint as ckpt
-from engine import guards, provenance
+from engine import guards, labels, provenance
 from engine.cli import check_process_flags
 from engine.optim import OptimSpec
 from engine.runtime import Procs
@@ -193,6 +193,8 @@ def resolve(args: argparse.Namespace) -> EvalJob:
     if args.probe and mode.job in ("val", "test"):
         raise UserError(f"--probe works with --mode 1x (random/ImageNet features) or 4x (pretrained features), not {mode.code}")
     meta, pretext, native = _provenance(args, mode, opt, index, init)
+    if args.encoder_cp and not init_ep and meta.get("epoch") is not None:
+        init_ep = str(meta["epoch"])          # the row names the epoch of the file, as with --cepoch
     if native and args.input_size is None and decode_netnum(args.netnum).backbone not in SMALL_STEMS \
             and int(native) != opt.input_size:
         log.info("%s weights: images resized from %d to their native %d px (Corley et al. 2023, 'resize is all "
@@ -263,8 +265,10 @@ def _provenance(args: argparse.Namespace, mode: Mode, opt: DatasetOpt, index: In
                             "starts from random/ImageNet weights: drop it")
         return {}, "imagenet" if args.ptcp else "random", baselines.IMAGENET_INPUT_SIZE if args.ptcp else None
     assert init is not None
-    if mode.job == "finetune" and (foreign := pretrained.recognise(
-            ckpt.read_checkpoint(init, weights_only=True, hint="pick another file"), init)) is not None:
+    if mode.job == "finetune" and (foreign := pretrained.recognise(ckpt.read_checkpoint(
+            init, "--encoder_cp file" if args.encoder_cp else "checkpoint", weights_only=True,
+            hint="pass a backbone <netnum>_<expnum>_<epoch>.pth written by pretraining, or SSL4EO-S12/TorchGeo "
+                 "weights"), init)) is not None:
         if args.allow_overlap:
             raise UserError(f"{init} holds external weights ({foreign.meta['dataset']}) without a scene list, so there "
                             "is no overlap check to override: drop --allow-overlap")
@@ -274,7 +278,7 @@ def _provenance(args: argparse.Namespace, mode: Mode, opt: DatasetOpt, index: In
     meta = dict(ckpt.read_checkpoint(init, weights_only=False).get("meta") or {})
     pretext = str(meta.get("pretext", meta.get("pretrain", "")))
     native = meta.get("input_size") if mode.job in ("val", "test") else None   # a classifier keeps its size
-    check_best(meta, init, args.cepoch)
+    meta["selected_by"] = labels.checkpoint_choice(meta, init)      # refuses one chosen on TEST labels
     external = str(meta.get("pretrain", "")).startswith("ssl4eo-")
     if mode.job in ("val", "test") and (meta.get("pretrain") in ("random", "imagenet") or external):
         if args.allow_overlap:
@@ -283,10 +287,3 @@ def _provenance(args: argparse.Namespace, mode: Mode, opt: DatasetOpt, index: In
     else:
         provenance.check_checkpoint(meta, init, opt, index, args.allow_overlap)
     return meta, pretext, native
-
-
-def check_best(meta: dict, path: Path, cepoch: str | None) -> None:
-    """``--cepoch best`` only for a checkpoint chosen on the validation slice (older ones read TEST labels)."""
-    if str(cepoch).strip() == "best" and meta.get("selected_by") != "val-knn":
-        raise UserError(f"{path} was chosen as 'best' by {meta.get('selected_by') or 'kNN accuracy on TEST labels (written before the validation slice)'}, "
-                        "not by the kNN monitor on the validation slice; pass a numbered --cepoch (the last epoch) or re-run pretraining")

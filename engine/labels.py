@@ -11,6 +11,8 @@ validation slice inside it, and a test split:
   (``--select-on val``), mode 2x (val) -- reads only :func:`selection_set`, the
   validation slice. :func:`monitor_sets` is the monitor's memory (labelled pool images)
   and queries (the slice).
+* **Checkpoints** are used only when chosen by their epoch or on the validation slice
+  (:func:`checkpoint_choice`, asked wherever a checkpoint is loaded).
 * **The test split** (:func:`final_eval_set`) is read only to compute the final rows
   (OA, AA, kappa, F1, per-class accuracy) after every choice above has been made.
 
@@ -19,6 +21,8 @@ slice included, but never a test image. Ask these functions instead of reaching 
 ``Index`` fields, so a reader can check the rule in one place.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 from config.errors import UserError
 from datasets.index import Index, Sample
@@ -64,3 +68,20 @@ def final_eval_set(index: Index) -> list[Sample]:
         raise UserError(f"split {index.split_version} has no test images to evaluate on; "
                         "use a split (or --split-file) with test rows")
     return list(index.test)
+
+
+def checkpoint_choice(meta: dict, path: Path) -> str:
+    """What chose the checkpoint at ``path``: ``epoch``/``last`` (its number), ``val-knn`` (the monitor on the
+    validation slice) or ``published``; one chosen on TEST labels is refused, on every path that loads one.
+
+    ``best`` files written before the validation slice existed say nothing (or their ``selected_epoch``) and
+    were chosen by kNN accuracy on test labels; they are told apart by that or by their ``_best`` name.
+    """
+    chosen = meta.get("selected_by")
+    if chosen in ("val-knn", "epoch", "last", "published"):
+        return str(chosen)
+    if chosen is None and "selected_epoch" not in meta and not Path(path).stem.endswith("_best"):
+        return "epoch" if meta.get("epoch") is not None else ""
+    raise UserError(f"{path} was chosen as 'best' by {chosen or 'kNN accuracy on TEST labels (written before the validation slice)'}, "
+                    "not by the kNN monitor on the validation slice; use a numbered checkpoint of that run "
+                    "(--cepoch N, the last epoch) or re-run pretraining")

@@ -20,6 +20,7 @@ import torch
 import models.pretext as pretexts
 from config.codes import PRETEXTS, Mode, decode_mode, decode_netnum
 from config.atomic import remove_stale_tmp
+from config.ckptio import describe_file
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
 from config.limits import check_input_memory, check_input_size
@@ -27,9 +28,10 @@ from datasets.folder import prepare_dataset
 from datasets.index import Index, Sample, few_shot
 from datasets.options import get_opt
 from engine import checkpoint as ckpt
-from engine import guards
+from engine import guards, labels, provenance
 from engine.cli import check_process_flags
 from engine.optim import OptimSpec
+from engine.results import code_version
 from engine.runtime import Procs
 from engine.schedules import ScheduleSpec
 from models import build_backbone
@@ -162,6 +164,9 @@ class Plan:
     init_from: Path | None           # --expnum/--cepoch: a backbone to start from
     resume: Path | None              # --resume: a training state
     record: dict[str, Any]           # the resolved flags, written into every checkpoint's meta["args"]
+    provenance: dict[str, Any]       # what the checkpoints saw: this run's images and every earlier stage's
+    data: dict[str, Any]             # this run's training images, for a later --resume to compare
+    code_version: str                # git describe of the code (``-dirty`` with uncommitted changes)
 
     @property
     def module(self):
@@ -240,8 +245,17 @@ def resolve(args: argparse.Namespace) -> Plan:
             start = int(args.cepoch)
     if start >= args.mepoch and not args.resume:
         raise UserError(f"--sepoch/--cepoch {start} is not below --mepoch {args.mepoch}; raise --mepoch")
-    if init_from is not None:
-        expnum = None      # a new run starting from --expnum's checkpoint: never overwrite that run's files
+    prov = provenance.provenance(opt, index, train)
+    data = {"netnum": args.netnum, "mode": mode.code, "ds": opt.name, "split_version": index.split_version, "split_file": str(opt.split_file or ""),
+            "ts": args.ts, "seed": args.seed, "n_train": len(train), "train_sha": prov["scene_keys_sha"],
+            "digests_sha": prov["scene_digests_sha"]}
+    if args.resume:
+        prov = resumed_provenance(Path(args.resume), args.mepoch, data, prov)
+    elif init_from is not None:        # a new run starting from --expnum's checkpoint: never overwrite that run's files
+        expnum = None
+        meta = ckpt.read_checkpoint(init_from, "checkpoint", weights_only=True).get("meta") or {}
+        labels.checkpoint_choice(meta, init_from)
+        prov = provenance.merge(meta.get("provenance"), prov, str(init_from))
     if args.overwrite and not expnum:
         raise UserError("--overwrite replaces the run --expnum names" + (", and --resume/--cepoch do not write under "
                         "--expnum" if args.resume or init_from else "") + "; give --expnum E to replace run E, or drop --overwrite")
@@ -253,7 +267,8 @@ def resolve(args: argparse.Namespace) -> Plan:
     owned = set(getattr(args, "_pretext_flags", {}))
     method = argparse.Namespace(**{k: getattr(args, k) for k in (*METHOD_FLAGS, *sorted(owned)) if hasattr(args, k)})
     record = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
-    return Plan(mode=mode, method=method, opt=opt, index=index, train=train, netnum=args.netnum,
+    return Plan(mode=mode, method=method, opt=opt, index=index, train=train, provenance=prov, data=data,
+                code_version=code_version(), netnum=args.netnum,
                 imagenet_init=bool(args.ptcp), seed=args.seed, epochs=args.mepoch, start_epoch=start, global_bs=bs,
                 optim=optim, schedule=schedule, procs=Procs.from_args(args), workers=args.workers,
                 pin_memory=bool(args.pin_memory), cache_size=args.cache_size, gpu_aug=gpu_aug,
@@ -271,14 +286,46 @@ def claim_run_name(args: argparse.Namespace, mode: Mode, ckpt_dir: Path, expnum:
     ``--resume`` continues the name in its state file ("" here, set by ``main_worker``).
     Under torchrun only rank 0 claims, and ``main_worker`` broadcasts the name.
     """
-    if args.resume or os.environ.get("RANK", "0") != "0":
+    if os.environ.get("RANK", "0") != "0":
         return ""
-    for p in remove_stale_tmp(ckpt_dir):
+    for p in remove_stale_tmp(ckpt_dir):        # a resumed run too: a killed save leaves a checkpoint-sized file
         log.info("removed %s, left by a run that was killed while writing", p.name)
+    if args.resume:
+        return ""
     if expnum:
         ckpt.claim_given_expnum(ckpt_dir, args.netnum, expnum, args.overwrite)
         return expnum
     return ckpt.claim_expnum(ckpt_dir, args.netnum, mode.name)
+
+
+def resumed_provenance(path: Path, mepoch: int, data: dict, prov: dict) -> dict:
+    """``--resume``: the state must be a training state with epochs left, of a run that read the same training
+    images (split, draw and bytes); returns the provenance the resumed checkpoints carry (the union)."""
+    state = ckpt.read_checkpoint(path, "--resume file", weights_only=False, hint="resume from an older one")
+    if not isinstance(state, dict) or "model" not in state or "rng" not in state:
+        raise UserError(f"--resume {path} is {describe_file(path)}, not a training state; pass the "
+                        "<netnum>_<expnum>_state.pth a run wrote with --ckpt_freq")
+    done = int(state.get("epoch", 0))
+    if done >= mepoch:
+        raise UserError(f"--resume {path} is at epoch {done} and --mepoch is {mepoch}: nothing is left to train; "
+                        f"raise --mepoch (e.g. --mepoch {2 * done}) to continue it")
+    extra = state.get("extra") or {}
+    was = extra.get("data")
+    if isinstance(was, dict) and (was.get("netnum"), was.get("mode")) != (data["netnum"], data["mode"]):
+        raise UserError(f"--resume {path} is the training state of --netnum {was.get('netnum')} --mode "
+                        f"{was.get('mode')}, not of this run's --netnum {data['netnum']} --mode {data['mode']}; "
+                        f"resume with --netnum {was.get('netnum')} --mode {was.get('mode')}")
+    if not isinstance(was, dict):
+        log.warning("--resume %s records no training images (written before they were): cannot check that this "
+                    "run reads the same ones", path)
+    elif any(was.get(k) != data[k] for k in ("split_version", "train_sha", "digests_sha")):
+        flags = (f"--ds {was.get('ds')}" + (f" --split-file {was['split_file']}" if was.get("split_file") else "")
+                 + f" --ts {was.get('ts'):g} --seed {was.get('seed')}")
+        raise UserError(f"--resume {path}: this run reads other training images than the run it continues "
+                        f"({data['n_train']} of split {data['split_version']}; it had {was.get('n_train')} of split "
+                        f"{was.get('split_version')}, or their pixels changed); resume with the flags it started "
+                        f"with ({flags}) and the same files")
+    return provenance.merge(extra.get("provenance"), prov, str(path))
 
 
 def resolve_gpu_aug(args: argparse.Namespace, module, opt: DatasetOpt) -> bool:

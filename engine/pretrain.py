@@ -24,7 +24,6 @@ from engine.logger import EpochLog
 from engine.loop import train_one_epoch
 from engine.monitors import KnnMonitor, save_vis
 from engine.plan import Plan, processes_per_node, resolve
-from engine.provenance import provenance
 from engine.runtime import Runtime, TrainingDiverged, init_runtime, reseed
 from models import build_backbone
 
@@ -119,7 +118,7 @@ def main_worker(local_rank: int | None, nproc: int | None, plan: Plan) -> None:
             "pretext": mode.pretext, "expnum": expnum, "dataset": opt.name, "input_size": opt.input_size,
             "mean": [float(v) for v in opt.mean] if opt.mean is not None else None,
             "std": [float(v) for v in opt.std] if opt.std is not None else None,
-            "args": plan.record, "provenance": provenance(opt, plan.index, plan.train)}
+            "args": plan.record, "provenance": plan.provenance, "code_version": plan.code_version}
     last_good, train_seconds = None, 0.0
     try:
         for epoch in range(start_epoch, plan.epochs):
@@ -163,7 +162,7 @@ def _end_of_epoch(plan: Plan, done: int, stats: dict, meta: dict, expnum: str, b
              f"  kNN {stats['knn_top1']:.2f}%" if "knn_top1" in stats else "",
              stats["img_per_s"], stats["seconds"])
     epoch_log.add(done, stats)
-    meta_e = {**meta, "epoch": done, "stats": stats}
+    meta_e = {**meta, "epoch": done, "steps": done * iters, "stats": stats}
     periodic = plan.ckpt_freq > 0 and (done % plan.ckpt_freq == 0 or done == plan.epochs)
     if periodic or done == plan.epochs:
         last_good = ckpt.ckpt_path(plan.ckpt_dir, plan.netnum, expnum, done)
@@ -171,7 +170,8 @@ def _end_of_epoch(plan: Plan, done: int, stats: dict, meta: dict, expnum: str, b
                            {**meta_e, "selected_by": "last" if done == plan.epochs else "epoch"})
     if periodic:
         ckpt.save_training_state(plan.ckpt_dir / f"{plan.netnum}_{expnum}_state.pth", model, optimizer, done,
-                                 done * iters, None, {"expnum": expnum, "best_knn": best_knn})
+                                 done * iters, None, {"expnum": expnum, "best_knn": best_knn,
+                                                      "provenance": plan.provenance, "data": plan.data})
     if stats.get("knn_top1", -1.0) > best_knn:
         best_knn = stats["knn_top1"]
         ckpt.save_backbone(ckpt.ckpt_path(plan.ckpt_dir, plan.netnum, expnum, "best"),
