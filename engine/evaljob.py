@@ -18,7 +18,7 @@ import torch
 from config import baselines
 from config.codes import Mode, decode_mode, decode_netnum
 from config.atomic import remove_stale_tmp
-from config.dataset_cfg import DatasetOpt
+from config.dataset_cfg import RASTER_EXTENSIONS, DatasetOpt
 from config.errors import UserError
 from config.limits import check_input_memory, check_input_size
 from datasets.folder import prepare_dataset
@@ -175,6 +175,10 @@ def resolve(args: argparse.Namespace) -> EvalJob:
     _check_flags(args, mode)
     opt, index = prepare_dataset(get_opt(args.ds, args))
     if not opt.labelled:
+        held = sorted({p.parent.name for p in Path(opt.root).glob("*/*") if p.suffix.lower() in RASTER_EXTENSIONS})
+        if len(held) == 1 and not any(p.suffix.lower() in RASTER_EXTENSIONS for p in Path(opt.root).glob("*")):
+            raise UserError(f"--ds {args.ds} holds one class folder ({held[0]}); classification needs at least two "
+                            "classes: add the other class folders beside it")
         raise UserError(f"--ds {args.ds} has no class folders; main_cls.py needs labelled data (class-per-folder)")
     if opt.parts:
         raise UserError(f"--ds {args.ds}: pooled datasets are for pretraining only; evaluate on one dataset")
@@ -189,10 +193,14 @@ def resolve(args: argparse.Namespace) -> EvalJob:
                         f"of the {world} process(es); BatchNorm needs at least 2 per process: use --bs {2 * world} or more")
     if mode.job != "val":
         guards.check_split_files(index.test, opt, "test split")
+    labels.check_classes_covered(index, "val" if mode.job == "val" else "test")
     init, init_exp, init_ep = _checkpoint(args, mode)
     if args.probe and mode.job in ("val", "test"):
         raise UserError(f"--probe works with --mode 1x (random/ImageNet features) or 4x (pretrained features), not {mode.code}")
     meta, pretext, native = _provenance(args, mode, opt, index, init)
+    ts_list, seeds = tuple(args.ts_list), tuple(range(args.seed, args.seed + args.nseeds))
+    if mode.job in ("val", "test"):
+        ts_list, seeds = _classifier_draw(args, meta, init, opt, index, mode)
     if args.encoder_cp and not init_ep and meta.get("epoch") is not None:
         init_ep = str(meta["epoch"])          # the row names the epoch of the file, as with --cepoch
     if native and args.input_size is None and decode_netnum(args.netnum).backbone not in SMALL_STEMS \
@@ -220,8 +228,8 @@ def resolve(args: argparse.Namespace) -> EvalJob:
             expnum = ckpt.claim_expnum(Path(args.ckpt), args.netnum, mode.name)
             log_file = ckpt.log_path(Path(args.ckpt), args.netnum, expnum)
     return EvalJob(mode=mode, opt=opt, index=index, netnum=args.netnum, init=init, init_expnum=init_exp,
-                   init_epoch=init_ep, pretext=pretext, expnum=expnum, results=results, ts_list=tuple(args.ts_list),
-                   seeds=tuple(range(args.seed, args.seed + args.nseeds)), hos=args.hos, probe=args.probe,
+                   init_epoch=init_ep, pretext=pretext, expnum=expnum, results=results, ts_list=ts_list,
+                   seeds=seeds, hos=args.hos, probe=args.probe,
                    select_on=args.select_on, knn_k=args.knn_k, knn_vote=args.knn_vote, tta=bool(args.tta),
                    imagenet=bool(args.ptcp) and mode.job == "train",
                    weights=Path(args.weights) if args.weights else None,
@@ -253,6 +261,36 @@ def _checkpoint(args: argparse.Namespace, mode: Mode) -> tuple[Path | None, str,
         raise UserError(f"checkpoint {init} does not exist" + (f"; found: {', '.join(near)}" if near else "")
                         + "; check --ckpt, --netnum, --expnum and --cepoch")
     return init, init_exp, init_ep
+
+
+def _classifier_draw(args: argparse.Namespace, meta: dict, init: Path, opt: DatasetOpt, index: Index,
+                     mode: Mode) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """--mode 2x/3x: the classifier must be one of this dataset (its classes) and split (its shots must not be
+    what it is scored on); the row takes the classifier's own draw, its train scale and seed."""
+    name, classes = meta.get("dataset"), meta.get("classes")
+    if (classes is not None and list(classes) != list(opt.classes)) or (classes is None and name and name != opt.name):
+        listed = f" ({', '.join(list(classes)[:4])}{', ...' if len(classes) > 4 else ''})" if classes else ""
+        raise UserError(f"{init} is a classifier of --ds {name}{listed}, not of --ds {opt.name}; evaluate it with "
+                        f"--ds {name}")
+    scored = index.val if mode.job == "val" else index.test
+    leaked = sorted(set(meta.get("shots", [])) & {s.key for s in scored})
+    if meta.get("split_version") is None:
+        log.warning("%s records no split version (written before it was): cannot check that its shots are not "
+                    "among the images it is scored on", init)
+    elif meta["split_version"] != index.split_version or leaked:
+        raise UserError(f"{init} was trained on split {meta['split_version']} of --ds {name}, this run's split is "
+                        f"{index.split_version}" + (f" ({len(leaked)} of its shots are scored here)" if leaked else "")
+                        + ": pass the --split-file it was trained with, or train a classifier on this split")
+    if meta.get("ts") is None or meta.get("seed") is None:
+        return tuple(args.ts_list), (args.seed,)
+    ts, seed = float(meta["ts"]), int(meta["seed"])
+    if tuple(args.ts_list) != (1.0,) and float(args.ts_list[0]) != ts:
+        raise UserError(f"{init} was trained at --ts {ts:g}, not {args.ts_list[0]:g}; drop --ts (the row takes the "
+                        f"classifier's) or pass --ts {ts:g}")
+    if args.seed not in (0, seed) or args.nseeds != 1:
+        raise UserError(f"{init} was trained with --seed {seed} (one draw); drop --seed/--nseeds (the row takes the "
+                        f"classifier's) or pass --seed {seed}")
+    return (ts,), (seed,)
 
 
 def _provenance(args: argparse.Namespace, mode: Mode, opt: DatasetOpt, index: Index,

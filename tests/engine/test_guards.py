@@ -154,7 +154,7 @@ def test_broken_test_files_are_refused_before_training(demo_root, tmp_path, caps
     root, index = _own_copy(demo_root, tmp_path)
     empty, garbage = index.test[0].path, index.test[-1].path
     empty.write_bytes(b"")
-    err = _fails(main_cls.main, _own_args(root, tmp_path), f"{empty} (in the test split) is an empty file", capsys)
+    err = _fails(main_cls.main, _own_args(root, tmp_path), f"{empty} is an empty file", capsys)
     index.test[0].path.unlink()
     garbage.write_bytes(b"not a tiff at all" * 10)
     _fails(main_cls.main, _own_args(root, tmp_path), f"{garbage} is not a readable raster", capsys)
@@ -188,3 +188,29 @@ def test_an_empty_results_file_or_our_header_is_accepted(tmp_path):
     guards.check_results_table(res)
     res.write_bytes(b"\xef\xbb\xbf" + res.read_bytes())    # saved by a spreadsheet: a byte-order mark (issue 19)
     guards.check_results_table(res)
+
+
+def test_test_images_with_nodata_pixels_are_refused_before_training(demo_root, tmp_path, capsys):
+    """Issue 19: a test GeoTIFF whose pixels sit at its nodata tag fails in one sentence BEFORE the fit,
+    not when the test split is read after it."""
+    from osgeo import gdal
+
+    from datasets.reader import read_raw
+    root, index = _own_copy(demo_root, tmp_path)
+    bad = index.test[-1].path
+    ds = gdal.Open(str(bad), gdal.GA_Update)
+    value = int(read_raw(bad)[0, 0, 0])
+    ds.GetRasterBand(1).SetNoDataValue(value)
+    ds = None
+    _fails(main_cls.main, _own_args(root, tmp_path, "--mepoch", "50"), f"{bad} has", capsys)
+    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())
+
+
+def test_a_split_file_without_test_rows_says_so(demo_root, tmp_path, capsys):
+    from datasets.index import split_csv
+    from datasets.options import get_opt
+    root, index = _own_copy(demo_root, tmp_path)
+    no_test = tmp_path / "no_test.csv"
+    no_test.write_text(split_csv(get_opt(str(root)), index).replace(",test,", ",train,"))
+    err = _fails(main_cls.main, _own_args(root, tmp_path, "--split-file", str(no_test)), "has no test rows", capsys)
+    assert "2 images" not in err and str(no_test) in err
