@@ -35,6 +35,15 @@ def files_fingerprint(paths: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes (checkpoints and weights files: a copied or renamed file keeps its digest)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def content_digest(path: Path, chunk: int = 1 << 20) -> str:
     """BLAKE2b (64-bit) of a file's bytes, as 16 hex digits."""
     h = hashlib.blake2b(digest_size=CONTENT_DIGEST_BYTES)

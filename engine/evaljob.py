@@ -21,12 +21,14 @@ from config.atomic import remove_stale_tmp
 from config.dataset_cfg import RASTER_EXTENSIONS, DatasetOpt
 from config.errors import UserError
 from config.limits import check_input_memory, check_input_size
+from datasets.fingerprint import file_sha256
 from datasets.folder import prepare_dataset
 from datasets.index import Index
 from datasets.options import get_opt
 from engine import checkpoint as ckpt
 from engine import guards, labels, provenance
-from engine.cli import check_process_flags
+from engine.cli import base_parser, check_process_flags
+from engine.identity import flag_columns, flag_values
 from engine.optim import OptimSpec
 from engine.runtime import Procs
 from engine.schedules import ScheduleSpec
@@ -58,6 +60,7 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--results", help="CSV results table (default results/<ds>.csv)")
     g.add_argument("--allow-overlap", dest="allow_overlap", action="store_true",
                    help="evaluate a checkpoint whose pretraining images include test scenes of --ds (refused otherwise; the row records it)")
+    p.set_defaults(_identity=flag_columns(p))      # every flag that can change a row's number (engine/identity.py)
     return p
 
 
@@ -98,6 +101,7 @@ class EvalJob:
     ckpt_dir: Path
     procs: Procs
     init_meta: dict = field(default_factory=dict)   # the checkpoint's meta (provenance, selected_by)
+    flags: dict = field(default_factory=dict)       # row column -> resolved value of every other identity flag
     log: Path | None = None    # per-epoch fine-tuning log, the file that claims ``expnum`` (1x/4x)
 
     @property
@@ -219,6 +223,11 @@ def resolve(args: argparse.Namespace) -> EvalJob:
     if trains:                         # optimiser and schedule flags fail here, not after the features
         optim.build([torch.zeros(1, requires_grad=True)])
         schedule.build(lr, 1)
+    flags = flag_values(args, getattr(args, "_identity", None) or flag_columns(add_args(base_parser("", "cls"))))
+    init_sha = (meta.get("init_sha", "") if mode.job in ("val", "test") else file_sha256(init)[:16] if init
+                else file_sha256(Path(args.weights))[:16] if args.weights else "")
+    flags.update(amp=int(bool(args.amp) and torch.cuda.is_available()), loss="CrossEntropyLoss", processes=world,
+                 init_sha=init_sha, resumed=f"{file_sha256(Path(args.resume))[:16]}@{args.sepoch}" if args.resume else "")
     log_file = None
     if trains:                          # the run's name is claimed last, when nothing else can fail
         guards.check_writable_folder(Path(args.ckpt), "--ckpt")
@@ -237,7 +246,7 @@ def resolve(args: argparse.Namespace) -> EvalJob:
                    bs=args.bs or opt.batch_size, optim=optim, schedule=schedule, workers=args.workers,
                    pin_memory=bool(args.pin_memory), sync_bn=bool(args.sync_bn), vis=bool(args.vis),
                    allow_overlap=bool(args.allow_overlap), ckpt_dir=Path(args.ckpt), procs=Procs.from_args(args),
-                   init_meta=meta, log=log_file)
+                   init_meta=meta, flags=flags, log=log_file)
 
 
 def _checkpoint(args: argparse.Namespace, mode: Mode) -> tuple[Path | None, str, str]:

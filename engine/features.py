@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from config.atomic import atomic_write
 from config.errors import UserError
-from datasets.fingerprint import files_fingerprint
+from datasets.fingerprint import file_sha256, files_fingerprint
 from datasets.folder import make_dataset
 from datasets.index import Sample
 from datasets.transforms import plain
@@ -61,15 +61,6 @@ class FeatureTable:
         return self.feats[idx], np.array([s.label for s in samples], dtype=np.int64)
 
 
-def file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file's content (a copied or renamed checkpoint keeps its features)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def samples_digest(samples: Sequence[Sample]) -> str:
     """SHA-256 of the sorted (path, label) pairs: changes whenever the file list or a label does."""
     h = hashlib.sha256()
@@ -82,9 +73,9 @@ def feature_identity(job: EvalJob) -> dict:
     """Everything the cached features depend on (the cache key is its digest)."""
     opt, index = job.opt, job.index
     if job.init is not None:
-        weights = f"checkpoint sha256:{file_digest(job.init)}"
+        weights = f"checkpoint sha256:{file_sha256(job.init)}"
     elif job.imagenet and job.weights is not None:
-        weights = f"imagenet file sha256:{file_digest(job.weights)}"
+        weights = f"imagenet file sha256:{file_sha256(job.weights)}"
     elif job.imagenet:
         import torchvision
         weights = f"imagenet torchvision {torchvision.__version__}"

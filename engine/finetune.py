@@ -115,6 +115,7 @@ def run_one(job: EvalJob, rt: Runtime, ts: float, seed: int) -> dict:
             "split_version": job.index.split_version, "ts": ts, "seed": seed, "n_train": len(train),
             "shots": sorted(s.key for s in train), "pretrain": job.pretext, "input_size": opt.input_size,
             "selected_by": meta.get("selected_by", ""), "pretrain_meta": classifier_origin(meta),
+            "init_sha": job.flags.get("init_sha", ""),
             **({"provenance": meta["provenance"]} if "provenance" in meta else {}),
             "metrics": {k: metrics[k] for k in ("OA", "AA", "kappa", "macro_F1")}}}, path)
         log.info("classifier saved to %s", path)

@@ -213,7 +213,7 @@ def resolve(args: argparse.Namespace) -> Plan:
                         f"upsampled; use at least {opt.input_size}")
     args.gpu_aug = gpu_aug = resolve_gpu_aug(args, module, opt)
     train = index.train if args.ts == 1 else few_shot(index.train, args.ts, args.seed, index.classes)
-    bs = args.bs or opt.batch_size
+    args.bs = bs = args.bs or opt.batch_size          # recorded resolved, as --lr is (rows read meta["args"])
     world = planned_world_size(args)
     if bs % world:
         raise UserError(f"--bs {bs} is not divisible by the {world} processes; use a multiple of {world}")

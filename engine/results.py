@@ -35,13 +35,18 @@ log = logging.getLogger(__name__)
 
 RESULT_COLUMNS: tuple[str, ...] = (
     "time", "code_version", "ds", "split_version", "ts", "seed", "mode", "netnum", "pretext", "pretrain_expnum",
-    "pretrain_epoch", "pretrain_datasets", "ckpt_selected_by", "hos", "probe", "probe_param", "select_on",
-    "selection_labels", "dtype", "bands", "input_size", "tta", "bs", "optimizer", "lr", "wd", "epochs", "aug",
-    "allow_overlap", "OA", "AA", "kappa", "macro_F1", "n_train", "n_test", "seconds", "per_class", "predictions",
+    "pretrain_epoch", "pretrain_datasets", "ckpt_selected_by", "pretrain_code_version", "pretrain_optimizer",
+    "pretrain_lr", "pretrain_bs", "pretrain_epochs", "pretrain_steps", "pretrain_seed", "pretrain_recipe", "init_sha",
+    "hos", "probe", "probe_param", "select_on", "selection_labels", "dtype", "bands", "rgb_bands", "input_size", "tta",
+    "bs", "optimizer", "lr", "wd", "momentum", "lr_policy", "warmup", "milestones", "lr_decay", "loss", "epochs", "aug",
+    "resumed", "amp", "sync_bn", "processes", "allow_overlap",
+    "OA", "AA", "kappa", "macro_F1", "n_train", "n_test", "seconds", "per_class", "predictions",
 )
-"""Every row names what made it: data and split, the pretraining run and what selected its
-checkpoint, the protocol and which labels chose its hyper-parameters, the input, the
-optimisation, the overlap override, the metrics, and the file of its per-image predictions."""
+"""Every row names what made it: data and split, the pretraining run (its code version and
+settings), what selected its checkpoint and the digest of the file the weights came from, the
+protocol and which labels chose its hyper-parameters, the input, the optimisation and schedule,
+the processes, the overlap override, the metrics, and the file of its per-image predictions.
+Which flags these columns record is derived from main_cls.py's parser (engine/identity.py)."""
 
 # What an older table must hold to be ours (and so migrated, never refused).
 _OUR_CORE = ("time", "code_version", "ds", "ts", "seed", "OA")
