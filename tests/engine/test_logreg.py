@@ -211,3 +211,29 @@ def test_gridsearchcv_agrees_with_fewer_shots_than_features(shots):
     ours, old = logreg.logreg_probe(x, y, xt, seed=1), grid(1e-4, 2000)
     assert ours.C == pytest.approx(old.best_params_["logisticregression__C"])
     assert abs((ours.pred == yt).mean() - (old.predict(xt) == yt).mean()) <= 0.005
+
+
+def test_fold_models_are_no_farther_from_their_optimum_at_weak_regularisation():
+    """Issue 19 (found by the quick benchmark): at one gradient tolerance the fold models at C = 100..1000 lie
+    far from their optimum (the penalty's curvature is 1 / (C n)) and, with fewer shots than features, their
+    held-out predictions pick C. With cv_tolerance every C's fold models are as close as at C = 1."""
+    rng = np.random.default_rng(10)
+    centres = rng.normal(size=(10, 512)) * 0.2
+    y = np.arange(10).repeat(10)
+    x = np.maximum(centres[y] + rng.normal(size=(len(y), 512)), 0)
+    held = logreg.stratified_folds(y, 1)
+    fit = np.stack([~m for m in held])
+    xs, _ = logreg._problems(x, list(fit))
+
+    def solutions(dtype, tol):
+        block = logreg._BlockLogreg(xs, y, fit, 10, dtype)
+        return {C: [np.vstack(block.weights(p)) for p in range(len(held))]
+                for C in block.path(logreg.C_GRID, tol, 20000)}
+    exact = solutions(torch.float64, 1e-10)
+
+    def error(got) -> dict[float, float]:
+        return {C: max(np.linalg.norm(g - e) / np.linalg.norm(e) for g, e in zip(got[C], exact[C])) for C in got}
+    scaled = error(solutions(torch.float32, logreg.cv_tolerance))
+    constant = error(solutions(torch.float32, logreg.CV_TOL))
+    assert max(v for C, v in scaled.items() if C > 1) <= scaled[1.0]
+    assert constant[1000.0] > 1.5 * scaled[1000.0]           # what one tolerance for every C gave
