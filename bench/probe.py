@@ -129,6 +129,9 @@ def main() -> None:
             rng = np.random.default_rng(seed)
             idx = np.concatenate([rng.permutation(np.flatnonzero(yp == c))[:a.per_class] for c in np.unique(yp)])
             return xp[idx], yp[idx]
+    import sklearn.linear_model  # noqa: F401  (loads scipy's own OpenBLAS now, so that the limit below reaches it:
+    # a library loaded inside threadpool_limits keeps its default threads, and the first seed ran unpinned)
+
     def pinned() -> contextlib.AbstractContextManager:
         """The old path's BLAS thread limit, applied around it only."""
         if a.old_blas_threads <= 0:
