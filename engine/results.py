@@ -221,8 +221,8 @@ def _migrated(path: Path, old: bytes, first: list[str]) -> bytes:
                         "repair that line (or move the table away) and re-run")
     rows = migrate_rows(first, [r for r in records if r])
     log.warning("results table %s had an older schema (%d columns): migrated its %d row(s) to the %d "
-                "columns of this version, split_version '%s' and new cells empty",
-                path, len(first), len(rows), len(RESULT_COLUMNS), UNKNOWN_SPLIT)
+                "columns of this version, %snew cells empty", path, len(first), len(rows), len(RESULT_COLUMNS),
+                "" if "split_version" in first else f"split_version '{UNKNOWN_SPLIT}' and ")
     return _csv_line(list(RESULT_COLUMNS)) + b"".join(
         _csv_line([r[c] for c in RESULT_COLUMNS]) for r in rows)
 
