@@ -275,11 +275,23 @@ def _p(v: float) -> str:
     return f"{v:.3f}" if v >= 0.001 else f"{v:.1e}"
 
 
+# what a pretraining checkpoint implies (its settings, code version, file digest): named per line only where
+# two lines of one checkpoint (pretraining run and epoch) differ in it; the CSV has them all
+IMPLIED = ("pretrain_code_version", "pretrain_optimizer", "pretrain_lr", "pretrain_bs", "pretrain_epochs",
+           "pretrain_steps", "pretrain_seed", "pretrain_recipe", "init_sha")
+
+
 def varying(lines: list[Line]) -> tuple[list[str], dict[str, str]]:
     """Identity columns that differ between lines (shown per line) and the common ones (shown once)."""
     cols = [c for c in IDENTITY if c not in ("ds", "ts")]
     vary = [c for c in cols if len({ln.group.ident[c] for ln in lines}) > 1]
     common = {c: lines[0].group.ident[c] for c in cols if c not in vary and lines[0].group.ident[c] != ""}
+    runs: dict[tuple, set] = defaultdict(set)
+    for ln in lines:
+        ident = ln.group.ident
+        runs[(ident["pretrain_expnum"], ident["pretrain_epoch"])].add(tuple(ident[c] for c in IMPLIED))
+    if all(len(v) == 1 for v in runs.values()):
+        vary = [c for c in vary if c not in IMPLIED]
     return vary, common
 
 
