@@ -68,7 +68,7 @@ def probe(path: Path) -> RasterInfo:
 
 _GDAL_TYPES = {"Byte": "uint8", "UInt16": "uint16", "Int16": "int16", "UInt32": "uint32", "Int32": "int32",
                "Float32": "float32", "Float64": "float64"}
-_PIL_TYPES = {"I;16": "uint16", "I;16B": "uint16", "I;16L": "uint16", "I": "int32", "F": "float32"}
+_PIL_TYPES = {"I;16": "uint16", "I": "int32", "F": "float32"}     # modes read as they are (others: as RGB uint8)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def header(path: Path) -> RasterHeader:
     from PIL import UnidentifiedImageError
     try:
         with Image.open(path) as im:
-            one = im.mode in ("L", "I;16", "I;16B", "I;16L", "I", "F")         # other modes are read as RGB
+            one = im.mode in ("L", "I;16", "I", "F")                          # other modes are read as RGB
             return RasterHeader(1 if one else 3, _PIL_TYPES.get(im.mode, "uint8"), False)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise UserError(f"{path} is not a readable image ({err}); remove or replace the file") from None

@@ -12,6 +12,7 @@ from config.errors import UserError
 from datasets.transforms import Normalize
 from engine import checkpoint as ckpt
 from engine.evaljob import EvalJob
+from engine.labels import checkpoint_choice
 from models import build_model, pretrained
 from models.backbones import SMALL_STEMS
 
@@ -49,6 +50,7 @@ def build_classifier(job: EvalJob) -> nn.Module:
         if "model" not in state:
             raise UserError(f"{classifier} holds a backbone, not a trained classifier; --mode 2x/3x and --resume "
                             "take checkpoints written by --mode 1x/4x")
+        checkpoint_choice(state.get("meta") or {}, classifier)     # its backbone not chosen on TEST labels
         saved_net = str((state.get("meta") or {}).get("netnum", job.netnum))
         if saved_net != job.netnum:          # e.g. 000000 (resnet18_small) vs 090000 (resnet18): same layer names
             raise UserError(f"{classifier} is a classifier of --netnum {saved_net} ({decode_netnum(saved_net).backbone}), "
@@ -68,7 +70,8 @@ def build_classifier(job: EvalJob) -> nn.Module:
 
 def check_finite_weights(model: nn.Module, source: str) -> None:
     """Weights with NaN or infinite values give NaN predictions (scored as class 0): refused, naming the file."""
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point()        # an input adapter's clip
+           and (torch.isnan(v).any() if ".input_adapter." in f".{k}" else not torch.isfinite(v).all())]  # bounds: +-inf
     if bad:
         raise UserError(f"{source} holds NaN or infinite values ({len(bad)} tensor(s), e.g. {bad[0]}): the file is "
                         "damaged or the run that wrote it diverged; use another file")
