@@ -4,13 +4,13 @@ Example (SimCLR on the built-in demo data, 2-core CPU):
     python main_cls_ss_train.py --mode 910 --ds demo --netnum 000000 --mepoch 20 --bs 64 --aug 5 --aug_p S5
 """
 from config.errors import exit_on_user_error, run_script
-from engine import plan, pretrain
+from engine import pretrain, pretrain_flags
 from engine.cli import base_parser
 
 
 @exit_on_user_error
 def main(argv=None) -> None:
-    parser = plan.add_args(base_parser(__doc__, script="pretrain"))
+    parser = pretrain_flags.add_args(base_parser(__doc__, script="pretrain"))
     pretrain.run(argv, parser)
 
 

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from datasets.folder import make_dataset  # noqa: E402
 from engine import plan as eplan  # noqa: E402
+from engine import pretrain_flags  # noqa: E402
 from engine import pretrain  # noqa: E402
 from engine.cli import base_parser, setup_logging  # noqa: E402
 from engine.knn import balanced_subsample  # noqa: E402
@@ -45,7 +46,7 @@ from models import build_backbone  # noqa: E402
 
 def harness_epoch(argv: list[str], images: int, ckpt: str, tag: str) -> float:
     """One epoch through the resolved plan and main_worker; img/s as the harness logs it."""
-    args = eplan.add_args(base_parser("", "pretrain")).parse_args([*argv, "--ckpt", ckpt, "--expnum", f"{tag}_bench"])
+    args = pretrain_flags.add_args(base_parser("", "pretrain")).parse_args([*argv, "--ckpt", ckpt, "--expnum", f"{tag}_bench"])
     plan = eplan.resolve(args)
     labels = np.array([s.label for s in plan.train])
     keep = balanced_subsample(labels, -(-images // len(plan.index.classes)), seed=0)[:images]
@@ -57,7 +58,7 @@ def harness_epoch(argv: list[str], images: int, ckpt: str, tag: str) -> float:
 
 def bare_epoch(argv: list[str], images: int, bs: int, ckpt: str) -> float:
     """The same model and views in a bare loop over batches collated beforehand."""
-    args = eplan.add_args(base_parser("", "pretrain")).parse_args([*argv, "--ckpt", ckpt])
+    args = pretrain_flags.add_args(base_parser("", "pretrain")).parse_args([*argv, "--ckpt", ckpt])
     plan = eplan.resolve(args)
     module, opt = plan.module, plan.opt
     dataset = make_dataset(opt, plan.train[:images], lambda o: module.make_transform(plan.method, o))

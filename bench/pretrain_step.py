@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate  # noqa: E402
 
 import models.pretext as pretexts  # noqa: E402
 from config.codes import decode_mode  # noqa: E402
-from engine import loop, plan, recipes  # noqa: E402
+from engine import loop, plan, pretrain_flags, recipes  # noqa: E402
 from engine.cli import base_parser  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
 from engine.runtime import Runtime  # noqa: E402
@@ -60,7 +60,7 @@ def main() -> int:
     torch.manual_seed(0)
     mode = decode_mode(a.mode, "pretrain")
     module = pretexts.load(mode)
-    args = plan.add_args(base_parser("", "pretrain")).parse_args(["--mode", a.mode, "--netnum", a.netnum,
+    args = pretrain_flags.add_args(base_parser("", "pretrain")).parse_args(["--mode", a.mode, "--netnum", a.netnum,
                                                                   "--no-progress"])
     recipes.resolve(args, module)             # the settings main_cls_ss_train.py would resolve (--recipe paper)
     plan.resolve_head_flags(args, mode, module)      # --tau / --feature_dim: the mode's own defaults

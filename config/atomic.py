@@ -94,9 +94,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], m
         full = _disk_full_cause(err)
         if full is not None:
             raise disk_full_error(path, full) from None
+        if not isinstance(err, KeyboardInterrupt) and _caused_by(err, KeyboardInterrupt):
+            # Ctrl-C inside torch.save: its zip writer then fails on close ("unexpected pos"), which
+            # would hide the interrupt behind a RuntimeError (exit 1, two tracebacks); it stays Ctrl-C
+            raise KeyboardInterrupt from None
         raise
     _fsync_dir(path.parent)
     note_written(path)
+
+
+def _caused_by(err: BaseException, kind: type) -> bool:
+    """Whether ``kind`` is among the exceptions ``err`` was raised while handling."""
+    seen = 0
+    while err is not None and seen < 5:
+        if isinstance(err, kind):
+            return True
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return False
 
 
 def _disk_full_cause(err: BaseException) -> OSError | None:

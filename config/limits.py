@@ -1,9 +1,12 @@
-"""Limits every layer checks against: the smallest input each backbone takes.
+"""Limits every layer checks against: the smallest input each backbone takes, and the largest one
+the machine's memory can hold.
 
 A ground-floor table (no imports above ``config``), so datasets, models and pretexts can
 refuse a size without reaching up into the engine.
 """
 from __future__ import annotations
+
+import os
 
 from config.codes import decode_netnum
 from config.errors import UserError
@@ -34,3 +37,35 @@ def check_input_size(netnum: str, size: int) -> None:
         raise UserError(f"--netnum {netnum} ({code.backbone}) needs inputs of at least {need}x{need} pixels but "
                         f"the input is {size}x{size}; raise --input_size to {need} or more, or use a ResNet "
                         f"(e.g. --netnum 000000, any size){small.get(code.backbone, '')}")
+
+
+# The first feature map every backbone here makes: 64 channels at half the input side (ResNet's and
+# GoogLeNet's stride-2 stems; the small stems and VGG keep the full side, so this is a lower bound).
+FIRST_MAP_FLOATS_PER_PIXEL = 64 / 4
+
+
+def physical_memory() -> int:
+    """Bytes of RAM of this machine (0 where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_input_memory(size: int, bands: int, batch: int, memory: int | None = None) -> None:
+    """``--input_size``: one batch of float32 inputs plus the first feature map must fit in memory.
+
+    A lower bound of what the run needs (the deeper layers need more), compared with the physical
+    memory, so a size no machine here can hold is one sentence instead of an out-of-memory traceback.
+    """
+    memory = physical_memory() if memory is None else memory
+    need = 4 * batch * size * size * (bands + FIRST_MAP_FLOATS_PER_PIXEL)
+    if memory and need > memory:
+        raise UserError(f"--input_size {size} needs at least {_gib(need)} for one batch of {batch} images "
+                        f"({bands} bands and the first layer's feature maps at {size}x{size} px, float32), more "
+                        f"than the {_gib(memory)} of memory here; use a smaller --input_size (e.g. 224) or leave it "
+                        "out for the dataset's own size")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**40:,.0f} TiB" if n >= 2**40 else f"{n / 2**30:,.1f} GiB"

@@ -1,7 +1,8 @@
 """``python -m datasets --ds NAME``: build (demo), scan, split and print a dataset's summary.
 
-``--export-split FILE.csv`` writes the split as ``path,class,split`` (train / val / test,
-paths relative to the dataset folder) for others to reuse with ``--split-file``.
+``--export-split FILE.csv`` writes the split as a plain CSV, ``path,class,split`` (train / val /
+test, paths relative to the dataset folder) plus its ``split_version``, for others to reuse with
+``--split-file``; an existing file is replaced only with ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -26,18 +27,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rgb-bands", help="for your own multispectral imagery: 1-based R,G,B band numbers, e.g. 4,3,2")
     p.add_argument("--split-file", help="use this split: a path,class,split CSV or a folder of train/val/test lists")
     p.add_argument("--export-split", metavar="FILE.csv", help="write the split as path,class,split to FILE.csv")
+    p.add_argument("--overwrite", action="store_true", help="let --export-split replace an existing FILE.csv")
     args = p.parse_args(argv)
+    if args.overwrite and not args.export_split:
+        raise UserError("--overwrite replaces the --export-split file; give --export-split FILE.csv or drop it")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = get_opt(args.ds, args)
     if args.export_split and opt.parts:
         raise UserError(f"--export-split writes the split of one dataset; --ds {args.ds} pools several: "
                         "export each of them on its own")
+    dest = Path(args.export_split).expanduser() if args.export_split else None
+    if dest is not None and dest.is_dir():
+        raise UserError(f"--export-split {dest} is a folder; give a file name such as {dest / (opt.name + '-split.csv')}")
+    if dest is not None and dest.exists() and not args.overwrite:
+        raise UserError(f"--export-split {dest} exists; pick a new file name, or add --overwrite to replace it")
     opt, index = prepare_dataset(opt)
     print(describe(opt, index))
-    if args.export_split:
-        dest = Path(args.export_split).expanduser()
-        if dest.is_dir():
-            raise UserError(f"--export-split {dest} is a folder; give a file name such as {dest / (opt.name + '-split.csv')}")
+    if dest is not None:
         try:
             atomic_write_text(dest, split_csv(opt, index))
         except OSError as err:

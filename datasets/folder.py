@@ -2,7 +2,8 @@
 
 ``prepare_dataset`` is what the entry scripts call: generate the demo if asked, scan and
 split, and measure per-band mean/std on the TRAINING split (never a test image), cached
-next to the split record per split version. Pooled ``a+b`` datasets keep each part's own
+next to the split record per split version and keyed by the files' fingerprint, so images
+rewritten under the same names are measured again. Pooled ``a+b`` datasets keep each part's own
 statistics.
 """
 from __future__ import annotations
@@ -22,8 +23,9 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
+from datasets.fingerprint import files_fingerprint
 from datasets.index import Index, Sample, build_index
-from datasets.reader import read_raw
+from datasets.reader import header, read_raw
 from config.atomic import atomic_write_text
 from datasets.transforms import resize
 
@@ -265,21 +267,38 @@ def band_stats(opt: DatasetOpt, samples: Sequence[Sample], max_files: int | None
     return mean, std, len(paths)
 
 
+def check_pixel_types(opt: DatasetOpt, samples: Sequence[Sample], threads: int = 4) -> str:
+    """The one pixel type (uint8, uint16, float32 ...) of every file of a dataset, from the headers; a dataset
+    that mixes them is refused: a 16-bit png among 8-bit ones would be read as 0-65535 among 0-255."""
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        types = list(pool.map(lambda s: header(s.path).pixel_type, samples))
+    kinds = sorted(set(types), key=types.count, reverse=True)
+    if len(kinds) > 1:
+        odd = [f"{types.count(k)} {k} (e.g. {samples[types.index(k)].path})" for k in kinds[1:]]
+        raise UserError(f"{opt.name} ({opt.root}) mixes pixel types: {types.count(kinds[0])} files are {kinds[0]}, "
+                        f"{', '.join(odd)}; convert them to one bit depth or move the odd ones out")
+    return kinds[0] if kinds else ""
+
+
 def stats_path(opt: DatasetOpt, split_version: str) -> Path:
     """Cache file of the normalisation statistics: one per dataset, split version and band set."""
     return opt.cache_dir / opt.cache_key / f"stats_{split_version}_{opt.dtype}_{'-'.join(opt.bands)}.json"
 
 
 def _ensure_stats(opt: DatasetOpt, index: Index) -> DatasetOpt:
-    """Per-band mean/std measured on the TRAINING split only, cached per split version."""
+    """Per-band mean/std measured on the TRAINING split only, cached per split version and keyed by the
+    files' fingerprint (size and times of every file): rewritten images are measured again. Measuring
+    also checks that the dataset holds one pixel type."""
     if opt.mean is not None and opt.std is not None:
         return opt
     path = stats_path(opt, index.split_version)
+    fingerprint = files_fingerprint(s.path for s in index.train + index.test)
     st = None
     if path.exists():
         try:
             st = json.loads(path.read_text())
             if st.get("bands") != list(opt.bands) or len(st["mean"]) != opt.n_bands \
+                    or st.get("files_fingerprint") != fingerprint \
                     or not np.isfinite(np.asarray(st["mean"] + st["std"], dtype=np.float64)).all():
                 st = None
         except (ValueError, KeyError, TypeError):
@@ -288,13 +307,15 @@ def _ensure_stats(opt: DatasetOpt, index: Index) -> DatasetOpt:
         mean, std = np.asarray(st["mean"], dtype=np.float64), np.asarray(st["std"], dtype=np.float64)
         source = f"cached in {path}"
     else:
+        pixel_type = check_pixel_types(opt, index.train + index.test)
         mean, std, n = band_stats(opt, index.train)
         source = f"measured on {n} of the {len(index.train)} training files"
         try:
             atomic_write_text(path, json.dumps({
                 "dataset": opt.name, "split_version": index.split_version, "split": "train",
                 "bands": list(opt.bands), "mean": mean.tolist(), "std": std.tolist(),
-                "files": n, "of": len(index.train)}, indent=1))
+                "files": n, "of": len(index.train), "pixel_type": pixel_type,
+                "files_fingerprint": fingerprint}, indent=1))
         except OSError as err:
             log.warning("could not cache band statistics in %s (%s)", path, err)
     log.info("%s: per-band mean %s, std %s (training split %s, %s)", opt.name, np.round(mean, 2).tolist(),

@@ -246,13 +246,12 @@ def split_rows(opt: DatasetOpt, index: Index) -> list[tuple[str, str, str]]:
 
 
 def split_csv(opt: DatasetOpt, index: Index) -> str:
-    """The split as a shareable CSV (``--export-split``, and the split record)."""
+    """The split as a plain CSV any reader takes (``--export-split``, and the split record): the columns
+    ``path,class,split`` and, as provenance, ``split_version`` on every row (no comment line)."""
     buf = io.StringIO()
-    buf.write(f"# rs-ssl split of {opt.name}: split_version {index.split_version}; "
-              "paths relative to the dataset folder; import with --split-file\n")
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "class", "split"])
-    w.writerows(split_rows(opt, index))
+    w.writerow(["path", "class", "split", "split_version"])
+    w.writerows((*row, index.split_version) for row in split_rows(opt, index))
     return buf.getvalue()
 
 
@@ -265,15 +264,24 @@ def _record_split(opt: DatasetOpt, index: Index, name: str) -> None:
             old = path.read_text(errors="replace")
             if old == text:
                 return
-            first = old.split("\n", 1)[0]
-            if "split_version" in first:
+            was = _recorded_version(old)
+            if was:
                 log.warning("the file list of %s changed since %s was written (%s, now %s); "
-                            "rewriting the split record", opt.root, path,
-                            first.split("split_version ")[-1].split(";")[0], index.split_version)
+                            "rewriting the split record", opt.root, path, was, index.split_version)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
     except OSError as err:   # a read-only cache must not stop an experiment
         log.warning("could not record the split in %s (%s)", path, err)
+
+
+def _recorded_version(text: str) -> str:
+    """The split version a split record names: its ``split_version`` column, or an older file's '#' line."""
+    lines = text.splitlines()
+    if lines and lines[0].startswith("#") and "split_version " in lines[0]:
+        return lines[0].split("split_version ")[-1].split(";")[0]
+    if len(lines) > 1 and lines[0].endswith(",split_version"):
+        return lines[1].rsplit(",", 1)[-1]
+    return ""
 
 
 def shots_per_class(ts: float, n_available: int) -> int:

@@ -69,7 +69,7 @@ def _from_module(name: str, args: Any) -> DatasetOpt:
         mean=None, std=None, input_size=int(mod.INPUT_SIZE), batch_size=int(mod.BATCH_SIZE),
         lr=float(mod.LR), train_fraction=float(mod.TRAIN_FRACTION),
         split_lists=str(getattr(mod, "SPLIT_LISTS", "")), split_file=_split_file(args), url=mod.URL,
-        generate=generate, cache_dir=cache_root(args))
+        generate=generate, cache_dir=cache_root(args), scenes=str(getattr(mod, "SCENES", name)))
 
 
 def _from_path(path: Path, args: Any) -> DatasetOpt:
@@ -108,7 +108,8 @@ def _from_path(path: Path, args: Any) -> DatasetOpt:
         name=path.name or "user", title=f"user imagery at {path}", root=path,
         classes=classes, extensions=RASTER_EXTENSIONS, band_names=band_names, bands=bands,
         dtype=dtype, rgb_bands=rgb_bands, mean=None, std=None, input_size=size,
-        batch_size=64, lr=1e-3, split_file=_split_file(args), url="", cache_dir=cache_root(args))
+        batch_size=64, lr=1e-3, split_file=_split_file(args), url="", cache_dir=cache_root(args),
+        scenes=f"folder:{path.resolve()}")
 
 
 def _apply_flags(opt: DatasetOpt, args: Any) -> DatasetOpt:

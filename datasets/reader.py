@@ -4,6 +4,11 @@ GeoTIFFs may hold any band count and UInt8/UInt16/Int16/Float32 data. ``read_raw
 the file's native dtype (what the in-memory cache stores: EuroSAT's 27,000 x 13 x 64 x 64
 UInt16 is 2.9 GB, twice that as float32); ``read`` returns float32. Nothing is squeezed to
 uint8: normalisation happens later, per band, in float.
+
+Pixels that are not measurements are refused, naming the file (policy: refuse, never guess a
+fill value): a GeoTIFF pixel equal to its band's nodata tag (e.g. -9999) and a NaN or infinite
+value. Filled in, they would enter the statistics and the features as numbers; fill them
+(``gdal_fillnodata.py``) or remove the file. A nodata tag without such a pixel is fine.
 """
 from __future__ import annotations
 
@@ -38,6 +43,8 @@ class RasterInfo:
 
 
 def _open(path: Path) -> gdal.Dataset:
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserError(f"{path} is an empty file; re-download or remove it")
     try:
         ds = gdal.Open(str(path), gdal.GA_ReadOnly)
     except RuntimeError as err:
@@ -53,24 +60,52 @@ def probe(path: Path) -> RasterInfo:
     if path.suffix.lower() in GDAL_SUFFIXES:
         ds = _open(path)
         dt = gdal.GetDataTypeName(ds.GetRasterBand(1).DataType) if ds.RasterCount else "Byte"
-        np_dt = np.dtype({"Byte": "uint8", "UInt16": "uint16", "Int16": "int16", "UInt32": "uint32",
-                          "Int32": "int32", "Float32": "float32", "Float64": "float64"}.get(dt, "float32"))
+        np_dt = np.dtype(_GDAL_TYPES.get(dt, "float32"))
         return RasterInfo(ds.RasterCount, ds.RasterYSize, ds.RasterXSize, np_dt)
     arr = read_raw(path)
     return RasterInfo(arr.shape[0], arr.shape[1], arr.shape[2], arr.dtype)
 
 
-def band_count(path: Path) -> int:
-    """Bands ``read_raw`` would return for ``path``, from the file's header only (cheap)."""
+_GDAL_TYPES = {"Byte": "uint8", "UInt16": "uint16", "Int16": "int16", "UInt32": "uint32", "Int32": "int32",
+               "Float32": "float32", "Float64": "float64"}
+_PIL_TYPES = {"I;16": "uint16", "I": "int32", "F": "float32"}     # modes read as they are (others: as RGB uint8)
+
+
+@dataclass(frozen=True)
+class RasterHeader:
+    """What a file's header says, without its pixels."""
+
+    bands: int
+    pixel_type: str          # numpy dtype name of the values read_raw returns
+    nodata: bool             # a GeoTIFF band carries a nodata tag
+
+    @property
+    def needs_pixel_check(self) -> bool:
+        """Whether only a full read can tell that every pixel is a measurement (float values, nodata tags)."""
+        return self.nodata or self.pixel_type.startswith("float")
+
+
+def header(path: Path) -> RasterHeader:
+    """Band count, pixel type and nodata tags of ``path`` from its header only (cheap)."""
     path = Path(path)
     if path.suffix.lower() in GDAL_SUFFIXES:
-        return _open(path).RasterCount
+        ds = _open(path)
+        n = ds.RasterCount
+        dt = gdal.GetDataTypeName(ds.GetRasterBand(1).DataType) if n else "Byte"
+        nodata = any(ds.GetRasterBand(b + 1).GetNoDataValue() is not None for b in range(n))
+        return RasterHeader(n, _GDAL_TYPES.get(dt, "float32"), nodata)
     from PIL import UnidentifiedImageError
     try:
         with Image.open(path) as im:
-            return 1 if im.mode in ("L", "I;16", "I", "F") else 3        # other modes are read as RGB
+            one = im.mode in ("L", "I;16", "I", "F")                          # other modes are read as RGB
+            return RasterHeader(1 if one else 3, _PIL_TYPES.get(im.mode, "uint8"), False)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise UserError(f"{path} is not a readable image ({err}); remove or replace the file") from None
+
+
+def band_count(path: Path) -> int:
+    """Bands ``read_raw`` would return for ``path``, from the file's header only (cheap)."""
+    return header(path).bands
 
 
 def read_raw(path: Path, band_index: Sequence[int] | None = None, expect_bands: int | None = None) -> np.ndarray:
@@ -98,8 +133,26 @@ def read_raw(path: Path, band_index: Sequence[int] | None = None, expect_bands: 
             raise UserError(f"{path} could not be read: the file is probably truncated; re-download or remove it")
         if arr.ndim == 2:
             arr = arr[None]
-        return arr
-    return _read_pil(path, band_index, expect_bands)
+        bands = list(range(n)) if band_index is None else [int(i) for i in band_index]
+        for j, b in enumerate(bands):
+            tag = ds.GetRasterBand(b + 1).GetNoDataValue()
+            if tag is not None:
+                hits = int(np.isnan(arr[j]).sum() if np.isnan(tag) else (arr[j] == tag).sum())
+                if hits:
+                    raise UserError(f"{path} has {hits} pixel(s) at its nodata value {tag:g} in band {b + 1}: they are "
+                                    "gaps, not measurements; fill them (gdal_fillnodata.py) or remove the file")
+        return _finite(path, arr)
+    return _finite(path, _read_pil(path, band_index, expect_bands))
+
+
+def _finite(path: Path, arr: np.ndarray) -> np.ndarray:
+    """``arr``, refused when it holds NaN or infinite values (float files only)."""
+    if arr.dtype.kind == "f":
+        bad = int((~np.isfinite(arr)).sum())
+        if bad:
+            raise UserError(f"{path} holds {bad} NaN or infinite pixel value(s): they are not measurements; fill "
+                            "them or remove the file")
+    return arr
 
 
 def max_image_pixels() -> int | None:

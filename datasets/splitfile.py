@@ -4,7 +4,9 @@ Two formats:
 
 * our CSV (``python -m datasets --ds NAME --export-split FILE.csv`` writes it): columns
   ``path,class,split``, ``split`` one of train / val / test, paths relative to the dataset
-  folder; lines starting with ``#`` are comments. ``class`` may be empty for unlabelled
+  folder, and any other columns (the export adds ``split_version``, its provenance), read by
+  name; lines starting with ``#`` are comments (older exports began with one), and a
+  byte-order mark (a spreadsheet's save) is ignored. ``class`` may be empty for unlabelled
   imagery; when given it must be the file's class folder.
 * a folder with the file-name lists of Neumann et al. (2019, "In-domain representation
   learning for remote sensing"), the split TorchGeo uses: ``<prefix>-train.txt``,
@@ -61,7 +63,7 @@ def _read_lists(folder: Path, prefix: str) -> list[tuple[str, str, str, str]]:
     """(where, path, class, split) entries of a folder of Neumann-style lists."""
     out = []
     for sp, f in _list_files(folder, prefix).items():
-        for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1):
+        for n, line in enumerate(f.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1):
             name = line.strip()
             if name and not name.startswith("#"):
                 out.append((f"{f.name}:{n}", name, "", sp))
@@ -70,7 +72,7 @@ def _read_lists(folder: Path, prefix: str) -> list[tuple[str, str, str, str]]:
 
 def _read_csv(path: Path) -> list[tuple[str, str, str, str]]:
     """(where, path, class, split) entries of our ``path,class,split`` CSV."""
-    lines = [(n, line) for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1)
              if line.strip() and not line.lstrip().startswith("#")]
     if not lines:
         raise UserError(f"--split-file {path} is empty; give a path,class,split CSV")

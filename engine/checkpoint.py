@@ -366,14 +366,16 @@ def load_training_state(
     state = read_checkpoint(path, "--resume file", weights_only=False, hint="resume from an older one")
     if not isinstance(state, dict) or "model" not in state or "rng" not in state:
         raise UserError(f"{path} is not a training-state file; pass --resume a file written with --ckpt_freq")
-    try:
-        _unwrap(model).load_state_dict(state["model"])
-    except RuntimeError as err:
-        lines = str(err).splitlines()
-        first_line = lines[1].strip() if len(lines) > 1 else str(err)
-        raise UserError(
-            f"--resume file {path} does not fit this model ({first_line}); resume with the same --netnum and --mode"
-        ) from err
+    target = _unwrap(model).state_dict()
+    saved = state["model"]
+    missing, extra = [k for k in target if k not in saved], [k for k in saved if k not in target]
+    shapes = [k for k in target if k in saved and tuple(saved[k].shape) != tuple(target[k].shape)]
+    if missing or extra or shapes:          # counts and one example, never the list of hundreds of keys
+        example = (shapes or missing or extra)[0]
+        raise UserError(f"--resume file {path} does not fit this model ({len(missing)} of its {len(target)} tensors "
+                        f"missing, {len(extra)} extra, {len(shapes)} of another shape, e.g. {example}); resume with "
+                        "the --netnum and --mode it was written with")
+    _unwrap(model).load_state_dict(saved)
     if optimizer is not None:
         _load_optimizer(path, optimizer, state)
     if scaler is not None and state.get("scaler") is not None:

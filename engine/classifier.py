@@ -19,6 +19,7 @@ from engine import checkpoint as ckpt
 from engine.evaljob import EvalJob
 from engine.lr_decay import param_groups_lrd
 from engine.runtime import move_to
+from engine.labels import checkpoint_choice
 from models import build_model, pretrained
 from models.backbones import SMALL_STEMS
 
@@ -48,12 +49,17 @@ def build_classifier(job: EvalJob) -> nn.Module:
             meta = ckpt.load_backbone(job.init, model.backbone)
             log.info("backbone from %s (pretext %s, epoch %s, dataset %s)", job.init, meta.get("pretext"),
                      meta.get("epoch"), meta.get("dataset"))
+    if imagenet and job.weights is not None:
+        check_finite_weights(model, f"--weights {job.weights}")
+    elif job.mode.job == "finetune":
+        check_finite_weights(model, f"checkpoint {job.init}")
     classifier = job.init if job.mode.job in ("val", "test") else job.resume
     if classifier is not None:
         state = ckpt.read_checkpoint(classifier, weights_only=False)
         if "model" not in state:
             raise UserError(f"{classifier} holds a backbone, not a trained classifier; --mode 2x/3x and --resume "
                             "take checkpoints written by --mode 1x/4x")
+        checkpoint_choice(state.get("meta") or {}, classifier)     # its backbone not chosen on TEST labels
         saved_net = str((state.get("meta") or {}).get("netnum", job.netnum))
         if saved_net != job.netnum:          # e.g. 000000 (resnet18_small) vs 090000 (resnet18): same layer names
             raise UserError(f"{classifier} is a classifier of --netnum {saved_net} ({decode_netnum(saved_net).backbone}), "
@@ -65,9 +71,26 @@ def build_classifier(job: EvalJob) -> nn.Module:
         except RuntimeError as err:
             raise UserError(f"{classifier} does not fit --netnum {job.netnum} with {opt.n_bands} bands and "
                             f"{opt.num_classes} classes ({str(err).splitlines()[0]})") from None
+        check_finite_weights(model, f"classifier {classifier}")
         if job.resume is not None:
             log.info("classifier weights from %s; training continues at epoch %d", classifier, job.sepoch + 1)
     return model
+
+
+def check_finite_weights(model: nn.Module, source: str) -> None:
+    """Weights with NaN or infinite values give NaN predictions (scored as class 0): refused, naming the file."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point()        # an input adapter's clip
+           and (torch.isnan(v).any() if ".input_adapter." in f".{k}" else not torch.isfinite(v).all())]  # bounds: +-inf
+    if bad:
+        raise UserError(f"{source} holds NaN or infinite values ({len(bad)} tensor(s), e.g. {bad[0]}): the file is "
+                        "damaged or the run that wrote it diverged; use another file")
+
+
+def classifier_origin(meta: dict) -> dict:
+    """What a saved classifier keeps of its backbone checkpoint's meta, so rows of --mode 2x/3x name the
+    pretraining (its code version and settings) as the 1x/4x row did."""
+    keep = ("code_version", "args", "epoch", "steps", "expnum", "pretext", "dataset")
+    return {k: meta[k] for k in keep if k in meta}
 
 
 def param_groups(model: nn.Module, hos: int, layer_decay: float | None = None) -> list[dict]:

@@ -18,15 +18,17 @@ import torch
 from config import baselines
 from config.codes import Mode, decode_mode, decode_netnum
 from config.atomic import remove_stale_tmp
-from config.dataset_cfg import DatasetOpt
+from config.dataset_cfg import RASTER_EXTENSIONS, DatasetOpt
 from config.errors import UserError
-from config.limits import check_input_size
+from config.limits import check_input_memory, check_input_size
+from datasets.fingerprint import file_sha256
 from datasets.folder import prepare_dataset
 from datasets.index import Index
 from datasets.options import get_opt
 from engine import checkpoint as ckpt
-from engine import guards, provenance
-from engine.cli import check_process_flags
+from engine import guards, labels, provenance
+from engine.cli import base_parser, check_process_flags
+from engine.identity import flag_columns, flag_values
 from engine.optim import OptimSpec
 from engine.runtime import Procs
 from engine.schedules import ScheduleSpec
@@ -34,6 +36,7 @@ from models import pretrained
 from models.backbones import SMALL_STEMS
 
 log = logging.getLogger(__name__)
+EVAL_BATCH = 128            # images per forward pass when evaluating or extracting features
 PROTOCOLS = {0: "all layers", 1: "backbone at lr/5", 9: "linear probe (frozen backbone)"}
 BN_POLICIES = ("as-trained", "reestimated")
 
@@ -68,6 +71,7 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--results", help="CSV results table (default results/<ds>.csv)")
     g.add_argument("--allow-overlap", dest="allow_overlap", action="store_true",
                    help="evaluate a checkpoint whose pretraining images include test scenes of --ds (refused otherwise; the row records it)")
+    p.set_defaults(_identity=flag_columns(p))      # every flag that can change a row's number (engine/identity.py)
     return p
 
 
@@ -111,6 +115,7 @@ class EvalJob:
     ckpt_dir: Path
     procs: Procs
     init_meta: dict = field(default_factory=dict)   # the checkpoint's meta (provenance, selected_by)
+    flags: dict = field(default_factory=dict)       # row column -> resolved value of every other identity flag
     log: Path | None = None    # per-epoch fine-tuning log, the file that claims ``expnum`` (1x/4x)
 
     @property
@@ -195,6 +200,10 @@ def resolve(args: argparse.Namespace) -> EvalJob:
     _check_flags(args, mode)
     opt, index = prepare_dataset(get_opt(args.ds, args))
     if not opt.labelled:
+        held = sorted({p.parent.name for p in Path(opt.root).glob("*/*") if p.suffix.lower() in RASTER_EXTENSIONS})
+        if len(held) == 1 and not any(p.suffix.lower() in RASTER_EXTENSIONS for p in Path(opt.root).glob("*")):
+            raise UserError(f"--ds {args.ds} holds one class folder ({held[0]}); classification needs at least two "
+                            "classes: add the other class folders beside it")
         raise UserError(f"--ds {args.ds} has no class folders; main_cls.py needs labelled data (class-per-folder)")
     if opt.parts:
         raise UserError(f"--ds {args.ds}: pooled datasets are for pretraining only; evaluate on one dataset")
@@ -203,15 +212,23 @@ def resolve(args: argparse.Namespace) -> EvalJob:
     guards.resolve_vit_finetune(args, args.netnum, trains)
     world = (int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ
              else (args.nproc or max(1, torch.cuda.device_count())) * args.world_size if args.mp_distributed else 1)
+    check_input_memory(opt.input_size, opt.n_bands, max(min(EVAL_BATCH, len(index.train) + len(index.test)),
+                                                        (args.bs or opt.batch_size) // world if trains else 1))
     if trains and args.hos != 9 and (args.bs or opt.batch_size) // world < 2:
         raise UserError(f"--bs {args.bs or opt.batch_size} gives {(args.bs or opt.batch_size) // world} image(s) to each "
                         f"of the {world} process(es); BatchNorm needs at least 2 per process: use --bs {2 * world} or more")
     if mode.job != "val":
         guards.check_split_files(index.test, opt, "test split")
+    labels.check_classes_covered(index, "val" if mode.job == "val" else "test")
     init, init_exp, init_ep = _checkpoint(args, mode)
     if args.probe and mode.job in ("val", "test"):
         raise UserError(f"--probe works with --mode 1x (random/ImageNet features) or 4x (pretrained features), not {mode.code}")
     meta, pretext, native = _provenance(args, mode, opt, index, init)
+    ts_list, seeds = tuple(args.ts_list), tuple(range(args.seed, args.seed + args.nseeds))
+    if mode.job in ("val", "test"):
+        ts_list, seeds = _classifier_draw(args, meta, init, opt, index, mode)
+    if args.encoder_cp and not init_ep and meta.get("epoch") is not None:
+        init_ep = str(meta["epoch"])          # the row names the epoch of the file, as with --cepoch
     if native and args.input_size is None and decode_netnum(args.netnum).backbone not in SMALL_STEMS \
             and int(native) != opt.input_size:
         log.info("%s weights: images resized from %d to their native %d px (Corley et al. 2023, 'resize is all "
@@ -228,6 +245,11 @@ def resolve(args: argparse.Namespace) -> EvalJob:
     if trains:                         # optimiser and schedule flags fail here, not after the features
         optim.build([torch.zeros(1, requires_grad=True)])
         schedule.build(lr, 1)
+    flags = flag_values(args, getattr(args, "_identity", None) or flag_columns(add_args(base_parser("", "cls"))))
+    init_sha = (meta.get("init_sha", "") if mode.job in ("val", "test") else file_sha256(init)[:16] if init
+                else file_sha256(Path(args.weights))[:16] if args.weights else "")
+    flags.update(amp=int(bool(args.amp) and torch.cuda.is_available()), loss="CrossEntropyLoss", processes=world,
+                 init_sha=init_sha, resumed=f"{file_sha256(Path(args.resume))[:16]}@{args.sepoch}" if args.resume else "")
     log_file = None
     if trains:                          # the run's name is claimed last, when nothing else can fail
         guards.check_writable_folder(Path(args.ckpt), "--ckpt")
@@ -237,8 +259,8 @@ def resolve(args: argparse.Namespace) -> EvalJob:
             expnum = ckpt.claim_expnum(Path(args.ckpt), args.netnum, mode.name)
             log_file = ckpt.log_path(Path(args.ckpt), args.netnum, expnum)
     return EvalJob(mode=mode, opt=opt, index=index, netnum=args.netnum, init=init, init_expnum=init_exp,
-                   init_epoch=init_ep, pretext=pretext, expnum=expnum, results=results, ts_list=tuple(args.ts_list),
-                   seeds=tuple(range(args.seed, args.seed + args.nseeds)), hos=args.hos, probe=args.probe,
+                   init_epoch=init_ep, pretext=pretext, expnum=expnum, results=results, ts_list=ts_list,
+                   seeds=seeds, hos=args.hos, probe=args.probe,
                    select_on=args.select_on, knn_k=args.knn_k, knn_vote=args.knn_vote, bn_stats=args.bn_stats,
                    layer_decay=args.layer_decay, drop_path=args.drop_path or 0.0, tta=bool(args.tta),
                    imagenet=bool(args.ptcp) and mode.job == "train",
@@ -247,7 +269,7 @@ def resolve(args: argparse.Namespace) -> EvalJob:
                    bs=args.bs or opt.batch_size, optim=optim, schedule=schedule, workers=args.workers,
                    pin_memory=bool(args.pin_memory), sync_bn=bool(args.sync_bn), vis=bool(args.vis),
                    allow_overlap=bool(args.allow_overlap), ckpt_dir=Path(args.ckpt), procs=Procs.from_args(args),
-                   init_meta=meta, log=log_file)
+                   init_meta=meta, flags=flags, log=log_file)
 
 
 def _checkpoint(args: argparse.Namespace, mode: Mode) -> tuple[Path | None, str, str]:
@@ -273,6 +295,36 @@ def _checkpoint(args: argparse.Namespace, mode: Mode) -> tuple[Path | None, str,
     return init, init_exp, init_ep
 
 
+def _classifier_draw(args: argparse.Namespace, meta: dict, init: Path, opt: DatasetOpt, index: Index,
+                     mode: Mode) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """--mode 2x/3x: the classifier must be one of this dataset (its classes) and split (its shots must not be
+    what it is scored on); the row takes the classifier's own draw, its train scale and seed."""
+    name, classes = meta.get("dataset"), meta.get("classes")
+    if (classes is not None and list(classes) != list(opt.classes)) or (classes is None and name and name != opt.name):
+        listed = f" ({', '.join(list(classes)[:4])}{', ...' if len(classes) > 4 else ''})" if classes else ""
+        raise UserError(f"{init} is a classifier of --ds {name}{listed}, not of --ds {opt.name}; evaluate it with "
+                        f"--ds {name}")
+    scored = index.val if mode.job == "val" else index.test
+    leaked = sorted(set(meta.get("shots", [])) & {s.key for s in scored})
+    if meta.get("split_version") is None:
+        log.warning("%s records no split version (written before it was): cannot check that its shots are not "
+                    "among the images it is scored on", init)
+    elif meta["split_version"] != index.split_version or leaked:
+        raise UserError(f"{init} was trained on split {meta['split_version']} of --ds {name}, this run's split is "
+                        f"{index.split_version}" + (f" ({len(leaked)} of its shots are scored here)" if leaked else "")
+                        + ": pass the --split-file it was trained with, or train a classifier on this split")
+    if meta.get("ts") is None or meta.get("seed") is None:
+        return tuple(args.ts_list), (args.seed,)
+    ts, seed = float(meta["ts"]), int(meta["seed"])
+    if tuple(args.ts_list) != (1.0,) and float(args.ts_list[0]) != ts:
+        raise UserError(f"{init} was trained at --ts {ts:g}, not {args.ts_list[0]:g}; drop --ts (the row takes the "
+                        f"classifier's) or pass --ts {ts:g}")
+    if args.seed not in (0, seed) or args.nseeds != 1:
+        raise UserError(f"{init} was trained with --seed {seed} (one draw); drop --seed/--nseeds (the row takes the "
+                        f"classifier's) or pass --seed {seed}")
+    return (ts,), (seed,)
+
+
 def _provenance(args: argparse.Namespace, mode: Mode, opt: DatasetOpt, index: Index,
                 init: Path | None) -> tuple[dict, str, int | None]:
     """The checkpoint's meta, what the backbone learnt from, and the input size its weights want;
@@ -283,8 +335,10 @@ def _provenance(args: argparse.Namespace, mode: Mode, opt: DatasetOpt, index: In
                             "starts from random/ImageNet weights: drop it")
         return {}, "imagenet" if args.ptcp else "random", baselines.IMAGENET_INPUT_SIZE if args.ptcp else None
     assert init is not None
-    if mode.job == "finetune" and (foreign := pretrained.recognise(
-            ckpt.read_checkpoint(init, weights_only=True, hint="pick another file"), init)) is not None:
+    if mode.job == "finetune" and (foreign := pretrained.recognise(ckpt.read_checkpoint(
+            init, "--encoder_cp file" if args.encoder_cp else "checkpoint", weights_only=True,
+            hint="pass a backbone <netnum>_<expnum>_<epoch>.pth written by pretraining, or SSL4EO-S12/TorchGeo "
+                 "weights"), init)) is not None:
         if args.allow_overlap:
             raise UserError(f"{init} holds external weights ({foreign.meta['dataset']}) without a scene list, so there "
                             "is no overlap check to override: drop --allow-overlap")
@@ -294,7 +348,7 @@ def _provenance(args: argparse.Namespace, mode: Mode, opt: DatasetOpt, index: In
     meta = dict(ckpt.read_checkpoint(init, weights_only=False).get("meta") or {})
     pretext = str(meta.get("pretext", meta.get("pretrain", "")))
     native = meta.get("input_size") if mode.job in ("val", "test") else None   # a classifier keeps its size
-    check_best(meta, init, args.cepoch)
+    meta["selected_by"] = labels.checkpoint_choice(meta, init)      # refuses one chosen on TEST labels
     external = str(meta.get("pretrain", "")).startswith("ssl4eo-")
     if mode.job in ("val", "test") and (meta.get("pretrain") in ("random", "imagenet") or external):
         if args.allow_overlap:
@@ -303,10 +357,3 @@ def _provenance(args: argparse.Namespace, mode: Mode, opt: DatasetOpt, index: In
     else:
         provenance.check_checkpoint(meta, init, opt, index, args.allow_overlap)
     return meta, pretext, native
-
-
-def check_best(meta: dict, path: Path, cepoch: str | None) -> None:
-    """``--cepoch best`` only for a checkpoint chosen on the validation slice (older ones read TEST labels)."""
-    if str(cepoch).strip() == "best" and meta.get("selected_by") != "val-knn":
-        raise UserError(f"{path} was chosen as 'best' by {meta.get('selected_by') or 'kNN accuracy on TEST labels (written before the validation slice)'}, "
-                        "not by the kNN monitor on the validation slice; pass a numbered --cepoch (the last epoch) or re-run pretraining")

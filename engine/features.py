@@ -3,7 +3,9 @@
 Cache: ``<cache>/<dataset>/features/<key>.npz``. The key names everything the features depend
 on: the checkpoint's content (SHA-256), or ImageNet weights, or the seed of a random
 initialisation; the netnum; the dataset folder, its split version and file list (paths and
-labels); band selection, input size and normalisation. Each file stores the image paths with the
+labels) with every file's size, modification and change time (images rewritten under the same
+names miss the cache); band selection, input size and normalisation. Features that are NaN or
+infinite are refused, naming the images (or the weights, when every image has them). Each file stores the image paths with the
 features, and features are looked up by path, never by position, so a changed file list can
 neither hit a stale entry nor pair an image with another image's features. Files are written
 under a unique temporary name and renamed into place (concurrent runs).
@@ -23,17 +25,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from config.atomic import atomic_write
+from config.errors import UserError
+from datasets.fingerprint import file_sha256, files_fingerprint
 from datasets.folder import make_dataset
 from datasets.index import Sample
 from datasets.transforms import plain
 from engine.classifier import build_classifier, reestimate_bn
-from engine.evaljob import EvalJob
+from engine.evaljob import EVAL_BATCH, EvalJob
 from engine.knn import extract_indexed
 from engine.runtime import Runtime, reseed
 
 log = logging.getLogger(__name__)
 
-FEATURE_FORMAT = 2         # bump when what a cached row means changes
+FEATURE_FORMAT = 3         # bump when what a cached row means changes (3: files keyed by content too)
 
 
 @dataclass
@@ -57,15 +61,6 @@ class FeatureTable:
         return self.feats[idx], np.array([s.label for s in samples], dtype=np.int64)
 
 
-def file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file's content (a copied or renamed checkpoint keeps its features)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def samples_digest(samples: Sequence[Sample]) -> str:
     """SHA-256 of the sorted (path, label) pairs: changes whenever the file list or a label does."""
     h = hashlib.sha256()
@@ -78,9 +73,9 @@ def feature_identity(job: EvalJob) -> dict:
     """Everything the cached features depend on (the cache key is its digest)."""
     opt, index = job.opt, job.index
     if job.init is not None:
-        weights = f"checkpoint sha256:{file_digest(job.init)}"
+        weights = f"checkpoint sha256:{file_sha256(job.init)}"
     elif job.imagenet and job.weights is not None:
-        weights = f"imagenet file sha256:{file_digest(job.weights)}"
+        weights = f"imagenet file sha256:{file_sha256(job.weights)}"
     elif job.imagenet:
         import torchvision
         weights = f"imagenet torchvision {torchvision.__version__}"
@@ -92,6 +87,7 @@ def feature_identity(job: EvalJob) -> dict:
         "dataset": opt.name, "root": str(Path(opt.root).resolve()),
         "split_version": str(getattr(index, "split_version", "")),
         "train_files": samples_digest(index.train), "test_files": samples_digest(index.test),
+        "files_fingerprint": files_fingerprint(s.path for s in list(index.train) + list(index.test)),
         "bands": list(opt.bands), "input_size": int(opt.input_size),
         "bn_stats": job.bn_stats,
         "mean": [round(float(v), 6) for v in np.asarray(opt.mean).ravel()],
@@ -99,6 +95,28 @@ def feature_identity(job: EvalJob) -> dict:
         # ViTs: the token summary the probe reads (cls / avg), named by the checkpoint's meta or the method
         **({"vit_feature": job.init_meta["vit_feature"]} if job.init_meta.get("vit_feature") else {}),
     }
+
+
+def weights_source(job: EvalJob) -> str:
+    """Where the backbone's weights came from, for a message."""
+    if job.init is not None:
+        return f"checkpoint {job.init}"
+    if job.weights is not None:
+        return f"--weights {job.weights}"
+    return "ImageNet weights" if job.imagenet else f"random init, seed {job.seeds[0]}"
+
+
+def check_finite(feats: np.ndarray, samples: Sequence[Sample], source: str) -> None:
+    """NaN or infinite features would be scored as class 0: refused, naming the images (or the weights)."""
+    ok = np.isfinite(feats).all(axis=1)
+    if ok.all():
+        return
+    if not ok.any():
+        raise UserError(f"the backbone ({source}) gives NaN or infinite features for every image: its weights are "
+                        "damaged or overflow; use another checkpoint")
+    bad = [samples[i].path.as_posix() for i in np.flatnonzero(~ok)]
+    raise UserError(f"the backbone ({source}) gives NaN or infinite features for {len(bad)} of the {len(samples)} "
+                    f"images (e.g. {', '.join(bad[:3])}): their pixel values overflow it; check or remove those files")
 
 
 def load_cache(path: Path, identity: dict, samples: Sequence[Sample]) -> FeatureTable | None:
@@ -147,11 +165,13 @@ def probe_features(job: EvalJob, rt: Runtime) -> FeatureTable:
         reestimate_bn(model.backbone, job.index.train, opt, rt.device, job.workers, seed=job.seeds[0],
                       channels_last=rt.channels_last)
     ds = make_dataset(opt, samples, lambda o: plain(o.input_size, o.mean, o.std))
-    loader = DataLoader(ds, batch_size=128, num_workers=job.workers, shuffle=False)
+    loader = DataLoader(ds, batch_size=EVAL_BATCH, num_workers=job.workers, shuffle=False)
     feats, _, idx = extract_indexed(model.backbone, loader, rt.device, rt.amp, rt.channels_last)
     if sorted(idx.tolist()) != list(range(len(samples))):
         raise RuntimeError(f"feature extraction covered {len(set(idx.tolist()))} of {len(samples)} images")
-    table = FeatureTable([samples[i].path.as_posix() for i in idx.tolist()], feats.numpy())
+    ordered = [samples[i] for i in idx.tolist()]
+    check_finite(feats.numpy(), ordered, weights_source(job))
+    table = FeatureTable([s.path.as_posix() for s in ordered], feats.numpy())
     log.info("frozen features of %d images (%d-d) in %.1f s; cached in %s", len(samples), table.feats.shape[1],
              time.time() - t0, path)
     save_cache(path, identity, table)

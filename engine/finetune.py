@@ -20,21 +20,24 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from config.dist import spawn
+from config.errors import UserError
 from datasets.folder import make_dataset
 from datasets.index import Sample, few_shot
 from datasets.transforms import build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
 from engine import labels
-from engine.classifier import TRAIN_PLAN, build_classifier, check_frozen, param_groups, reestimate_bn
+from engine.classifier import (TRAIN_PLAN, build_classifier, check_frozen, classifier_origin, param_groups,
+                               reestimate_bn)
 from engine.cli import setup_logging
-from engine.evaljob import EvalJob, resolve
+from engine.evaljob import EVAL_BATCH, EvalJob, resolve
 from engine.logger import EpochLog
 from engine.probe import run_probe
 from engine.report import report
-from engine.runtime import Runtime, init_runtime, move_to, reseed, seed_worker, use_tqdm
+from engine.runtime import Runtime, init_runtime, move_to, reseed, sample_seed, seed_worker, use_tqdm
 
 log = logging.getLogger(__name__)
+RANK_STREAM = 2**32 + 1    # sample_seed "index" of a rank's loader generator (above every image index)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -88,13 +91,14 @@ def run_one(job: EvalJob, rt: Runtime, ts: float, seed: int) -> dict:
     t0 = time.time()
     opt = job.opt
     reseed(seed, 0, rt.rank)
-    train = few_shot(labels.fewshot_pool(job.index), ts, seed, opt.classes)
+    trains = job.mode.job in ("train", "finetune")
+    train = few_shot(labels.fewshot_pool(job.index), ts, seed, opt.classes) if trains else []
     model = build_classifier(job).to(rt.device)
     if job.bn_stats == "reestimated":                # --hos 9: the frozen backbone's statistics (the plan checked)
         reestimate_bn(model.backbone, job.index.train, opt, rt.device, job.workers, seed=seed,
                       channels_last=rt.channels_last)
     epochs = 0
-    if job.mode.job in ("train", "finetune"):
+    if trains:
         epochs = job.schedule.epochs
         fit(model, train, job, rt, seed)
     # the label rule (engine/labels.py): mode 2x scores the fixed validation slice, every other mode the test split
@@ -102,16 +106,23 @@ def run_one(job: EvalJob, rt: Runtime, ts: float, seed: int) -> dict:
     y_true, y_pred = evaluate(model, eval_set, job, rt)
     if not rt.is_main:
         return {}
-    metrics = report(y_true, y_pred, job, ts, seed, len(train), len(eval_set), epochs, time.time() - t0,
+    # 2x/3x: the classifier's own draw (seed, shots) as its checkpoint records it (engine/evaljob.py)
+    n_train = len(train) if trains else job.init_meta.get("n_train", "")
+    metrics = report(y_true, y_pred, job, ts, seed, n_train, len(eval_set), epochs, time.time() - t0,
                      hos=str(job.hos), probe="", eval_set=eval_set)
-    if job.mode.job in ("train", "finetune"):
+    if trains:
         path = ckpt.ckpt_path(job.ckpt_dir, job.netnum, job.expnum + f"_ts{ts:g}_s{seed}", epochs)
         path.parent.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_save({"model": model.state_dict(), "meta": {"netnum": job.netnum, "dataset": opt.name,
-                          "ts": ts, "seed": seed, "pretrain": job.pretext, "input_size": opt.input_size,
-                          **({"provenance": job.init_meta["provenance"]} if "provenance" in job.init_meta else {}),
-                          **({"band_groups": job.init_meta["band_groups"]} if "band_groups" in job.init_meta else {}),
-                          "metrics": {k: metrics[k] for k in ("OA", "AA", "kappa", "macro_F1")}}}, path)
+        meta = job.init_meta
+        ckpt.atomic_save({"model": model.state_dict(), "meta": {
+            "netnum": job.netnum, "dataset": opt.name, "classes": list(opt.classes),
+            "split_version": job.index.split_version, "ts": ts, "seed": seed, "n_train": len(train),
+            "shots": sorted(s.key for s in train), "pretrain": job.pretext, "input_size": opt.input_size,
+            "selected_by": meta.get("selected_by", ""), "pretrain_meta": classifier_origin(meta),
+            "init_sha": job.flags.get("init_sha", ""),
+            **({"provenance": meta["provenance"]} if "provenance" in meta else {}),
+            **({"band_groups": meta["band_groups"]} if "band_groups" in meta else {}),
+            "metrics": {k: metrics[k] for k in ("OA", "AA", "kappa", "macro_F1")}}}, path)
         log.info("classifier saved to %s", path)
     return metrics
 
@@ -128,14 +139,7 @@ def fit(model: nn.Module, train: list[Sample], job: EvalJob, rt: Runtime, seed: 
         net = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None)
     tf = lambda o: build_plan(TRAIN_PLAN, o.input_size, o.mean, o.std, o.rgb_index)  # noqa: E731
     ds = make_dataset(opt, train, tf, cache=job.pin_memory)
-    per_bs = max(1, min(job.bs // rt.world, len(train) // rt.world or 1))
-    gen = torch.Generator().manual_seed(seed)
-    sampler = (DistributedSampler(ds, rt.world, rt.rank, shuffle=True, seed=seed) if rt.distributed
-               else RandomSampler(ds, generator=gen))
-    # a trailing batch of ONE image would break BatchNorm in training mode: drop only that
-    lone = len(sampler) > 1 and len(sampler) % per_bs == 1
-    loader = DataLoader(ds, batch_size=per_bs, sampler=sampler, num_workers=job.workers, drop_last=lone,
-                        worker_init_fn=seed_worker, generator=gen, pin_memory=rt.device.type == "cuda")
+    loader, sampler, gen = train_loader(ds, job.bs, rt, seed, job.workers)
     optimizer = job.optim.build(groups)
     schedule = job.schedule.build(job.optim.lr, len(loader))
     criterion = nn.CrossEntropyLoss()
@@ -147,9 +151,7 @@ def fit(model: nn.Module, train: list[Sample], job: EvalJob, rt: Runtime, seed: 
         from tqdm import tqdm
         epochs = tqdm(epochs, desc=f"fine-tune seed {seed}", leave=False)
     for epoch in epochs:
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        gen.manual_seed(seed * 1_000_003 + epoch)
+        start_epoch(sampler, gen, seed, epoch, rt.rank)
         net.train()
         if job.hos == 9:
             model.backbone.eval()                # BatchNorm statistics stay frozen too
@@ -172,12 +174,35 @@ def fit(model: nn.Module, train: list[Sample], job: EvalJob, rt: Runtime, seed: 
             log.info("seed %d epoch %d/%d  loss %.4f", seed, epoch + 1, job.schedule.epochs, total / max(n, 1))
 
 
+def train_loader(ds, bs: int, rt: Runtime, seed: int, workers: int) -> tuple[DataLoader, Sampler, torch.Generator]:
+    """Shuffled batches of this process's share (``bs`` is the total over processes) and the generator that
+    seeds its order and its workers' augmentations (:func:`start_epoch` before every epoch)."""
+    n = len(ds)
+    per_bs = max(1, min(bs // rt.world, n // rt.world or 1))
+    gen = torch.Generator().manual_seed(seed)
+    sampler = (DistributedSampler(ds, rt.world, rt.rank, shuffle=True, seed=seed) if rt.distributed
+               else RandomSampler(ds, generator=gen))
+    # a trailing batch of ONE image would break BatchNorm in training mode: drop only that
+    lone = len(sampler) > 1 and len(sampler) % per_bs == 1
+    loader = DataLoader(ds, batch_size=per_bs, sampler=sampler, num_workers=workers, drop_last=lone,
+                        worker_init_fn=seed_worker, generator=gen, pin_memory=rt.device.type == "cuda")
+    return loader, sampler, gen
+
+
+def start_epoch(sampler: Sampler, gen: torch.Generator, seed: int, epoch: int, rank: int) -> None:
+    """Seed an epoch: rank 0 (and a single process) from ``(seed, epoch)`` as always; every other rank folds its
+    rank in (as pretraining's per-sample seeds do), so ranks never share their workers' augmentation streams."""
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+    gen.manual_seed(seed * 1_000_003 + epoch if rank == 0 else sample_seed(seed, epoch, rank, RANK_STREAM))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, samples: list[Sample], job: EvalJob, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
     """Predictions for ``samples`` (each exactly once, also when distributed); ``--tta`` averages 8 views."""
     ds = make_dataset(job.opt, samples, lambda o: plain(o.input_size, o.mean, o.std))
     sampler = ShardSampler(len(ds), rt.rank, rt.world)
-    loader = DataLoader(ds, batch_size=128, sampler=sampler, num_workers=job.workers)
+    loader = DataLoader(ds, batch_size=EVAL_BATCH, sampler=sampler, num_workers=job.workers)
     model.eval()
     idx_all, pred_all = [], []
     for x, _, idx in loader:
@@ -188,7 +213,7 @@ def evaluate(model: nn.Module, samples: list[Sample], job: EvalJob, rt: Runtime)
             else:
                 prob = model(x).float().softmax(1)
         idx_all.append(idx)
-        pred_all.append(prob.argmax(1).cpu())
+        pred_all.append(torch.where(torch.isfinite(prob).all(1), prob.argmax(1), -1).cpu())   # -1: NaN output
     idx = torch.cat(idx_all) if idx_all else torch.zeros(0, dtype=torch.long)
     pred = torch.cat(pred_all) if pred_all else torch.zeros(0, dtype=torch.long)
     if rt.distributed:
@@ -199,6 +224,11 @@ def evaluate(model: nn.Module, samples: list[Sample], job: EvalJob, rt: Runtime)
         pred = torch.tensor([pairs[i] for i in sorted(pairs)])
     if len(idx) != len(samples) or len(set(idx.tolist())) != len(samples):
         raise RuntimeError(f"evaluation covered {len(set(idx.tolist()))} of {len(samples)} images")
+    bad = [samples[i].path.as_posix() for i, p in zip(idx.tolist(), pred.tolist()) if p < 0]
+    if bad:                 # never scored as class 0
+        raise UserError(f"the classifier gives NaN or infinite outputs for {len(bad)} of the {len(samples)} images "
+                        f"(e.g. {', '.join(bad[:3])}): their pixel values overflow it, or training diverged; check "
+                        "those files, or train with a lower --lr")
     order = torch.argsort(idx)
     y_true = np.array([samples[i].label for i in idx[order].tolist()])
     return y_true, pred[order].numpy()

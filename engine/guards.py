@@ -24,7 +24,7 @@ from config.codes import Mode, decode_netnum
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
 from datasets.index import Sample
-from datasets.reader import band_count, read_raw
+from datasets.reader import header, read_raw
 from engine.results import is_result_table
 VIT_LAYER_DECAY = 0.75      # MAE main_finetune.py --layer_decay 0.75 (FINETUNE.md: ViT-L/H)
 VIT_DROP_PATH = 0.1         # MAE main_finetune.py --drop_path 0.1 (FINETUNE.md: ViT-B)
@@ -51,6 +51,11 @@ def check_values(args: argparse.Namespace) -> None:
         raise UserError(f"--warmup {args.warmup} must be >= 0 epochs")
     if args.sepoch < 0:
         raise UserError(f"--sepoch {args.sepoch} must be >= 0: the number of epochs already done")
+    expnum = getattr(args, "expnum", None)
+    if expnum is not None and ("/" in expnum or "\\" in expnum or os.sep in expnum or ".." in expnum
+                               or expnum.strip(". ") == ""):
+        raise UserError(f"--expnum {expnum} is a name, not a path: drop the folder part ('/', '..'); the folder "
+                        "is --ckpt, e.g. --ckpt ck --expnum 26336120000_pretrain")
     if args.input_size is not None and args.input_size < 1:
         raise UserError(f"--input_size {args.input_size} must be a positive number of pixels, e.g. --input_size 64")
     if args.nproc is not None and args.nproc < 1:
@@ -186,31 +191,39 @@ def check_writable_folder(folder: Path, flag: str) -> None:
 
 def check_split_files(samples: Sequence[Sample], opt: DatasetOpt, what: str) -> None:
     """A split read after training: non-empty, and every file present with the right band
-    count in its header; one file per class is decoded in full. Cheap (headers only, e.g. 2 s
+    count in its header; one file per class is decoded in full, and so is every file whose
+    pixels could be gaps (a nodata tag) or NaN (float values). Cheap (headers only, e.g. 2 s
     for EuroSAT's 5,400 test GeoTIFFs), and what fails here would otherwise fail after the fit."""
     if not samples:
+        if opt.split_file is not None:
+            raise UserError(f"--split-file {opt.split_file} has no {what.split()[0]} rows; give it rows with split "
+                            f"{what.split()[0]} (e.g. export one with python -m datasets --ds {opt.name} --export-split F)")
         raise UserError(f"the {what} of --ds {opt.name} ({opt.root}) is empty; every class needs at least 2 images "
                         "so that one lands in it")
     want = len(opt.band_names)
+    full: list[Path] = []          # files whose pixels must be read to know they are all measurements
 
-    def header(s: Sample) -> None:
+    def check_header(s: Sample) -> None:
         try:
             if s.path.stat().st_size == 0:
                 raise UserError(f"{s.path} (in the {what}) is an empty file; re-download or remove it")
         except FileNotFoundError:
             raise UserError(f"{s.path} (in the {what}) is gone; restore it or remove it from the dataset folder") from None
-        n = band_count(s.path)
+        head = header(s.path)
+        n = head.bands
         if n != want and not (n == 1 and want == 3):        # a grayscale jpg in an RGB set is read as RGB
             raise UserError(f"{s.path} (in the {what}) has {n} band(s) but --ds {opt.name} expects {want}; "
                             "check --ds / --dtype or remove the file")
+        if head.needs_pixel_check:                           # float values or nodata tags: NaN / gaps refused
+            full.append(s.path)
 
     with ThreadPoolExecutor(4) as pool:                      # GDAL releases the GIL while opening
-        list(pool.map(header, samples))
+        list(pool.map(check_header, samples))
     first = {}
     for s in samples:
         first.setdefault(s.label, s.path)
-    for path in first.values():
-        read_raw(path, opt.band_index, want)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda p: read_raw(p, opt.band_index, want), sorted(set(first.values()) | set(full))))
 
 
 def check_results_table(path: Path) -> None:
@@ -227,7 +240,7 @@ def check_results_table(path: Path) -> None:
         raise UserError(f"--results {path} is not readable and writable; fix its permissions or pass another file")
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")       # a byte-order mark (a spreadsheet's save) is fine
     except UnicodeDecodeError as err:
         raise UserError(f"--results {path} is not UTF-8 text (byte {err.start}); pass another --results file "
                         "or convert it to UTF-8") from None

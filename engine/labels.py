@@ -11,6 +11,8 @@ validation slice inside it, and a test split:
   (``--select-on val``), mode 2x (val) -- reads only :func:`selection_set`, the
   validation slice. :func:`monitor_sets` is the monitor's memory (labelled pool images)
   and queries (the slice).
+* **Checkpoints** are used only when chosen by their epoch or on the validation slice
+  (:func:`checkpoint_choice`, asked wherever a checkpoint is loaded).
 * **The test split** (:func:`final_eval_set`) is read only to compute the final rows
   (OA, AA, kappa, F1, per-class accuracy) after every choice above has been made.
 
@@ -19,6 +21,8 @@ slice included, but never a test image. Ask these functions instead of reaching 
 ``Index`` fields, so a reader can check the rule in one place.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 from config.errors import UserError
 from datasets.index import Index, Sample
@@ -64,3 +68,40 @@ def final_eval_set(index: Index) -> list[Sample]:
         raise UserError(f"split {index.split_version} has no test images to evaluate on; "
                         "use a split (or --split-file) with test rows")
     return list(index.test)
+
+
+def checkpoint_choice(meta: dict, path: Path) -> str:
+    """What chose the checkpoint at ``path``: ``epoch``/``last`` (its number), ``val-knn`` (the monitor on the
+    validation slice) or ``published``; one chosen on TEST labels is refused, on every path that loads one.
+
+    ``best`` files written before the validation slice existed say nothing (or their ``selected_epoch``) and
+    were chosen by kNN accuracy on test labels; they are told apart by that or by their ``_best`` name.
+    """
+    chosen = meta.get("selected_by") or None          # "": a classifier trained from random or ImageNet weights
+    if chosen in ("val-knn", "epoch", "last", "published"):
+        return str(chosen)
+    if chosen is None and "selected_epoch" not in meta and not Path(path).stem.endswith("_best"):
+        return "epoch" if meta.get("epoch") is not None else ""
+    raise UserError(f"{path} was chosen as 'best' by {chosen or 'kNN accuracy on TEST labels (written before the validation slice)'}, "
+                    "not by the kNN monitor on the validation slice; use a numbered checkpoint of that run "
+                    "(--cepoch N, the last epoch) or re-run pretraining")
+
+
+def check_classes_covered(index: Index, scored_on: str) -> None:
+    """Every class needs a shot to learn from and an image to be scored on (``test``, or ``val`` for mode 2x);
+    otherwise the row would claim its ``--ts`` for a class that had no shot, or average over a class it never
+    scored. Refused, naming the classes and the counts."""
+    _labelled(index, "a few-shot evaluation")
+    names = index.classes or ()
+    pool = index.counts("pool")
+    scored = index.counts("val" if scored_on == "val" else "test")
+    where = "validation slice" if scored_on == "val" else "test split"
+    for count, place, why in ((pool, "few-shot pool (training split minus validation slice)",
+                               "a classifier cannot learn it"), (scored, where, "no row could score it")):
+        empty = [c for c in names if count[c] == 0]
+        if empty:
+            detail = ", ".join(f"{c}: {pool[c]} pool / {index.counts('val')[c]} val / {index.counts('test')[c]} test"
+                               for c in empty[:5])
+            raise UserError(f"class(es) {', '.join(empty[:5])} of split {index.split_version} have no image in the "
+                            f"{place} ({detail}): {why}; give every class images there (more images, or the rows of "
+                            "a --split-file) or move those class folders out")

@@ -12,7 +12,6 @@ import argparse
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,116 +21,26 @@ import torch
 import models.pretext as pretexts
 from config.codes import PRETEXTS, Mode, decode_mode, decode_netnum
 from config.atomic import remove_stale_tmp
+from config.ckptio import describe_file
 from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
-from config.limits import check_input_size
+from config.limits import check_input_memory, check_input_size
 from datasets.folder import prepare_dataset
 from datasets.index import Index, Sample, few_shot
 from datasets.options import get_opt
-from datasets.views import crop_scale_of, parse_scale
+from datasets.views import crop_scale_of
 from engine import checkpoint as ckpt
-from engine import guards, recipes
+from engine import guards, labels, provenance, recipes
 from engine.cli import check_process_flags
 from engine.optim import OptimSpec
+from engine.pretrain_flags import check_lr_selection, parse_knn_freq
+from engine.results import code_version
 from engine.runtime import Procs
 from engine.schedules import ScheduleSpec
 from engine.vis import band_triplet, check_vis_flags
 from models import build_backbone
 
 log = logging.getLogger(__name__)
-
-def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags of main_cls_ss_train.py on top of engine.cli.base_parser."""
-    g = p.add_argument_group("pretraining")
-    g.add_argument("--recipe", type=recipes.recipe_arg, default=None,
-                   help="paper: the method's own settings; small: batches <= 256 and a few thousand steps "
-                        "(docs/recipes.md). It fills every optimiser, schedule, head and view setting you do not "
-                        f"give (default {recipes.DEFAULT_RECIPE})")
-    g.add_argument("--crop-scale", "--crop_scale", dest="crop_scale", type=_crop_scale, default=None,
-                   help="LO,HI: the --aug_p plan's crop becomes a random resized crop of that area range applied to "
-                        "EVERY augmented view (e.g. 0.08,1); 'plan': the plan's own crop (default: the --recipe's, "
-                        "or 'plan' when --aug/--aug_p are given)")
-    g.add_argument("--exclude-bias-norm", dest="exclude_bias_norm", action=argparse.BooleanOptionalAction,
-                   default=None, help="biases, norm parameters and no_weight_decay() names get no weight decay and no "
-                                      "LARS adaptation, whatever the optimiser (default: on, off where the --recipe's "
-                                      "paper decays everything)")
-    g.add_argument("--bias-lr-scale", dest="bias_lr_scale", type=float, default=None,
-                   help="lr factor of the bias/norm group (default 1, or the --recipe's: Barlow Twins 0.0048/0.2 = 0.024)")
-    g.add_argument("--freeze-patch-embed", dest="freeze_patch_embed", action=argparse.BooleanOptionalAction,
-                   default=None, help="ViT codes: keep the patch embedding at its initial (random) weights, MoCo v3's "
-                                      "random patch projection (default: the --recipe's, on for 910-915 on ViTs)")
-    g.add_argument("--clip-grad", dest="clip_grad", type=float, default=None,
-                   help="cap each parameter tensor's gradient norm at this value after backward, as DINO's "
-                        "utils.clip_gradients (0: off; default: the --recipe's, 3 for DINO's paper recipe, else off)")
-    g.add_argument("--aug", type=int, help="SimCLR: how the two views are made (1-5, see README; default 5)")
-    g.add_argument("--aug_p", "--aug-p", dest="aug_p", help="SimCLR: augmentation plan of an augmented view (A-E, S1-S6; default S5)")
-    g.add_argument("--loss", help="loss of the pretext (default: the pretext's own, e.g. NTXentLoss for 910)")
-    g.add_argument("--feature_dim", "--feature-dim", dest="feature_dim", type=int, default=None,
-                   help="projection (or DINO prototype) output size of every method with a projector "
-                        "(default: the method's own, e.g. 128 for 910/911, 8192 for 914/915)")
-    g.add_argument("--tau", type=float, default=None,
-                   help="temperature of every method that has one (default: the method's own: 0.5 for 910, "
-                        "0.2 for 911, the student's 0.1 for 916)")
-    g.add_argument("--ckpt_freq", "--ckpt-freq", dest="ckpt_freq", type=int, default=0,
-                   help="every N epochs save the backbone <netnum>_<expnum>_<epoch>.pth and the full state for --resume (0: only the final backbone)")
-    g.add_argument("--no-sync-bn", dest="no_sync_bn", action="store_true",
-                   help="keep BatchNorm per process on GPUs (default there with several processes for pretexts whose "
-                        "loss couples a batch's images, e.g. 910/920: SyncBatchNorm)")
-    g.add_argument("--gpu-aug", dest="gpu_aug", action=argparse.BooleanOptionalAction, default=None,
-                   help="make the --aug/--aug_p views of each batch on the device (datasets/gpu_aug.py), the workers "
-                        "only decode; default: on with a GPU for the pretexts that use --aug (needs images of one size)")
-    g.add_argument("--cache-size", dest="cache_size", type=int, default=None,
-                   help="with --pin-memory: cache every image resized to this side (e.g. the training resolution, "
-                        "or more to keep random crops sharp) instead of at native resolution")
-    g.add_argument("--knn-freq", dest="knn_freq", default="auto",
-                   help="kNN monitor on the validation slice: auto (about 5%% of the training time: after epoch 1, "
-                        "then as often as that budget allows, and after the last epoch), or every N epochs (0: off)")
-    g.add_argument("--dry-run", dest="dry_run", action="store_true",
-                   help="resolve and check everything (recipe, lr, data, iterations per epoch), print the plan as "
-                        "JSON and exit without writing anything")
-    g.add_argument("--lr-selection", dest="lr_selection", default=None,
-                   help="how --lr was chosen, recorded in the checkpoint and every row built from it: "
-                        "val-knn:LR1,LR2,LR3@STEPS (the validation-slice kNN accuracy after a STEPS-step run at each "
-                        "grid value; --lr must be one of them), as scripts/experiments/methods.sh writes it")
-    g.add_argument("--vis-every", dest="vis_every", type=int, default=None,
-                   help="with --vis: a figure every N epochs, and after the first and the last (default: mepoch // 10)")
-    g.add_argument("--vis-bands", dest="vis_bands", default=None,
-                   help="with --vis: three band names shown as red, green, blue, e.g. B08,B04,B03 (false colour); "
-                        "default: the dataset's true colour")
-    g.add_argument("--knn-per-class", dest="knn_per_class", type=int, default=200,
-                   help="kNN monitor: at most this many pool images per class in the memory bank (queries: the "
-                        "validation slice)")
-    owners: dict[str, set[str]] = {}     # flag dest -> pretexts that use it
-    defaults: dict[str, object] = {}
-    for module in pretexts.modules():
-        if hasattr(module, "add_args"):       # a pretext's own flags live in its module
-            name = module.__name__.rsplit(".", 1)[-1]
-            probe = argparse.ArgumentParser(add_help=False)
-            module.add_args(probe.add_argument_group())
-            for a in probe._actions:
-                owners.setdefault(a.dest, set()).add(name)
-                defaults.setdefault(a.dest, a.default)
-            module.add_args(_NewFlagsOnly(p.add_argument_group(f"pretext {name}"), p))
-    p.set_defaults(_pretext_flags={k: (sorted(v), defaults[k]) for k, v in owners.items()})
-    return p
-
-
-def _crop_scale(text: str) -> list[float] | str:
-    """``--crop-scale``: ``plan`` or an area range ``LO,HI``."""
-    return "plan" if text == "plan" else parse_scale(text, "--crop-scale")
-
-
-class _NewFlagsOnly:
-    """An argument group that skips flags already registered by an earlier pretext (shared flags)."""
-
-    def __init__(self, group: argparse._ArgumentGroup, parser: argparse.ArgumentParser) -> None:
-        self.group, self.parser = group, parser
-
-    def add_argument(self, *flags: str, **kwargs) -> argparse.Action | None:
-        if any(f in self.parser._option_string_actions for f in flags):
-            return None
-        return self.group.add_argument(*flags, **kwargs)
-
 
 def resolve_head_flags(args: argparse.Namespace, mode: Mode, module) -> None:
     """``--tau``/``--feature_dim``: refused where the pretext has no temperature/projector, else
@@ -163,19 +72,6 @@ def resolve_vit_training_flags(args: argparse.Namespace) -> None:
         args.clip_grad = 0.0
     if not (math.isfinite(args.clip_grad) and args.clip_grad >= 0):
         raise UserError(f"--clip-grad {args.clip_grad} must be a norm >= 0 (0: off); DINO clips at 3")
-
-
-def parse_knn_freq(text: str) -> int | str:
-    """``--knn-freq``: ``auto``, or every N epochs (0: off)."""
-    if str(text).lower() == "auto":
-        return "auto"
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise UserError(f"--knn-freq {text} must be >= 0 epochs (0: off) or auto; pass e.g. --knn-freq auto")
-    return n
 
 
 @dataclass
@@ -214,6 +110,9 @@ class Plan:
     init_from: Path | None           # --expnum/--cepoch: a backbone to start from
     resume: Path | None              # --resume: a training state
     record: dict[str, Any]           # the resolved flags, written into every checkpoint's meta["args"]
+    provenance: dict[str, Any]       # what the checkpoints saw: this run's images and every earlier stage's
+    data: dict[str, Any]             # this run's training images, for a later --resume to compare
+    code_version: str                # git describe of the code (``-dirty`` with uncommitted changes)
     freeze_patch_embed: bool = False  # ViTs: the patch embedding takes no gradient (MoCo v3's random patch projection)
     clip_grad: float = 0.0           # per-tensor gradient-norm cap after backward (DINO's clip_gradients; 0: off)
 
@@ -259,15 +158,16 @@ def resolve(args: argparse.Namespace) -> Plan:
     if args.sync_bn and not torch.cuda.is_available():
         raise UserError("--sync-bn needs GPUs (SyncBatchNorm has no CPU kernel); drop it on CPU")
     opt, index = prepare_dataset(get_opt(args.ds, args))
+    check_input_size(args.netnum, opt.input_size)
+    check_input_memory(opt.input_size, opt.n_bands, 2 * max(1, (args.bs or opt.batch_size) // planned_world_size(args)))
     module.make_transform(args, opt.parts[0] if opt.parts else opt)   # validates --aug / --aug_p
     if args.cache_size is not None and args.cache_size < opt.input_size:
         raise UserError(f"--cache-size {args.cache_size} is below the input size {opt.input_size}: every view would be "
                         f"upsampled; use at least {opt.input_size}")
-    check_input_size(args.netnum, opt.input_size)
     check_vis_flags(args, opt)
     args.gpu_aug = gpu_aug = resolve_gpu_aug(args, module, opt)
     train = index.train if args.ts == 1 else few_shot(index.train, args.ts, args.seed, index.classes)
-    bs = args.bs or opt.batch_size
+    args.bs = bs = args.bs or opt.batch_size          # recorded resolved, as --lr is (rows read meta["args"])
     world = planned_world_size(args)
     if bs % world:
         raise UserError(f"--bs {bs} is not divisible by the {world} processes; use a multiple of {world}")
@@ -301,8 +201,17 @@ def resolve(args: argparse.Namespace) -> Plan:
             start = int(args.cepoch)
     if start >= args.mepoch and not args.resume:
         raise UserError(f"--sepoch/--cepoch {start} is not below --mepoch {args.mepoch}; raise --mepoch")
-    if init_from is not None:
-        expnum = None      # a new run starting from --expnum's checkpoint: never overwrite that run's files
+    prov = provenance.provenance(opt, index, train)
+    data = {"netnum": args.netnum, "mode": mode.code, "ds": opt.name, "split_version": index.split_version, "split_file": str(opt.split_file or ""),
+            "ts": args.ts, "seed": args.seed, "n_train": len(train), "train_sha": prov["scene_keys_sha"],
+            "digests_sha": prov["scene_digests_sha"]}
+    if args.resume:
+        prov = resumed_provenance(Path(args.resume), args.mepoch, data, prov)
+    elif init_from is not None:        # a new run starting from --expnum's checkpoint: never overwrite that run's files
+        expnum = None
+        meta = ckpt.read_checkpoint(init_from, "checkpoint", weights_only=True).get("meta") or {}
+        labels.checkpoint_choice(meta, init_from)
+        prov = provenance.merge(meta.get("provenance"), prov, str(init_from))
     if args.overwrite and not expnum:
         raise UserError("--overwrite replaces the run --expnum names" + (", and --resume/--cepoch do not write under "
                         "--expnum" if args.resume or init_from else "") + "; give --expnum E to replace run E, or drop --overwrite")
@@ -313,7 +222,8 @@ def resolve(args: argparse.Namespace) -> Plan:
     guards.check_dist_port(args)
     method = argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith("_")})
     record = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
-    return Plan(mode=mode, method=method, opt=opt, index=index, train=train, netnum=args.netnum,
+    return Plan(mode=mode, method=method, opt=opt, index=index, train=train, provenance=prov, data=data,
+                code_version=code_version(), netnum=args.netnum,
                 imagenet_init=bool(args.ptcp), seed=args.seed, epochs=args.mepoch, start_epoch=start, global_bs=bs,
                 optim=optim, schedule=schedule, procs=Procs.from_args(args), workers=args.workers,
                 pin_memory=bool(args.pin_memory), cache_size=args.cache_size, gpu_aug=gpu_aug,
@@ -334,14 +244,46 @@ def claim_run_name(args: argparse.Namespace, mode: Mode, ckpt_dir: Path, expnum:
     ``--resume`` continues the name in its state file ("" here, set by ``main_worker``).
     Under torchrun only rank 0 claims, and ``main_worker`` broadcasts the name.
     """
-    if args.resume or os.environ.get("RANK", "0") != "0":
+    if os.environ.get("RANK", "0") != "0":
         return ""
-    for p in remove_stale_tmp(ckpt_dir):
+    for p in remove_stale_tmp(ckpt_dir):        # a resumed run too: a killed save leaves a checkpoint-sized file
         log.info("removed %s, left by a run that was killed while writing", p.name)
+    if args.resume:
+        return ""
     if expnum:
         ckpt.claim_given_expnum(ckpt_dir, args.netnum, expnum, args.overwrite)
         return expnum
     return ckpt.claim_expnum(ckpt_dir, args.netnum, mode.name)
+
+
+def resumed_provenance(path: Path, mepoch: int, data: dict, prov: dict) -> dict:
+    """``--resume``: the state must be a training state with epochs left, of a run that read the same training
+    images (split, draw and bytes); returns the provenance the resumed checkpoints carry (the union)."""
+    state = ckpt.read_checkpoint(path, "--resume file", weights_only=False, hint="resume from an older one")
+    if not isinstance(state, dict) or "model" not in state or "rng" not in state:
+        raise UserError(f"--resume {path} is {describe_file(path)}, not a training state; pass the "
+                        "<netnum>_<expnum>_state.pth a run wrote with --ckpt_freq")
+    done = int(state.get("epoch", 0))
+    if done >= mepoch:
+        raise UserError(f"--resume {path} is at epoch {done} and --mepoch is {mepoch}: nothing is left to train; "
+                        f"raise --mepoch (e.g. --mepoch {2 * done}) to continue it")
+    extra = state.get("extra") or {}
+    was = extra.get("data")
+    if isinstance(was, dict) and (was.get("netnum"), was.get("mode")) != (data["netnum"], data["mode"]):
+        raise UserError(f"--resume {path} is the training state of --netnum {was.get('netnum')} --mode "
+                        f"{was.get('mode')}, not of this run's --netnum {data['netnum']} --mode {data['mode']}; "
+                        f"resume with --netnum {was.get('netnum')} --mode {was.get('mode')}")
+    if not isinstance(was, dict):
+        log.warning("--resume %s records no training images (written before they were): cannot check that this "
+                    "run reads the same ones", path)
+    elif any(was.get(k) != data[k] for k in ("split_version", "train_sha", "digests_sha")):
+        flags = (f"--ds {was.get('ds')}" + (f" --split-file {was['split_file']}" if was.get("split_file") else "")
+                 + f" --ts {was.get('ts'):g} --seed {was.get('seed')}")
+        raise UserError(f"--resume {path}: this run reads other training images than the run it continues "
+                        f"({data['n_train']} of split {data['split_version']}; it had {was.get('n_train')} of split "
+                        f"{was.get('split_version')}, or their pixels changed); resume with the flags it started "
+                        f"with ({flags}) and the same files")
+    return provenance.merge(extra.get("provenance"), prov, str(path))
 
 
 def resolve_gpu_aug(args: argparse.Namespace, module, opt: DatasetOpt) -> bool:
@@ -387,24 +329,6 @@ def processes_per_node(plan: Plan) -> int:
     """Processes this node spawns for ``--mp-distributed``."""
     p = plan.procs
     return p.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
-
-
-LR_SELECTION = re.compile(r"val-knn:(?P<grid>[0-9.eE+-]+(?:,[0-9.eE+-]+)+)@(?P<steps>[1-9][0-9]*)")
-
-
-def check_lr_selection(text: str | None, lr: float) -> None:
-    """``--lr-selection val-knn:GRID@STEPS``: well formed, and ``--lr`` is one of the grid's values."""
-    if text is None:
-        return
-    m = LR_SELECTION.fullmatch(text)
-    try:
-        grid = [float(v) for v in m.group("grid").split(",")] if m else []
-    except ValueError:
-        grid = []
-    if not grid:
-        raise UserError(f"--lr-selection {text!r} is not val-knn:LR1,LR2,...@STEPS, e.g. val-knn:0.15,0.3,0.6@250")
-    if not any(math.isclose(lr, g, rel_tol=1e-6) for g in grid):
-        raise UserError(f"--lr-selection {text} says the lr was chosen from {grid}, but --lr is {lr:g}; pass one of them")
 
 
 def plan_summary(plan: Plan, iters_per_epoch: int) -> dict[str, Any]:

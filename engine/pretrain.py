@@ -25,7 +25,6 @@ from engine.logger import EpochLog
 from engine.loop import train_one_epoch
 from engine.monitors import KnnMonitor, WeightDrift, save_vis
 from engine.plan import Plan, plan_summary, planned_world_size, processes_per_node, resolve
-from engine.provenance import provenance
 from engine.runtime import Runtime, TrainingDiverged, init_runtime, reseed
 from models import build_backbone
 from models.vit import freeze_patch_embed, is_vit, method_feature
@@ -136,7 +135,7 @@ def main_worker(local_rank: int | None, nproc: int | None, plan: Plan) -> None:
             "pretext": mode.pretext, "expnum": expnum, "dataset": opt.name, "input_size": opt.input_size,
             "mean": [float(v) for v in opt.mean] if opt.mean is not None else None,
             "std": [float(v) for v in opt.std] if opt.std is not None else None,
-            "args": plan.record, "provenance": provenance(opt, plan.index, plan.train),
+            "args": plan.record, "provenance": plan.provenance, "code_version": plan.code_version,
             **(backbone.checkpoint_meta() if hasattr(backbone, "checkpoint_meta") else {})}   # ViTs: feature, band groups
     last_good, train_seconds = None, 0.0
     try:
@@ -190,7 +189,8 @@ def _end_of_epoch(plan: Plan, done: int, stats: dict, meta: dict, expnum: str, b
     if periodic:
         ckpt.save_training_state(plan.ckpt_dir / f"{plan.netnum}_{expnum}_state.pth", model, optimizer, done,
                                  done * iters, None, {"expnum": expnum, "best_knn": best_knn,
-                                                      "start_weights": drift.state()})
+                                                      "start_weights": drift.state(),
+                                                      "provenance": plan.provenance, "data": plan.data})
     if stats.get("knn_top1", -1.0) > best_knn:
         best_knn = stats["knn_top1"]
         ckpt.save_backbone(ckpt.ckpt_path(plan.ckpt_dir, plan.netnum, expnum, "best"),

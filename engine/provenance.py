@@ -1,16 +1,24 @@
 """What a pretraining checkpoint saw, and the checks main_cls.py makes before using it.
 
 A backbone's meta carries ``provenance``: the datasets it was pretrained on (pools
-included) with their split versions and folders, the sorted scene keys of every
-pretraining image (``<class folder>/<file stem>``, so EuroSAT's .jpg and .tif releases
-of one scene share a key), their SHA-256, and the normalisation (mean, std, bands).
+included) with their split versions, folders and what their images show (``scenes``:
+the EuroSAT .jpg and .tif releases share ``eurosat``; a folder of your own imagery is
+``folder:<its path>``), the sorted scene keys of every pretraining image, the BLAKE2b
+digests of their bytes (each list with its SHA-256), and the normalisation (mean, std, bands).
 
-Before an evaluation, :func:`check_checkpoint` compares those keys with the scene
-keys of the evaluation's TEST split: a pretraining run that saw any test scene
-(of this dataset under another name, or inside an ``a+b`` pool) would report leaked
-accuracy, so it is refused unless the user says ``--allow-overlap`` (recorded in the
-row). A differing normalisation is a warning; a checkpoint without provenance (older
-than this check) is accepted with a notice.
+A scene key is ``<parent folder>/<file stem>`` of the file itself, so it does not depend on
+the folder the dataset was read from: pretraining on ``--ds <data-root>`` keys EuroSAT's
+files ``AnnualCrop/AnnualCrop_1`` as the evaluation does. Before an evaluation,
+:func:`check_checkpoint` finds the TEST scenes of the evaluation the checkpoint saw: a test
+image whose bytes it saw (the same file copied, renamed or flattened into one folder), or
+whose scene key it saw in a dataset that shows the same scenes (the .tif release of a .jpg
+scene). Two unrelated datasets that merely name their files alike share no bytes and no
+``scenes``, so they never match. A checkpoint that saw any test scene would report leaked
+accuracy and is refused unless ``--allow-overlap`` (recorded in the row).
+
+Pretraining that continues from a checkpoint (``--resume``, ``--expnum E --cepoch N``)
+records the union of what every stage saw (:func:`merge`). A differing normalisation is a
+warning; a checkpoint without provenance (older than this check) is accepted with a notice.
 """
 from __future__ import annotations
 
@@ -21,30 +29,29 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from config.dataset_cfg import DatasetOpt
+from config.dataset_cfg import DatasetOpt, available, option_module
 from config.errors import UserError
-from datasets.index import Index, Sample, scene_key
+from datasets.fingerprint import content_digests
+from datasets.index import Index, Sample
 
 log = logging.getLogger(__name__)
+PROVENANCE_FORMAT = 2      # 1: keys relative to the dataset folder, no digests, no scenes
 
 
-def scene_keys(samples: Iterable[Sample], roots: Iterable[Path]) -> list[str]:
-    """Sorted, de-duplicated scene keys of ``samples``, each relative to the dataset folder that holds it.
+def scene_name(path: Path) -> str:
+    """``<parent folder>/<file stem>``: the class folder and scene of a file, wherever the dataset lies."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.stem}"
 
-    Samples from :func:`datasets.index.build_index` carry their key; others are keyed here.
-    """
-    roots = sorted((Path(r).resolve() for r in roots), key=lambda r: -len(r.parts))
-    keys = set()
-    for s in samples:
-        if s.key:
-            keys.add(s.key)
-            continue
-        p = Path(s.path).resolve()
-        root = next((r for r in roots if p.is_relative_to(r)), None)
-        if root is None:
-            raise ValueError(f"{s.path} lies under none of the dataset folders {[str(r) for r in roots]}")
-        keys.add(scene_key(p, root))
-    return sorted(keys)
+
+def _name_of(key: str) -> str:
+    """A recorded key as a scene name (format-1 keys were relative to the folder: ``eurosat_ms/Forest/Forest_1``)."""
+    return "/".join(key.split("/")[-2:])
+
+
+def scene_keys(samples: Iterable[Sample]) -> list[str]:
+    """Sorted, de-duplicated scene keys (:func:`scene_name`) of ``samples``."""
+    return sorted({scene_name(s.path) for s in samples})
 
 
 def keys_digest(keys: list[str]) -> str:
@@ -54,15 +61,52 @@ def keys_digest(keys: list[str]) -> str:
 def provenance(opt: DatasetOpt, index: Index, train: list[Sample]) -> dict[str, Any]:
     """The ``provenance`` entry of a pretraining backbone's meta (see the module docstring)."""
     parts = tuple(zip(opt.parts, index.parts)) if opt.parts else ((opt, index),)
-    keys = scene_keys(train, [o.root for o, _ in parts])
-    return {"datasets": [{"name": o.name, "split_version": i.split_version, "root": str(o.root), **_norm(o)}
-                         for o, i in parts],
-            "scene_keys_sha": keys_digest(keys), "scene_keys": keys, **_norm(opt), "bands": list(opt.bands)}
+    keys = scene_keys(train)
+    digests = sorted(set(content_digests([s.path for s in train])))
+    return {"format": PROVENANCE_FORMAT,
+            "datasets": [{"name": o.name, "split_version": i.split_version, "root": str(o.root),
+                          "scenes": o.scenes or o.name, **_norm(o)} for o, i in parts],
+            "scene_keys_sha": keys_digest(keys), "scene_keys": keys,
+            "scene_digests_sha": keys_digest(digests), "scene_digests": digests,
+            **_norm(opt), "bands": list(opt.bands)}
+
+
+def merge(earlier: dict | None, current: dict, source: str) -> dict:
+    """What a run that continues from a checkpoint has seen: its own images and every earlier stage's.
+
+    ``earlier`` is the provenance of the checkpoint it started from (``source`` names it);
+    the normalisation and bands are the current run's.
+    """
+    if not isinstance(earlier, dict) or "scene_keys" not in earlier:
+        log.warning("%s records no provenance: the overlap check of this run's checkpoints covers only the images "
+                    "of this run", source)
+        return {**current, "unrecorded_stage": source}
+    keys = sorted({_name_of(k) for k in earlier["scene_keys"]} | set(current["scene_keys"]))
+    digests = sorted(set(earlier.get("scene_digests", [])) | set(current["scene_digests"]))
+    seen = {(d.get("name"), d.get("split_version"), d.get("root")) for d in current["datasets"]}
+    datasets = current["datasets"] + [d for d in earlier.get("datasets", [])
+                                      if (d.get("name"), d.get("split_version"), d.get("root")) not in seen]
+    out = {**current, "datasets": datasets, "scene_keys": keys, "scene_keys_sha": keys_digest(keys),
+           "scene_digests": digests, "scene_digests_sha": keys_digest(digests)}
+    if "unrecorded_stage" in earlier:
+        out["unrecorded_stage"] = earlier["unrecorded_stage"]
+    return out
 
 
 def _norm(opt: DatasetOpt) -> dict[str, list[float] | None]:
     return {"mean": [float(v) for v in opt.mean] if opt.mean is not None else None,
             "std": [float(v) for v in opt.std] if opt.std is not None else None}
+
+
+def _scenes_of(entry: dict) -> str:
+    """What a recorded dataset shows (format-1 entries: from its name, or its folder for your own imagery)."""
+    if entry.get("scenes"):
+        return str(entry["scenes"])
+    name = str(entry.get("name", ""))
+    if name in available():
+        return str(getattr(option_module(name), "SCENES", name))
+    root = Path(str(entry.get("root", "")))
+    return f"folder:{root.resolve() if root.exists() else root}"
 
 
 def pretrain_datasets(meta: dict) -> str:
@@ -71,6 +115,21 @@ def pretrain_datasets(meta: dict) -> str:
     if isinstance(prov, dict) and prov.get("datasets"):
         return "+".join(f"{d.get('name')}@{d.get('split_version')}" for d in prov["datasets"])
     return str(meta.get("dataset", ""))
+
+
+def seen_test_scenes(prov: dict, path: Path, opt: DatasetOpt, test: list[Sample]) -> list[str]:
+    """Scene keys of the ``test`` images that the checkpoint at ``path`` (provenance ``prov``) saw."""
+    names = {_name_of(k) for k in prov["scene_keys"]}
+    digests = set(prov.get("scene_digests", []))
+    for what, items, sha in (("scene keys", prov["scene_keys"], "scene_keys_sha"),
+                             ("image digests", prov.get("scene_digests"), "scene_digests_sha")):
+        if items is not None and keys_digest(sorted(set(items))) != prov.get(sha):
+            raise UserError(f"checkpoint {path}: its provenance {what} do not match their recorded digest; "
+                            "the file was altered, use the checkpoint as pretraining wrote it")
+    by_name = (opt.scenes or opt.name) in {_scenes_of(d) for d in prov.get("datasets", [])}
+    mine = content_digests([s.path for s in test]) if digests else [None] * len(test)
+    return sorted({scene_name(s.path) for s, d in zip(test, mine)
+                   if d in digests or (by_name and scene_name(s.path) in names)})
 
 
 def check_checkpoint(meta: dict, path: Path, opt: DatasetOpt, index: Index, allow_overlap: bool) -> None:
@@ -83,15 +142,14 @@ def check_checkpoint(meta: dict, path: Path, opt: DatasetOpt, index: Index, allo
         log.warning("checkpoint %s has no provenance (written before it was recorded): cannot check that its "
                     "pretraining images exclude the %s test split; accepted as it is", path, opt.name)
         return
-    seen = set(prov["scene_keys"])
-    if keys_digest(sorted(seen)) != prov.get("scene_keys_sha"):
-        raise UserError(f"checkpoint {path}: its provenance scene keys do not match their recorded digest; "
-                        "the file was altered, use the checkpoint as pretraining wrote it")
-    test = scene_keys(index.test, [opt.root])
-    shared = [k for k in test if k in seen]
+    shared = seen_test_scenes(prov, path, opt, list(index.test))
+    n_test = len({scene_name(s.path) for s in index.test})
     names = pretrain_datasets(meta)
+    if prov.get("unrecorded_stage"):
+        log.warning("checkpoint %s continued from %s, which records no provenance: its images could not be "
+                    "checked", path, prov["unrecorded_stage"])
     if shared:
-        msg = (f"checkpoint {path} was pretrained on {len(shared)} of the {len(test)} test scenes of "
+        msg = (f"checkpoint {path} was pretrained on {len(shared)} of the {n_test} test scenes of "
                f"--ds {opt.name} (e.g. {', '.join(shared[:3])}; pretraining data {names})")
         if not allow_overlap:
             raise UserError(msg + ": its accuracy would be inflated; pretrain on a split that excludes them, "
@@ -99,7 +157,7 @@ def check_checkpoint(meta: dict, path: Path, opt: DatasetOpt, index: Index, allo
         log.warning("%s; --allow-overlap given, so the row records allow_overlap=1", msg)
     else:
         log.info("provenance: checkpoint pretrained on %s (%d scenes), none of the %d %s test scenes",
-                 names, len(seen), len(test), opt.name)
+                 names, len(prov["scene_keys"]), n_test, opt.name)
     _check_normalisation(prov, path, opt)
 
 

@@ -12,6 +12,7 @@ from datasets.index import Sample
 from engine import provenance
 from engine.classifier import TRAIN_PLAN
 from engine.evaljob import EvalJob
+from engine.identity import TRAINING_FLAGS, pretrain_values
 from engine.metrics import classification_metrics, format_confusion, save_confusion_png
 from engine.results import append_result, code_version, save_predictions
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def report(y_true: np.ndarray, y_pred: np.ndarray, job: EvalJob, ts: float, seed: int,
-           n_train: int, n_test: int, epochs: int, seconds: float, hos: str, probe: str, *,
+           n_train: int | str, n_test: int, epochs: int, seconds: float, hos: str, probe: str, *,
            eval_set: list[Sample] | None = None, probe_param: str = "", select_on: str = "",
            selection_labels: str = "") -> dict:
     """Print the metrics, save the per-image predictions and append one row to the results table.
@@ -37,7 +38,7 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, job: EvalJob, ts: float, seed
     raw = classification_metrics(y_true, y_pred, opt.num_classes, opt.classes)
     m = {"OA": 100 * raw["OA"], "AA": 100 * raw["AA"], "kappa": raw["kappa"], "macro_F1": 100 * raw["macro_f1"],
          "per_class_acc": [100 * a for a in raw["per_class_acc"]], "confusion": raw["confusion"]}
-    log.info("%s ts=%g seed=%d %s: OA %.2f  AA %.2f  kappa %.4f  macro-F1 %.2f  (%d train / %d test)",
+    log.info("%s ts=%g seed=%d %s: OA %.2f  AA %.2f  kappa %.4f  macro-F1 %.2f  (%s train / %d test)",
              opt.name, ts, seed, probe or f"hos {hos}", m["OA"], m["AA"], m["kappa"], m["macro_F1"], n_train, n_test)
     log.info("per-class accuracy: %s", ", ".join(f"{c} {a:.1f}" for c, a in zip(opt.classes, m["per_class_acc"])))
     log.info("confusion matrix (rows true, columns predicted):\n%s", format_confusion(m["confusion"], opt.classes))
@@ -68,6 +69,10 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, job: EvalJob, ts: float, seed
            "macro_F1": round(m["macro_F1"], 4), "n_train": n_train, "n_test": n_test,
            "seconds": round(seconds, 1), "per_class": json.dumps([round(a, 2) for a in m["per_class_acc"]]),
            "predictions": predictions}
+    if job.mode.job != "train":
+        row.update(pretrain_values(meta))                     # how the backbone was pretrained (its meta["args"])
+    for column, value in job.flags.items():                   # every other identity flag (engine/identity.py)
+        row.setdefault(column, value if trained or column not in TRAINING_FLAGS else "")
     append_result(job.results, row)
     if job.vis:
         png = job.results.parent / "figures" / f"confusion_{opt.name}_{job.mode.code}_{probe or 'hos' + hos}_ts{ts:g}_s{seed}.png"

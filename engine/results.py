@@ -35,13 +35,19 @@ log = logging.getLogger(__name__)
 
 RESULT_COLUMNS: tuple[str, ...] = (
     "time", "code_version", "ds", "split_version", "ts", "seed", "mode", "netnum", "pretext", "pretrain_expnum",
-    "pretrain_epoch", "pretrain_datasets", "ckpt_selected_by", "hos", "probe", "probe_param", "select_on",
-    "selection_labels", "bn_stats", "dtype", "bands", "input_size", "tta", "bs", "optimizer", "lr", "wd", "epochs", "aug",
-    "allow_overlap", "OA", "AA", "kappa", "macro_F1", "n_train", "n_test", "seconds", "per_class", "predictions",
+    "pretrain_epoch", "pretrain_datasets", "ckpt_selected_by", "pretrain_code_version", "pretrain_optimizer",
+    "pretrain_lr", "pretrain_bs", "pretrain_epochs", "pretrain_steps", "pretrain_seed", "pretrain_recipe",
+    "pretrain_lr_selection", "init_sha", "hos", "probe", "probe_param", "select_on", "selection_labels", "bn_stats",
+    "dtype", "bands", "rgb_bands", "input_size", "tta",
+    "bs", "optimizer", "lr", "wd", "momentum", "beta2", "lars_eta", "lars_clip", "layer_decay", "drop_path", "lr_policy", "warmup", "milestones", "lr_decay", "loss", "epochs", "aug",
+    "resumed", "amp", "sync_bn", "processes", "allow_overlap",
+    "OA", "AA", "kappa", "macro_F1", "n_train", "n_test", "seconds", "per_class", "predictions",
 )
-"""Every row names what made it: data and split, the pretraining run and what selected its
-checkpoint, the protocol and which labels chose its hyper-parameters, the input, the
-optimisation, the overlap override, the metrics, and the file of its per-image predictions."""
+"""Every row names what made it: data and split, the pretraining run (its code version and
+settings), what selected its checkpoint and the digest of the file the weights came from, the
+protocol and which labels chose its hyper-parameters, the input, the optimisation and schedule,
+the processes, the overlap override, the metrics, and the file of its per-image predictions.
+Which flags these columns record is derived from main_cls.py's parser (engine/identity.py)."""
 
 # What an older table must hold to be ours (and so migrated, never refused).
 _OUR_CORE = ("time", "code_version", "ds", "ts", "seed", "OA")
@@ -152,8 +158,16 @@ def append_result(csv_path: str | os.PathLike, row: Mapping[str, Any]) -> None:
     log.info("appended a result row to %s", path)
 
 
+BOM = b"\xef\xbb\xbf"         # the byte-order mark Excel puts before a UTF-8 CSV
+
+
+def strip_bom(data: bytes) -> bytes:
+    """``data`` without a leading UTF-8 byte-order mark (a table saved by a spreadsheet is still ours)."""
+    return data[len(BOM):] if data.startswith(BOM) else data
+
+
 def _header(data: bytes) -> list[str]:
-    return next(csv.reader([data.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")]), [])
+    return next(csv.reader([strip_bom(data).split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")]), [])
 
 
 def is_result_table(header: list[str]) -> bool:
@@ -185,7 +199,7 @@ def _rewrite_with(path: Path, line: bytes) -> None:
     rewrite: its rows move to today's columns, with split version ``unknown``.
     """
     header = _csv_line(list(RESULT_COLUMNS))
-    old = path.read_bytes() if path.exists() else b""
+    old = strip_bom(path.read_bytes()) if path.exists() else b""
     if old:
         first = _header(old)
         if tuple(first) != RESULT_COLUMNS:
@@ -208,8 +222,8 @@ def _migrated(path: Path, old: bytes, first: list[str]) -> bytes:
                         "repair that line (or move the table away) and re-run")
     rows = migrate_rows(first, [r for r in records if r])
     log.warning("results table %s had an older schema (%d columns): migrated its %d row(s) to the %d "
-                "columns of this version, split_version '%s' and new cells empty",
-                path, len(first), len(rows), len(RESULT_COLUMNS), UNKNOWN_SPLIT)
+                "columns of this version, %snew cells empty", path, len(first), len(rows), len(RESULT_COLUMNS),
+                "" if "split_version" in first else f"split_version '{UNKNOWN_SPLIT}' and ")
     return _csv_line(list(RESULT_COLUMNS)) + b"".join(
         _csv_line([r[c] for c in RESULT_COLUMNS]) for r in rows)
 
@@ -224,7 +238,7 @@ def migrate_table(csv_path: str | os.PathLike) -> int:
     with open(lock_path, "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
-            old = path.read_bytes()
+            old = strip_bom(path.read_bytes())
             first = _header(old)
             if tuple(first) == RESULT_COLUMNS:
                 return len(read_table(path))
@@ -243,9 +257,13 @@ def read_table(csv_path: str | os.PathLike) -> list[dict[str, str]]:
     Empty, foreign or malformed files are a UserError in one sentence that names the file.
     """
     path = Path(csv_path)
+    if path.is_dir():
+        tables = sorted(path.glob("*.csv"))
+        raise UserError(f"results file {path} is a folder; pass the results table(s) in it"
+                        + (f", e.g. {tables[0]}" if tables else " (it holds no .csv)"))
     if not path.is_file():
         raise UserError(f"results file {path} not found; run main_cls.py first or check the path")
-    data = path.read_bytes()
+    data = strip_bom(path.read_bytes())
     if not data.strip():
         raise UserError(f"results file {path} is empty; pass a table written by main_cls.py")
     try:
@@ -303,12 +321,24 @@ def save_predictions(table: str | os.PathLike, stem: str, paths: list[str], y_tr
 
 
 def load_predictions(table: str | os.PathLike, rel: str) -> tuple[list[str], list[str], list[str]] | None:
-    """``(paths, true, pred)`` of a row's ``predictions`` cell, or None when it has none or the file is gone."""
+    """``(paths, true, pred)`` of a row's ``predictions`` cell, or None when it has none or the file is gone.
+
+    Raises UserError naming the file when it is not a ``path,true,pred`` CSV (truncated, binary, edited).
+    """
     if not rel:
         return None
     path = Path(table).parent / rel
     if not path.is_file():
         return None
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))[1:]
+    fix = "restore it (or empty that row's predictions cell to summarise over seeds only)"
+    try:
+        rows = list(csv.reader(io.StringIO(strip_bom(path.read_bytes()).decode("utf-8"))))
+    except (UnicodeDecodeError, csv.Error):
+        raise UserError(f"predictions file {path} is not UTF-8 text (a binary or damaged file); {fix}") from None
+    if not rows or [c.strip() for c in rows[0]] != ["path", "true", "pred"]:
+        raise UserError(f"predictions file {path} does not start with the header path,true,pred; {fix}")
+    bad = next((i + 2 for i, r in enumerate(rows[1:]) if len(r) != 3), None)
+    if bad is not None:
+        raise UserError(f"predictions file {path} line {bad} does not have 3 cells (a truncated file?); {fix}")
+    rows = rows[1:]
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from config.baselines import IMAGENET_MEAN, IMAGENET_STD
 from config.codes import BACKBONES, NetCode, decode_netnum
 from config.errors import UserError
-from models.pretrained import load_imagenet_vit, read_state_dict_file
+from models.pretrained import load_imagenet_vit, netnum_for, read_state_dict_file, torchvision_arch
 from models.vit import build_vit
 
 log = logging.getLogger(__name__)
@@ -192,10 +192,15 @@ def _torchvision_model(arch: str, ptcp: bool, weights: str | Path | None = None)
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-            if weights is not None:
-                raise UserError(f"--weights {weights} is not torchvision's {arch} state dict ({first}); give the "
-                                f"ImageNet weights file of {arch} or the --netnum of the network it holds") from None
+            if weights is not None:            # name what the file holds and the --netnum it fits, no key lists
+                held = torchvision_arch(state)
+                target = model.state_dict()
+                missing = [k for k in target if k not in state or tuple(state[k].shape) != tuple(target[k].shape)]
+                raise UserError(f"--weights {weights} holds " + (
+                    f"torchvision's {held} weights, not {arch}'s; use {netnum_for(held)}, or the {arch} file"
+                    if held and held != arch else
+                    f"no {arch} weights ({len(missing)} of its {len(target)} tensors missing or of another shape, "
+                    f"e.g. {(missing or list(state))[0]}); give torchvision's ImageNet file of {arch}")) from None
             raise UserError(
                 f"--ptcp 1: the cached ImageNet weights file for {arch} does not match the network ({err}); "
                 f"delete it from $TORCH_HOME/hub/checkpoints and place the torchvision file there"

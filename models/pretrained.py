@@ -222,6 +222,21 @@ def _resnet_arch(state: Mapping[str, Tensor]) -> str:
     return _RESNET_DEPTHS.get((kind, tuple(blocks)), f"a {kind} ResNet with {blocks} blocks")
 
 
+def torchvision_arch(state: Mapping[str, Tensor]) -> str:
+    """Which torchvision ImageNet network a state dict holds (``resnet50``, ``vgg16_bn`` ...), '' when none."""
+    if "conv1.weight" in state and "layer1.0.conv1.weight" in state:
+        arch = _resnet_arch(state)
+        return arch if arch in _RESNET_DEPTHS.values() else ""
+    if any(k.startswith("inception3a.") for k in state):
+        return "googlenet"
+    convs = [k for k, v in state.items() if re.fullmatch(r"features\.\d+\.weight", k) and v.ndim == 4]
+    if len(convs) == 5:
+        return "alexnet"
+    if len(convs) == 13 and "features.1.running_mean" in state:
+        return "vgg16_bn"
+    return ""
+
+
 def recognise(obj: Any, path: str | Path) -> Foreign | None:
     """A foreign Sentinel-2 ResNet in ``obj`` (loaded from ``path``), or None for our own backbone file.
 
@@ -282,7 +297,7 @@ def _to_backbone_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _netnum_for(arch: str) -> str:
+def netnum_for(arch: str) -> str:
     digit = next((d for d, name in BACKBONES.items() if name == arch), None)
     return f"--netnum 0{digit}0000" if digit else "a --netnum of the same ResNet"
 
@@ -315,7 +330,7 @@ def load_foreign(foreign: Foreign, backbone: nn.Module, bands: Sequence[str]) ->
     arch = getattr(backbone, "arch", "")
     if not arch.startswith("resnet") or arch.endswith("_small"):
         raise UserError(f"{foreign.path} holds a {foreign.arch} with a 7x7 stride-2 stem; the backbone here is "
-                        f"{arch or type(backbone).__name__}: use {_netnum_for(foreign.arch)}")
+                        f"{arch or type(backbone).__name__}: use {netnum_for(foreign.arch)}")
     if not any(s2_name(b) for b in bands):
         raise UserError(f"{foreign.path} holds Sentinel-2 weights, but this dataset's bands ({' '.join(bands)}) are "
                         "not Sentinel-2 bands; evaluate it on Sentinel-2 data (e.g. --ds euroms)")
@@ -333,7 +348,7 @@ def load_foreign(foreign: Foreign, backbone: nn.Module, bands: Sequence[str]) ->
     target_keys = {k for k in target if not k.startswith("input_adapter.")}
     if set(state) != target_keys or any(tuple(state[k].shape) != tuple(target[k].shape) for k in target_keys):
         raise UserError(f"{foreign.path} holds a {foreign.arch}, which does not fit the {arch} backbone of this "
-                        f"--netnum; use {_netnum_for(foreign.arch)}")
+                        f"--netnum; use {netnum_for(foreign.arch)}")
     backbone.load_state_dict(state, strict=False)
     log.info("loaded %s (%s, %s, bands %s) into %s, first-conv filters mapped to %s",
              foreign.path, foreign.pretext, foreign.arch, " ".join(foreign.bands), arch, " ".join(bands))
@@ -414,7 +429,7 @@ def _load_foreign_vit(foreign: Foreign, backbone: nn.Module, bands: Sequence[str
     arch = getattr(backbone, "arch", type(backbone).__name__)
     if foreign.kind != "vit":
         raise UserError(f"{foreign.path} holds a {foreign.arch}, a CNN; the backbone here is {arch}: use "
-                        f"{_netnum_for(foreign.arch)}")
+                        f"{netnum_for(foreign.arch)}")
     spec, desc = vit_layout(foreign.state)
     if not isinstance(backbone, ViTBackbone) or isinstance(backbone, GroupedViTBackbone) or backbone.arch != foreign.arch:
         raise UserError(f"{foreign.path} holds {desc}, which does not fit the {arch} backbone of this --netnum; "

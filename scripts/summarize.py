@@ -3,22 +3,25 @@
     python scripts/summarize.py results/euroms.csv [more.csv ...] [--out PREFIX] [--metric OA]
         [--baseline pretext=random] [--include-dirty] [--boot 2000] [--boot-seed 0]
 
-Rows are grouped by everything that made them (IDENTITY: dataset, split version, mode,
-network, pretext, pretraining run/epoch/datasets, what chose the checkpoint, protocol,
-probe and what its parameter was chosen on, bands, input size, tta, batch size,
-optimiser, lr, wd, epochs, augmentation, overlap override, code version, labels per
-class); the seeds of a group are its replicates. Nothing else is pooled: two
-checkpoints, two learning rates or two split versions are two lines. A repeated
-(identity, seed) keeps its latest row; rows of dirty trees (code_version ending in
+Rows are grouped by everything that made them (IDENTITY: every column of the table but
+the outcomes, engine/identity.py: dataset, split version, mode, network, pretext, the
+pretraining run, its settings, code version and the digest of the weights file, what chose
+the checkpoint, protocol, probe and what its parameter was chosen on, input, the
+optimisation and schedule, processes, overlap override, code version, labels per class);
+the seeds of a group are its replicates. Nothing else is pooled: two checkpoints, two
+schedules or two split versions are two lines. A repeated (identity, seed) keeps its
+latest row and the note names the rows merged; rows of dirty trees (code_version ending in
 ``-dirty``) are left out unless --include-dirty. Both are reported on stderr.
 
 Each line: n seeds, mean, std over seeds, and a 95 % percentile-bootstrap CI over
 seeds AND test images (from the per-image predictions saved beside the table; see
 scripts/summary_stats.py); "CI over" says "seeds" where a row has no predictions.
 ``--baseline COLUMN=VALUE`` adds the paired difference to the baseline run with the
-same dataset, split, network, labels per class, protocol and input, seed by seed:
-mean difference, its bootstrap CI, the paired t-test over seeds and the exact McNemar
-test on the per-image predictions pooled over seeds.
+same dataset, split, evaluated split (mode 2x scores the validation slice), network,
+labels per class, protocol and input, seed by seed: mean difference, its bootstrap CI
+and p (seeds and images resampled jointly), the exact McNemar test of each seed
+(median and range over seeds: the seeds share their test images, so their image pairs
+are never pooled) and the paired t-test over seeds.
 
 Writes <out>.md, <out>.csv (every identity column) and <out>.png (label-efficiency
 curves with CI bands) and prints the markdown.
@@ -36,19 +39,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from config.atomic import atomic_write  # noqa: E402
 from config.errors import UserError  # noqa: E402
-from engine.results import load_predictions, read_table  # noqa: E402
-from scripts.summary_stats import (METRICS, Scored, bootstrap_ci, has_images, mcnemar_exact_p,  # noqa: E402
-                                   paired_bootstrap_ci, paired_t_p)
+from engine.identity import identity_columns  # noqa: E402
+from engine.results import is_result_table, load_predictions, read_table, strip_bom  # noqa: E402
+from scripts.summary_stats import (METRICS, Scored, bootstrap_ci, mcnemar_per_seed, paired_bootstrap_ci,  # noqa: E402
+                                   paired_t_p)
 
-IDENTITY: tuple[str, ...] = (
-    "ds", "split_version", "mode", "netnum", "pretext", "pretrain_expnum", "pretrain_epoch", "pretrain_datasets",
-    "ckpt_selected_by", "hos", "probe", "probe_kind", "select_on", "bn_stats", "dtype", "bands", "input_size", "tta", "bs",
-    "optimizer", "lr", "wd", "epochs", "aug", "allow_overlap", "code_version", "ts",
-)
-# what a baseline run must share with the run it is compared to (plus the seed: the same draw)
-PAIR_KEYS: tuple[str, ...] = ("ds", "split_version", "ts", "netnum", "hos", "probe", "probe_kind", "select_on",
-                              "bn_stats", "dtype", "bands", "input_size", "tta")
+# every column of the table but the outcomes: derived from main_cls.py's parser and the table (engine/identity.py)
+IDENTITY: tuple[str, ...] = identity_columns()
+# what a baseline run must share with the run it is compared to (plus the seed: the same draw); ``mode`` as
+# the split it scores (2x: the validation slice; 1x/3x/4x: the test split), so SimCLR (41) pairs with random
+# init (11) but a validation row is never the baseline of a test row
+PAIR_KEYS: tuple[str, ...] = ("ds", "split_version", "ts", "mode", "netnum", "hos", "probe", "probe_kind",
+                              "select_on", "bn_stats", "dtype", "bands", "input_size", "tta")
 PROTOCOL_NAMES = {"0": "fine-tune all", "1": "fine-tune, backbone lr/5", "9": "linear probe",
                   "logreg": "logistic regression", "knn": "kNN"}
 
@@ -58,6 +62,11 @@ class Row:
     cells: dict[str, str]
     table: Path
     order: int
+    line: int = 0          # line in its table (the header is line 1)
+
+    @property
+    def where(self) -> str:
+        return f"{self.table.name}:{self.line} ({self.cells.get('time', '')})"
 
 
 @dataclass
@@ -86,6 +95,7 @@ def canon(column: str, value: str) -> str:
 
 
 def identity(cells: dict[str, str]) -> tuple[str, ...]:
+    """The row's run identity (one value per :data:`IDENTITY` column, one spelling per value)."""
     derived = dict(cells)
     param = cells.get("probe_param", "")
     # logreg's C is chosen per draw (one protocol); kNN's "k=20,weighted" names the protocol itself
@@ -97,11 +107,11 @@ def load(paths: list[Path], include_dirty: bool, notes: list[str]) -> list[Row]:
     rows: list[Row] = []
     dirty = 0
     for path in paths:
-        for cells in read_table(path):
+        for line, cells in enumerate(read_table(path), start=2):
             if cells["code_version"].endswith("-dirty") and not include_dirty:
                 dirty += 1
                 continue
-            rows.append(Row(cells, path, len(rows)))
+            rows.append(Row(cells, path, len(rows), line))
     if dirty:
         notes.append(f"left out {dirty} row(s) of dirty trees (code_version ending in -dirty); "
                      "--include-dirty keeps them")
@@ -112,18 +122,23 @@ def load(paths: list[Path], include_dirty: bool, notes: list[str]) -> list[Row]:
 
 
 def group(rows: list[Row], notes: list[str]) -> list[Group]:
-    """Rows by identity, one per seed: a repeated (identity, seed) keeps the latest (by time, then position)."""
+    """Rows by identity, one per seed: a repeated (identity, seed) keeps the latest (by time, then position),
+    and the note names the rows that were merged."""
     latest: dict[tuple, Row] = {}
-    repeated = 0
+    dropped: dict[tuple, list[Row]] = defaultdict(list)
     for r in rows:
         k = (identity(r.cells), r.cells["seed"])
         if k in latest:
-            repeated += 1
-            if (r.cells["time"], r.order) < (latest[k].cells["time"], latest[k].order):
-                continue
+            older, newer = sorted((r, latest[k]), key=lambda x: (x.cells["time"], x.order))
+            dropped[k].append(older)
+            r = newer
         latest[k] = r
-    if repeated:
-        notes.append(f"{repeated} repeated (identity, seed) row(s): kept the latest row of each")
+    if dropped:
+        repeated = sum(len(v) for v in dropped.values())
+        merged = [f"seed {k[1]}: kept {latest[k].where}, dropped {', '.join(d.where for d in v)}"
+                  for k, v in list(dropped.items())[:5]]
+        notes.append(f"{repeated} repeated (identity, seed) row(s): kept the latest row of each; merged "
+                     + "; ".join(merged) + (f"; and {len(dropped) - 5} more" if len(dropped) > 5 else ""))
     groups: dict[tuple, Group] = {}
     for (ident, _), r in latest.items():
         groups.setdefault(ident, Group(ident)).rows.append(r)
@@ -214,7 +229,8 @@ def summarize(groups: list[Group], metric: str, n_boot: int, boot_seed: int,
 
 def _pair(g: Group, bases: list[Group], metric: str, n_boot: int, boot_seed: int, cache: dict) -> dict:
     """The paired comparison of ``g`` with its baseline run; 'note' says why there is none."""
-    cands = [b for b in bases if all(b.ident[k] == g.ident[k] for k in PAIR_KEYS) and set(b.seeds()) & set(g.seeds())]
+    cands = [b for b in bases if all(_pairing(k, b.ident[k]) == _pairing(k, g.ident[k]) for k in PAIR_KEYS)
+             and set(b.seeds()) & set(g.seeds())]
     if not cands:
         return {"note": "no baseline run with the same data, split, network, ts, protocol and seeds"}
     others = [c for c in IDENTITY if c not in PAIR_KEYS]
@@ -228,12 +244,18 @@ def _pair(g: Group, bases: list[Group], metric: str, n_boot: int, boot_seed: int
     common = sorted(set(g.seeds()) & set(base.seeds()), key=_seed_order)
     a, b = _subset(cache[g.key], g, common), _subset(cache[base.key], base, common)
     diff = a.values - b.values
-    lo, hi, over = paired_bootstrap_ci(a, b, metric, n_boot, boot_seed)
-    out = {"baseline": base, "n_pairs": len(common), "diff": float(diff.mean()), "diff_ci": (lo, hi),
-           "diff_over": over, "p_t": paired_t_p(a.values, b.values), "p_mcnemar": math.nan}
-    if has_images(a, b):
-        out["p_mcnemar"] = mcnemar_exact_p(a.pred == a.true, b.pred == b.true)[0]
-    return out
+    lo, hi, over, p_boot = paired_bootstrap_ci(a, b, metric, n_boot, boot_seed)
+    per_seed = mcnemar_per_seed(a, b)
+    spread = (float(np.median(per_seed)), min(per_seed), max(per_seed)) if per_seed else (math.nan,) * 3
+    return {"baseline": base, "n_pairs": len(common), "diff": float(diff.mean()), "diff_ci": (lo, hi),
+            "diff_over": over, "p_t": paired_t_p(a.values, b.values), "p_boot": p_boot, "p_mcnemar": spread}
+
+
+def _pairing(column: str, value: str) -> str:
+    """What a baseline must share: ``mode`` by the split it scores (2x the validation slice, else the test split)."""
+    if column == "mode":
+        return "val" if value.startswith("2") else "test"
+    return value
 
 
 def _subset(s: Scored, g: Group, seeds: list[str]) -> Scored:
@@ -253,11 +275,23 @@ def _p(v: float) -> str:
     return f"{v:.3f}" if v >= 0.001 else f"{v:.1e}"
 
 
+# what a pretraining checkpoint implies (its settings, code version, file digest): named per line only where
+# two lines of one checkpoint (pretraining run and epoch) differ in it; the CSV has them all
+IMPLIED = ("pretrain_code_version", "pretrain_optimizer", "pretrain_lr", "pretrain_bs", "pretrain_epochs",
+           "pretrain_steps", "pretrain_seed", "pretrain_recipe", "init_sha")
+
+
 def varying(lines: list[Line]) -> tuple[list[str], dict[str, str]]:
     """Identity columns that differ between lines (shown per line) and the common ones (shown once)."""
     cols = [c for c in IDENTITY if c not in ("ds", "ts")]
     vary = [c for c in cols if len({ln.group.ident[c] for ln in lines}) > 1]
     common = {c: lines[0].group.ident[c] for c in cols if c not in vary and lines[0].group.ident[c] != ""}
+    runs: dict[tuple, set] = defaultdict(set)
+    for ln in lines:
+        ident = ln.group.ident
+        runs[(ident["pretrain_expnum"], ident["pretrain_epoch"])].add(tuple(ident[c] for c in IMPLIED))
+    if all(len(v) == 1 for v in runs.values()):
+        vary = [c for c in vary if c not in IMPLIED]
     return vary, common
 
 
@@ -278,8 +312,10 @@ def to_markdown(lines: list[Line], metric: str, n_boot: int, boot_seed: int, bas
            ""]
     if baseline:
         out[0] += (f" Δ: mean paired difference to the {baseline[0]}={baseline[1]} run with the same seeds, CI as above; "
-                   "p (t): paired t-test over seeds; p (McNemar): exact McNemar test on per-image predictions "
-                   "pooled over seeds.")
+                   "p (boot): two-sided p of Δ = 0 from the same crossed seed x image bootstrap; McNemar per seed: "
+                   "exact McNemar p of each seed's per-image predictions, median [min, max] over seeds (the seeds "
+                   "share their test images, so their pairs are never pooled); p (t): paired t-test over seeds "
+                   "(the draw's variance only).")
     by_ds: dict[str, list[Line]] = defaultdict(list)
     for ln in lines:
         by_ds[ln.group.ident["ds"]].append(ln)
@@ -290,7 +326,7 @@ def to_markdown(lines: list[Line], metric: str, n_boot: int, boot_seed: int, bas
         out.append("")
         head = ["run", "labels/class", "n", "mean", "std", "95 % CI", "CI over"]
         if baseline:
-            head += [f"Δ vs {baseline[1]}", "Δ 95 % CI", "p (t)", "p (McNemar)", "pairs"]
+            head += [f"Δ vs {baseline[1]}", "Δ 95 % CI", "p (boot)", "McNemar per seed", "p (t)", "pairs"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for ln in part:
             ident = ln.group.ident
@@ -300,38 +336,47 @@ def to_markdown(lines: list[Line], metric: str, n_boot: int, boot_seed: int, bas
             if baseline:
                 pr = ln.paired
                 if "diff" in pr:
+                    med, low, high = pr["p_mcnemar"]
                     cells += [f"{pr['diff']:+.{digits}f}", f"[{pr['diff_ci'][0]:+.{digits}f}, {pr['diff_ci'][1]:+.{digits}f}]"
-                              if not math.isnan(pr["diff_ci"][0]) else "–", _p(pr["p_t"]), _p(pr["p_mcnemar"]),
+                              if not math.isnan(pr["diff_ci"][0]) else "–", _p(pr["p_boot"]),
+                              f"{_p(med)} [{_p(low)}, {_p(high)}]" if not math.isnan(med) else "–", _p(pr["p_t"]),
                               str(pr["n_pairs"])]
                 else:
-                    cells += ["(baseline)" if not pr else pr["note"], "", "", "", ""]
+                    cells += ["(baseline)" if not pr else pr["note"], "", "", "", "", ""]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
 
 
-def to_csv(lines: list[Line], path: Path, baseline: tuple[str, str] | None) -> None:
+def to_csv(lines: list[Line], baseline: tuple[str, str] | None) -> bytes:
+    """The summary table as CSV bytes (every identity column, CI bounds, p-values)."""
     import csv
+    import io
     head = [*IDENTITY, "n", "mean", "std", "ci_low", "ci_high", "ci_over", "seeds"]
     if baseline:
-        head += ["baseline_expnum", "diff", "diff_ci_low", "diff_ci_high", "p_paired_t", "p_mcnemar", "n_pairs", "note"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(head)
-        for ln in lines:
-            row = [*ln.group.key, ln.n, ln.mean, ln.std, ln.ci[0], ln.ci[1], ln.over, " ".join(ln.group.seeds())]
-            if baseline:
-                pr = ln.paired
-                if "diff" in pr:
-                    row += [pr["baseline"].ident["pretrain_expnum"], pr["diff"], *pr["diff_ci"], pr["p_t"],
-                            pr["p_mcnemar"], pr["n_pairs"], ""]
-                else:
-                    row += ["", "", "", "", "", "", "", pr.get("note", "baseline")]
-            w.writerow(row)
+        head += ["baseline_expnum", "diff", "diff_ci_low", "diff_ci_high", "p_boot", "p_mcnemar_median",
+                 "p_mcnemar_min", "p_mcnemar_max", "p_paired_t", "n_pairs", "note"]
+    f = io.StringIO()
+    w = csv.writer(f, lineterminator="\n")
+    w.writerow(head)
+    for ln in lines:
+        row = [*ln.group.key, ln.n, ln.mean, ln.std, ln.ci[0], ln.ci[1], ln.over, " ".join(ln.group.seeds())]
+        if baseline:
+            pr = ln.paired
+            if "diff" in pr:
+                row += [pr["baseline"].ident["pretrain_expnum"], pr["diff"], *pr["diff_ci"], pr["p_boot"],
+                        *pr["p_mcnemar"], pr["p_t"], pr["n_pairs"], ""]
+            else:
+                row += [""] * 10 + [pr.get("note", "baseline")]
+        w.writerow(row)
+    return f.getvalue().encode("utf-8")
 
 
-def plot(lines: list[Line], path: Path, metric: str) -> None:
-    """Label-efficiency curves: mean against labels per class, shaded 95 % CI, one curve per run (identity minus ts)."""
+def plot(lines: list[Line], metric: str) -> bytes:
+    """Label-efficiency curves (PNG bytes): mean against labels per class, shaded 95 % CI, one curve per run
+    (identity minus ts)."""
+    import io
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -366,8 +411,10 @@ def plot(lines: list[Line], path: Path, metric: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
+    return buf.getvalue()
 
 
 def parse_baseline(text: str | None) -> tuple[str, str] | None:
@@ -396,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.boot < 100:
             raise UserError(f"--boot {args.boot} is too few resamples for a 95 % interval; use 1000 or more")
         baseline = parse_baseline(args.baseline)
+        outs = output_paths(args.out, args.csv)
         notes: list[str] = []
         groups = group(load(args.csv, args.include_dirty, notes), notes)
         lines = summarize(groups, args.metric, args.boot, args.boot_seed, baseline, notes)
@@ -404,15 +452,53 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    out = args.out or args.csv[0].with_name(args.csv[0].stem + "_summary")
     md = to_markdown(lines, args.metric, args.boot, args.boot_seed, baseline)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(md)
-    to_csv(lines, out.with_suffix(".csv"), baseline)
-    plot(lines, out.with_suffix(".png"), args.metric)
+    try:
+        files = write_outputs(outs, {".md": md.encode("utf-8"), ".csv": to_csv(lines, baseline)},
+                              lambda: plot(lines, args.metric))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(md)
-    print(f"written: {out.with_suffix('.md')}, {out.with_suffix('.csv')}, {out.with_suffix('.png')}")
+    print(f"written: {', '.join(map(str, files))}")
     return 0
+
+
+def output_paths(out: Path | None, inputs: list[Path]) -> dict[str, Path]:
+    """``<out>.md/.csv/.png``; refused when one of them is an input or another results table (never overwritten)."""
+    out = out or inputs[0].with_name(inputs[0].stem + "_summary")
+    outs = {ext: out.with_suffix(ext) for ext in (".md", ".csv", ".png")}
+    given = {p.resolve(): p for p in inputs}
+    for path in outs.values():
+        if path.resolve() in given:
+            raise UserError(f"--out {out} would write {path} over the input table {given[path.resolve()]}; "
+                            f"pick another prefix, e.g. --out {out.with_name(out.name + '_summary')}")
+        if path.suffix == ".csv" and path.is_file() and is_result_table(_first_line(path)):
+            raise UserError(f"--out {out} would write {path} over a results table; pick another prefix, "
+                            f"e.g. --out {out.with_name(out.name + '_summary')}")
+    return outs
+
+
+def _first_line(path: Path) -> list[str]:
+    import csv
+    with open(path, "rb") as f:
+        line = strip_bom(f.readline()).decode("utf-8", "replace").rstrip("\r\n")
+    return next(csv.reader([line]), [])
+
+
+def write_outputs(outs: dict[str, Path], data: dict[str, bytes], png) -> list[Path]:
+    """Write every output atomically (temp file + rename), the figure rendered first: a failure leaves the
+    previous summary files whole. An unwritable place is one sentence."""
+    where = outs[".md"].parent
+    try:
+        data = {**data, ".png": png()}
+        where.mkdir(parents=True, exist_ok=True)
+        for ext, path in outs.items():
+            atomic_write(path, lambda f, b=data[ext]: f.write(b))
+    except OSError as err:
+        raise UserError(f"--out {where / outs['.md'].stem}: cannot write there ({err.strerror or err}); "
+                        "pass an --out prefix in a folder you can write to") from None
+    return list(outs.values())
 
 
 if __name__ == "__main__":

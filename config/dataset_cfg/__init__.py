@@ -58,6 +58,7 @@ class DatasetOpt:
     generate: bool = False                   # the built-in demo: generate when missing
     cache_dir: Path = field(default_factory=lambda: Path(DEFAULT_CACHE).expanduser())
     parts: tuple["DatasetOpt", ...] = ()     # non-empty for pooled datasets (a+b)
+    scenes: str = ""                         # what the images show: releases of one dataset share it
 
     @property
     def band_index(self) -> tuple[int, ...]:

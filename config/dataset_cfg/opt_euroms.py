@@ -24,3 +24,4 @@ BATCH_SIZE = 64
 LR = 4e-4
 TRAIN_FRACTION = 0.8
 SPLIT_LISTS = "eurosat"        # eurosat-train/val/test.txt of Neumann et al. (2019), for --split-file
+SCENES = "eurosat"             # the RGB .jpg and the 13-band .tif releases show the same scenes

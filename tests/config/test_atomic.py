@@ -107,6 +107,32 @@ def test_full_disk_inside_torch_save(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+def test_ctrl_c_inside_torch_save_is_an_interrupt_and_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C while torch.save writes: its zip writer then fails on close ("unexpected pos"), a RuntimeError
+    that used to replace the KeyboardInterrupt (exit 1, two tracebacks). It must stay Ctrl-C (exit 130),
+    with the old file intact and no temporary file."""
+    import io
+
+    from config.errors import Interrupted, exit_on_user_error
+    real_fdopen = os.fdopen
+
+    class CtrlC(io.FileIO):
+        def write(self, b):
+            if self.tell() > 100:
+                raise KeyboardInterrupt
+            return super().write(b)
+    target = tmp_path / "x.pth"
+    atomic_save({"a": torch.ones(3)}, target)
+    monkeypatch.setattr(atomic.os, "fdopen", lambda fd, mode: CtrlC(fd, "wb") if "b" in mode else real_fdopen(fd, mode))
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"a": torch.zeros(100_000)}, target)
+    with pytest.raises(Interrupted) as e:
+        exit_on_user_error(lambda: atomic_save({"a": torch.zeros(100_000)}, target))()
+    assert e.value.code == 130
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pth"]
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(3))
+
+
 def test_stale_tmp_files_of_dead_writers_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)

@@ -26,3 +26,13 @@ def test_min_input_sizes_are_exact():
         if least > 1:
             with pytest.raises(UserError, match=f"at least {least}x{least}"):
                 limits.check_input_size(f"0{digit}0000", least - 1)
+
+
+def test_input_memory_bound_is_the_batch_and_first_feature_map():
+    """4 bytes x batch x side^2 x (bands + 64 maps at half the side): that much passes, one byte less fails."""
+    need = 4 * 8 * 100 * 100 * (13 + 16)
+    limits.check_input_memory(100, 13, 8, memory=need)
+    with pytest.raises(UserError, match="--input_size 100 needs at least"):
+        limits.check_input_memory(100, 13, 8, memory=need - 1)
+    assert limits.physical_memory() > 2**30
+    limits.check_input_memory(224, 13, 128)                     # what baselines use fits any machine here

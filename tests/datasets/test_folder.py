@@ -77,3 +77,58 @@ def test_every_named_dataset_is_measured_and_pools_keep_their_own(tmp_path):
     data = make_dataset(pooled, pidx.train, lambda o: None)
     assert [data[i][2] for i in range(len(data))] == list(range(len(data))) and data[-1][2] == len(data) - 1
     assert len(pooled.parts) == 2 and 0 < len(data.datasets[0]) < len(data)
+
+
+# ---- issue 19: caches keyed by content, nodata honoured, one pixel type per dataset ----
+
+def test_statistics_follow_training_images_rewritten_in_place(tmp_path):
+    """Same names, same cache: rewriting a training image re-measures the statistics."""
+    root = class_tree(tmp_path / "mine", SIZES)
+    opt, idx = prepare_dataset(get_opt(str(root)))
+    write_tif(idx.train[0].path, 3, 65535)
+    opt2, idx2 = prepare_dataset(get_opt(str(root)))
+    assert idx2.split_version == idx.split_version and stats_path(opt2, idx2.split_version) == stats_path(opt, idx.split_version)
+    assert (opt2.mean > opt.mean + 100).all()
+    assert np.allclose(opt2.mean, numpy_stats([s.path for s in idx2.train])[0])
+
+
+def test_pixels_at_the_nodata_value_are_refused_naming_the_file(tmp_path):
+    import pytest
+    from osgeo import gdal
+
+    from config.errors import UserError
+    root = class_tree(tmp_path / "mine", SIZES)
+    _, idx = prepare_dataset(get_opt(str(root)))
+    tagged = idx.train[1].path                   # a nodata tag with no such pixel is fine
+    ds = gdal.Open(str(tagged), gdal.GA_Update)
+    for b in range(3):
+        ds.GetRasterBand(b + 1).SetNoDataValue(65000)
+    ds = None
+    assert read_raw(tagged).shape == (3, 4, 4)
+    bad = idx.train[0].path
+    arr = read_raw(bad).astype(np.float64)
+    arr[2, 1, 1] = 0
+    write_tif(bad, 3, arr)
+    ds = gdal.Open(str(bad), gdal.GA_Update)
+    for b in range(3):
+        ds.GetRasterBand(b + 1).SetNoDataValue(0)
+    ds = None
+    with pytest.raises(UserError, match=f"{bad}.*1 pixel.*nodata value 0"):
+        prepare_dataset(get_opt(str(root)))
+
+
+def test_a_dataset_mixing_bit_depths_is_refused(tmp_path):
+    import pytest
+    from PIL import Image
+
+    from config.errors import UserError
+    root = tmp_path / "pngs"
+    for c in ("A", "B"):
+        for i in range(5):
+            (root / c).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((4, 4), 10 * i, np.uint8)).save(root / c / f"{c}_{i}.png")
+    prepare_dataset(get_opt(str(root)))
+    odd = root / "B" / "B_3.png"
+    Image.fromarray(np.full((4, 4), 40000, np.uint16)).save(odd)        # a 16-bit png among 8-bit ones
+    with pytest.raises(UserError, match=r"mixes pixel types.*uint8.*uint16.*B_3\.png"):
+        prepare_dataset(get_opt(str(root)))

@@ -195,8 +195,8 @@ def test_split_version_is_recorded_and_follows_the_file_list(tmp_path, caplog):
     idx = build_index(opt)
     record = opt.cache_dir / opt.cache_key / "split.csv"
     lines = record.read_text().splitlines()
-    assert f"split_version {idx.split_version}" in lines[0] and lines[1] == "path,class,split"
-    body = [line.split(",") for line in lines[2:]]
+    assert lines[0] == "path,class,split,split_version" and lines[1].endswith("," + idx.split_version)
+    body = [line.split(",") for line in lines[1:]]
     assert len(body) == sum(SIZES.values()) and sum(r[2] == "val" for r in body) == len(idx.val) == 8
     assert ["Fifty/fifty_000.tif", "Fifty"] in [r[:2] for r in body]
     # another extension of the same scene: same split, same version
@@ -208,7 +208,8 @@ def test_split_version_is_recorded_and_follows_the_file_list(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         new = build_index(opt)
     assert new.split_version != idx.split_version and new.split_version.startswith("v2-")
-    assert "changed since" in caplog.text and new.split_version in record.read_text().splitlines()[0]
+    assert "changed since" in caplog.text and idx.split_version in caplog.text
+    assert record.read_text().splitlines()[1].endswith("," + new.split_version)
 
 
 def test_unlabelled_imagery_keys_by_stem_path_without_a_slice(tmp_path):

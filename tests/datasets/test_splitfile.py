@@ -36,8 +36,8 @@ def test_export_then_import_gives_the_same_split(tmp_path, capsys):
     datasets_main(["--ds", str(root), "--export-split", str(out)])
     assert f"written to {out}" in capsys.readouterr().out
     lines = out.read_text().splitlines()
-    assert lines[1] == "path,class,split" and len(lines) == 2 + sum(SIZES.values())
-    assert {line.split(",")[2] for line in lines[2:]} == {"train", "val", "test"}
+    assert lines[0] == "path,class,split,split_version" and len(lines) == 1 + sum(SIZES.values())
+    assert {line.split(",")[2] for line in lines[1:]} == {"train", "val", "test"}
     assert "Forest/forest_000.tif,Forest," in "\n".join(lines)
     built = build_index(get_opt(str(root)))
     imported = build_index(get_opt(str(root), ns(tmp_path, out)))
@@ -81,7 +81,7 @@ def test_neumann_lists_match_the_tif_release_by_scene(tmp_path):
     assert stem(idx.pool) == sorted(lists["train"]) and idx.split_version.startswith("file-")
     opt = get_opt("euroms", ns(tmp_path))
     record = opt.cache_dir / opt.cache_key / f"split_{idx.split_version}.csv"    # resolved to the .tif files
-    assert "AnnualCrop/AnnualCrop_1.tif,AnnualCrop,val" in record.read_text().splitlines()
+    assert f"AnnualCrop/AnnualCrop_1.tif,AnnualCrop,val,{idx.split_version}" in record.read_text().splitlines()
 
 
 def test_neumann_lists_that_do_not_match_the_files(tmp_path):
@@ -135,7 +135,7 @@ def test_conflicting_rows_and_missing_header(tmp_path):
     with pytest.raises(UserError, match="listed in both"):
         build_index(get_opt(str(root), ns(tmp_path, dup)))
     headless = tmp_path / "headless.csv"
-    headless.write_text("\n".join(good.read_text().splitlines()[2:]))
+    headless.write_text("\n".join(good.read_text().splitlines()[1:]))
     with pytest.raises(UserError, match="must start with the header path,class,split"):
         build_index(get_opt(str(root), ns(tmp_path, headless)))
 
@@ -152,12 +152,12 @@ def test_a_split_without_val_rows_gets_the_hash_slice_of_its_train_rows(tmp_path
 def test_entry_scripts_take_split_file(tmp_path):
     """--split-file reaches the index of both entry scripts (it is not accepted and ignored)."""
     import main_cls  # noqa: F401  (the scripts build their parsers from engine.cli.base_parser)
-    from engine import evaljob, plan
+    from engine import evaljob, plan, pretrain_flags
     from engine.cli import base_parser
     root, good = exported(tmp_path)
     common = ["--ds", str(root), "--split-file", str(good), "--netnum", "090000", "--workers", "0",
               "--ckpt", str(tmp_path / "ck"), "--input_size", "8", "--bs", "8"]
-    pre = plan.add_args(base_parser("", "pretrain")).parse_args(common + ["--mode", "910", "--ts", "1"])
+    pre = pretrain_flags.add_args(base_parser("", "pretrain")).parse_args(common + ["--mode", "910", "--ts", "1"])
     cls = evaljob.add_args(base_parser("", "cls")).parse_args(common + ["--mode", "11", "--ts", "2",
                                                                           "--results", str(tmp_path / "r.csv")])
     assert plan.resolve(pre).index.split_version.startswith("file-")
@@ -177,3 +177,55 @@ def test_lists_for_a_dataset_without_published_ones(tmp_path):
     (folder / "other-train.txt").write_text("x.tif\n")
     with pytest.raises(UserError, match="several sets of split lists"):
         build_index(get_opt(str(root), ns(tmp_path, folder)))
+
+
+# ---- issue 19: the file a plain CSV, never written over another file, read as spreadsheets save it ----
+
+def test_the_exported_split_is_a_plain_csv_any_reader_takes(tmp_path):
+    """No comment line: pandas and csv.DictReader see the header path,class,split (+ split_version, the provenance)."""
+    import csv
+
+    import pandas as pd
+    root, good = exported(tmp_path)
+    built = build_index(get_opt(str(root)))
+    table = pd.read_csv(good, dtype=str)
+    assert list(table.columns) == ["path", "class", "split", "split_version"] and len(table) == sum(SIZES.values())
+    assert set(table["split_version"]) == {built.split_version}
+    with open(good, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["split"] for r in rows} == {"train", "val", "test"} and rows[0]["path"].endswith(".tif")
+
+
+def test_an_older_split_file_with_its_comment_line_still_reads(tmp_path):
+    root, good = exported(tmp_path)
+    old = tmp_path / "old.csv"
+    body = [",".join(line.split(",")[:3]) for line in good.read_text().splitlines()]
+    old.write_text("# rs-ssl split of mine: split_version v2-x; paths relative to the dataset folder\n"
+                   + "\n".join(body) + "\n")
+    built = build_index(get_opt(str(root)))
+    assert splits_of(build_index(get_opt(str(root), ns(tmp_path, old)))) == splits_of(built)
+
+
+def test_a_split_file_saved_with_a_bom_reads(tmp_path):
+    root, good = exported(tmp_path)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + good.read_bytes())
+    built = build_index(get_opt(str(root)))
+    assert splits_of(build_index(get_opt(str(root), ns(tmp_path, bom)))) == splits_of(built)
+
+
+def test_export_never_writes_over_an_existing_file_unless_overwrite(tmp_path, capsys):
+    root = class_tree(tmp_path / "mine", SIZES)
+    table = tmp_path / "results.csv"
+    table.write_text("time,code_version,ds,ts,seed,OA\n2026-01-01,abc,x,5,0,50\n")
+    before = table.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        datasets_main(["--ds", str(root), "--export-split", str(table)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--export-split {table} exists" in err and "--overwrite" in err
+    assert "Traceback" not in err and table.read_bytes() == before
+    datasets_main(["--ds", str(root), "--export-split", str(table), "--overwrite"])
+    assert table.read_text().startswith("path,class,split")
+    with pytest.raises(SystemExit) as e:
+        datasets_main(["--ds", str(root), "--overwrite"])
+    assert e.value.code == 2 and "--overwrite replaces the --export-split file" in capsys.readouterr().err

@@ -107,3 +107,86 @@ def test_cache_key_names_what_the_features_depend_on(demo_root, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert base["train_files"] == features.samples_digest(list(reversed(job.index.train)))   # order-free
+
+
+def test_images_rewritten_in_place_miss_the_cache(demo_root, tmp_path, caplog):
+    """Same names, other pixels (issue 19): the cache must not hand out the old images' features."""
+    torch.set_num_threads(1)
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    cache = tmp_path / "cache"
+    first, job, _ = _features(root, cache, caplog)
+    a, b = sorted(job.index.test, key=lambda s: s.path.as_posix())[:2]
+    a.path.write_bytes(b.path.read_bytes())                     # a's file now shows b's pixels
+    again, job2, text = _features(root, cache, caplog)
+    assert "from cache" not in text and "frozen features of" in text
+    x, _ = again.take([a, b])
+    np.testing.assert_allclose(x[0], x[1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(first.take([a])[0], x[0])
+
+
+def _nan_tree(root, bad: str):
+    """A Float32 class tree; the file named ``bad`` holds one NaN pixel."""
+    from osgeo import gdal
+
+    from tests.datasets.trees import write_tif
+    rng = np.random.default_rng(0)
+    for c in ("Fields", "Forest", "Water"):
+        for i in range(8):
+            arr = rng.normal(100 * (1 + ("Fields", "Forest", "Water").index(c)), 5, (3, 8, 8))
+            if f"{c}/{c.lower()}_{i}" == bad:
+                arr[1, 2, 3] = np.nan
+            write_tif(root / c / f"{c.lower()}_{i}.tif", 3, arr, dtype=gdal.GDT_Float32, size=8)
+    return root
+
+
+def test_a_test_image_with_nan_pixels_is_refused_naming_it(tmp_path, capsys):
+    import pytest
+
+    import main_cls
+    from datasets.folder import prepare_dataset
+    from datasets.options import get_opt
+    root = _nan_tree(tmp_path / "mine", "")
+    _, index = prepare_dataset(get_opt(str(root)))
+    victim = index.test[0].path
+    _nan_tree(tmp_path / "mine", f"{victim.parent.name}/{victim.stem}")
+    with pytest.raises(SystemExit) as e:
+        main_cls.main(["--ds", str(root), "--mode", "11", "--netnum", "000000", "--probe", "knn", "--ts", "2",
+                       "--workers", "0", "--results", str(tmp_path / "r.csv"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and str(victim) in err and "NaN" in err and "Traceback" not in err
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_weights_holding_nan_are_refused_naming_the_file(demo_root, tmp_path, capsys):
+    import pytest
+    import torchvision
+
+    import main_cls
+    state = torchvision.models.resnet18().state_dict()
+    state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "resnet18-nan.pth"
+    torch.save(state, path)
+    with pytest.raises(SystemExit) as e:
+        main_cls.main(["--ds", "demo", "--data-root", str(demo_root), "--dtype", "RGB", "--mode", "11",
+                       "--netnum", "090000", "--weights", str(path), "--probe", "knn", "--ts", "2", "--input_size", "32",
+                       "--workers", "0", "--results", str(tmp_path / "r.csv"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and str(path) in err and "NaN" in err and "Traceback" not in err
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_non_finite_features_are_refused_naming_the_images(tmp_path):
+    """Whatever made them (an overflow, a damaged checkpoint), NaN features never reach a probe."""
+    import pytest
+
+    from config.errors import UserError
+    from datasets.index import Sample
+    from pathlib import Path
+    samples = [Sample(Path(f"/d/c/img{i}.tif"), 0) for i in range(4)]
+    feats = np.ones((4, 3), np.float32)
+    feats[2, 1] = np.inf
+    with pytest.raises(UserError, match=r"1 of the 4 images.*img2\.tif"):
+        features.check_finite(feats, samples, "checkpoint x.pth")
+    with pytest.raises(UserError, match=r"checkpoint x\.pth.*every image"):
+        features.check_finite(np.full((4, 3), np.nan, np.float32), samples, "checkpoint x.pth")

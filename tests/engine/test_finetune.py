@@ -265,3 +265,81 @@ def test_band_mismatch_names_the_file(demo_root, pretrained, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "20186093531_pretrain_1.pth" in err and "13" in err and "3" in err
+
+
+def test_val_and_test_modes_check_the_classifier_against_its_split_and_classes(demo_root, tmp_path, capsys):
+    """Issue 19: a classifier records its split version, shots and classes; --mode 2x/3x refuse another split
+    or dataset, and their rows take seed, train scale and n_train from the checkpoint."""
+    import torch
+
+    from datasets.index import split_csv
+    from datasets.options import get_opt
+    from tests.datasets.trees import class_tree
+    res, ck = tmp_path / "r.csv", tmp_path / "ck"
+    main_cls.main(cls_args(demo_root, ck, res, "--mode", "11", "--ts", "3", "--mepoch", "1", "--seed", "2"))
+    (saved,) = sorted(ck.glob(f"{NET}_*_train_ts3_s2_1.pth"))
+    meta = torch.load(saved, weights_only=False)["meta"]
+    expnum = saved.name[len(NET) + 1:-len("_1.pth")]
+    job = evaljob.resolve(evaljob.add_args(base_parser("t", script="cls")).parse_args(
+        cls_args(demo_root, ck, res, "--mode", "31", "--expnum", expnum, "--cepoch", "1")))
+    assert meta["split_version"] == job.index.split_version and meta["classes"] == list(job.opt.classes)
+    assert meta["n_train"] == 18 and len(meta["shots"]) == 18 and set(meta["shots"]) <= {s.key for s in job.index.pool}
+    main_cls.main(cls_args(demo_root, ck, res, "--mode", "31", "--expnum", expnum, "--cepoch", "1"))
+    train_row, test_row = rows(res)
+    assert (test_row["seed"], test_row["ts"], test_row["n_train"]) == ("2", "3.0", "18") == \
+        (train_row["seed"], train_row["ts"], train_row["n_train"])
+    # another split of the same files: the classifier's shots could be test images there
+    opt = get_opt("demo", evaljob.add_args(base_parser("t", script="cls")).parse_args(
+        cls_args(demo_root, ck, res, "--mode", "11")))
+    other = tmp_path / "other.csv"
+    lines = split_csv(opt, job.index).splitlines()
+    other.write_text("\n".join([lines[0]] + [ln.replace(",test,", ",TMP,").replace(",train,", ",test,")
+                                             .replace(",TMP,", ",train,") for ln in lines[1:]]) + "\n")
+    with pytest.raises(SystemExit) as e:
+        main_cls.main(cls_args(demo_root, ck, res, "--mode", "31", "--expnum", expnum, "--cepoch", "1",
+                               "--split-file", str(other)))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "split" in err and job.index.split_version in err and "Traceback" not in err
+    # another dataset with as many classes and bands
+    mine = class_tree(tmp_path / "mine", {c: 5 for c in "ABCDEF"}, bands=13)
+    argv = cls_args(demo_root, ck, res, "--mode", "31", "--expnum", expnum, "--cepoch", "1")
+    argv[argv.index("--ds") + 1] = str(mine)
+    with pytest.raises(SystemExit) as e:
+        main_cls.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "demo" in err and "--ds" in err and "Traceback" not in err
+    # a --seed or --ts other than the classifier's is a contradiction, not a silent relabel
+    with pytest.raises(SystemExit) as e:
+        main_cls.main(cls_args(demo_root, ck, res, "--mode", "31", "--expnum", expnum, "--cepoch", "1", "--seed", "4"))
+    assert e.value.code == 2 and "--seed 2" in capsys.readouterr().err
+    assert len(rows(res)) == 2
+
+
+class _Draws:
+    """A dataset whose items are fresh random draws: what a worker's augmentation stream gives."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i):
+        import torch
+        return torch.rand(1), 0, i
+
+
+def test_fine_tuning_ranks_draw_their_own_augmentation_streams():
+    """Issue 19: under DDP each rank's DataLoader generator folds in the rank (as pretraining does), so two ranks'
+    workers never repeat one another's random draws; rank 0 keeps the single-process stream."""
+    import torch
+
+    from engine.runtime import Runtime
+    streams = []
+    for rank in (0, 1):
+        rt = Runtime(torch.device("cpu"), rank=rank, world=2, distributed=True)
+        loader, sampler, gen = finetune.train_loader(_Draws(), 4, rt, seed=3, workers=1)
+        finetune.start_epoch(sampler, gen, seed=3, epoch=0, rank=rank)
+        streams.append(torch.cat([x for x, _, _ in loader]))
+    assert not torch.equal(streams[0], streams[1])
+    single = Runtime(torch.device("cpu"))
+    loader, sampler, gen = finetune.train_loader(_Draws(), 4, single, seed=3, workers=1)
+    finetune.start_epoch(sampler, gen, seed=3, epoch=0, rank=0)
+    assert gen.initial_seed() == 3 * 1_000_003            # the single-process value, unchanged

@@ -48,6 +48,11 @@ BOTH = [   # (extra flags, what the sentence must say): the same in both scripts
     (["--netnum", "050000", "--input_size", "8"], "--netnum 050000 (vgg16_bn) needs inputs of at least 32x32"),
     (["--netnum", "060000", "--input_size", "8"], "--netnum 060000 (googlenet) needs inputs of at least 15x15"),
     (["--netnum", "080000", "--input_size", "8"], "--netnum 080000 (alexnet_small) needs inputs of at least 15x15"),
+    # issue 19: a name that is a path, and a size no memory holds
+    (["--expnum", "../x_pretrain"], "--expnum ../x_pretrain is a name, not a path"),
+    (["--expnum", "a/b"], "--expnum a/b is a name, not a path"),
+    (["--expnum", ".."], "--expnum .. is a name, not a path"),
+    (["--input_size", "100000"], "--input_size 100000 needs"),
 ]
 
 PRETRAIN = [
@@ -165,7 +170,7 @@ def test_broken_test_files_are_refused_before_training(demo_root, tmp_path, caps
     root, index = _own_copy(demo_root, tmp_path)
     empty, garbage = index.test[0].path, index.test[-1].path
     empty.write_bytes(b"")
-    _fails(main_cls.main, _own_args(root, tmp_path), f"{empty} (in the test split) is an empty file", capsys)
+    _fails(main_cls.main, _own_args(root, tmp_path), f"{empty} is an empty file", capsys)
     index.test[0].path.unlink()
     garbage.write_bytes(b"not a tiff at all" * 10)
     _fails(main_cls.main, _own_args(root, tmp_path), f"{garbage} is not a readable raster", capsys)
@@ -197,3 +202,31 @@ def test_an_empty_results_file_or_our_header_is_accepted(tmp_path):
     with open(res, "w", newline="") as f:
         csv.writer(f).writerow(RESULT_COLUMNS)
     guards.check_results_table(res)
+    res.write_bytes(b"\xef\xbb\xbf" + res.read_bytes())    # saved by a spreadsheet: a byte-order mark (issue 19)
+    guards.check_results_table(res)
+
+
+def test_test_images_with_nodata_pixels_are_refused_before_training(demo_root, tmp_path, capsys):
+    """Issue 19: a test GeoTIFF whose pixels sit at its nodata tag fails in one sentence BEFORE the fit,
+    not when the test split is read after it."""
+    from osgeo import gdal
+
+    from datasets.reader import read_raw
+    root, index = _own_copy(demo_root, tmp_path)
+    bad = index.test[-1].path
+    ds = gdal.Open(str(bad), gdal.GA_Update)
+    value = int(read_raw(bad)[0, 0, 0])
+    ds.GetRasterBand(1).SetNoDataValue(value)
+    ds = None
+    _fails(main_cls.main, _own_args(root, tmp_path, "--mepoch", "50"), f"{bad} has", capsys)
+    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())
+
+
+def test_a_split_file_without_test_rows_says_so(demo_root, tmp_path, capsys):
+    from datasets.index import split_csv
+    from datasets.options import get_opt
+    root, index = _own_copy(demo_root, tmp_path)
+    no_test = tmp_path / "no_test.csv"
+    no_test.write_text(split_csv(get_opt(str(root)), index).replace(",test,", ",train,"))
+    err = _fails(main_cls.main, _own_args(root, tmp_path, "--split-file", str(no_test)), "has no test rows", capsys)
+    assert "2 images" not in err and str(no_test) in err

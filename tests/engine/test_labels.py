@@ -54,3 +54,44 @@ def test_empty_slice_or_test_split_is_a_user_error(tmp_path):
     idx.test = []
     with pytest.raises(UserError, match="no test images"):
         labels.final_eval_set(idx)
+
+
+# ---- issue 19: a class with no shots or no test image is refused, never scored silently ----
+
+def _resolve(root, tmp_path, *extra):
+    from engine import evaljob
+    from engine.cli import base_parser
+    args = evaljob.add_args(base_parser("", "cls")).parse_args(
+        ["--ds", str(root), "--mode", "11", "--netnum", "000000", "--ts", "5", "--workers", "0",
+         "--ckpt", str(tmp_path / "ck"), "--results", str(tmp_path / "r.csv"), "--no-progress", *extra])
+    return evaljob.resolve(args)
+
+
+def test_a_class_with_one_image_has_no_test_image_and_is_refused(tmp_path):
+    from config.errors import UserError
+    root = class_tree(tmp_path / "mine", {"Fields": 12, "Forest": 20, "Lonely": 1})
+    idx = build_index(get_opt(str(root)))
+    assert [s for s in idx.test if s.label == 2] == []                 # the one image went to training
+    with pytest.raises(UserError, match=r"Lonely.*no image in the test split"):
+        _resolve(root, tmp_path)
+
+
+def test_a_split_file_putting_a_class_wholly_in_test_is_refused(tmp_path):
+    from config.errors import UserError
+    from datasets.index import split_csv
+    root = class_tree(tmp_path / "mine", SIZES)
+    opt = get_opt(str(root))
+    lines = split_csv(opt, build_index(opt)).splitlines()
+    moved = [(ln.replace(",train,", ",test,").replace(",val,", ",test,") if ln.startswith("Water/") else ln)
+             for ln in lines]
+    f = tmp_path / "split.csv"
+    f.write_text("\n".join(moved) + "\n")
+    with pytest.raises(UserError, match=r"Water.*no image in the few-shot pool"):
+        _resolve(root, tmp_path, "--split-file", str(f))
+
+
+def test_one_class_folder_is_named_as_one_not_as_none(tmp_path):
+    from config.errors import UserError
+    root = class_tree(tmp_path / "mine", {"Fields": 6})
+    with pytest.raises(UserError, match=r"one class folder \(Fields\).*at least two"):
+        _resolve(root, tmp_path)

@@ -12,7 +12,7 @@ from datasets.options import get_opt
 from datasets.folder import prepare_dataset
 from datasets.transforms import plain
 from config.errors import UserError
-from engine import monitors, plan
+from engine import monitors, pretrain_flags
 from engine.labels import monitor_sets
 from engine.runtime import Runtime
 
@@ -57,9 +57,9 @@ def test_auto_cadence_keeps_the_monitor_near_five_percent():
 
 
 def test_knn_freq_flag():
-    assert plan.parse_knn_freq("auto") == "auto" and plan.parse_knn_freq("3") == 3
+    assert pretrain_flags.parse_knn_freq("auto") == "auto" and pretrain_flags.parse_knn_freq("3") == 3
     with pytest.raises(UserError, match="--knn-freq -1 must be >= 0 epochs"):
-        plan.parse_knn_freq("-1")
+        pretrain_flags.parse_knn_freq("-1")
 
 
 def test_best_is_chosen_on_the_validation_knn(demo_root, tmp_path):

@@ -13,7 +13,7 @@ from torch import nn
 import models.pretext as pretexts
 from config.codes import PRETEXTS, decode_mode
 from config.errors import UserError
-from engine import evaljob, plan, recipes
+from engine import evaljob, plan, pretrain_flags, recipes
 from engine.optim import OptimSpec
 from engine.cli import CLS_DEFAULTS, base_parser
 from engine.optim import LARS, build_optimizer, no_weight_decay_names
@@ -34,7 +34,7 @@ def netnum_for(code: int) -> str:
 
 
 def parse(code: int, *extra: str) -> argparse.Namespace:
-    return plan.add_args(base_parser("", "pretrain")).parse_args(
+    return pretrain_flags.add_args(base_parser("", "pretrain")).parse_args(
         ["--mode", str(code), "--netnum", netnum_for(code), "--mepoch", str(MEPOCH), *extra])
 
 

@@ -20,12 +20,21 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+PREVIOUS_COLUMNS = (      # the schema before issue 19 (the tables under results/ had it)
+    "time", "code_version", "ds", "split_version", "ts", "seed", "mode", "netnum", "pretext", "pretrain_expnum",
+    "pretrain_epoch", "pretrain_datasets", "ckpt_selected_by", "hos", "probe", "probe_param", "select_on",
+    "selection_labels", "dtype", "bands", "input_size", "tta", "bs", "optimizer", "lr", "wd", "epochs", "aug",
+    "allow_overlap", "OA", "AA", "kappa", "macro_F1", "n_train", "n_test", "seconds", "per_class", "predictions")
+
+
 def test_columns_in_contract_order():
     assert RESULT_COLUMNS == (
         "time", "code_version", "ds", "split_version", "ts", "seed", "mode", "netnum", "pretext", "pretrain_expnum",
-        "pretrain_epoch", "pretrain_datasets", "ckpt_selected_by", "hos", "probe", "probe_param", "select_on",
-        "selection_labels", "bn_stats", "dtype", "bands", "input_size", "tta", "bs", "optimizer", "lr", "wd", "epochs",
-        "aug",
+        "pretrain_epoch", "pretrain_datasets", "ckpt_selected_by", "pretrain_code_version", "pretrain_optimizer",
+        "pretrain_lr", "pretrain_bs", "pretrain_epochs", "pretrain_steps", "pretrain_seed", "pretrain_recipe",
+        "pretrain_lr_selection", "init_sha", "hos", "probe", "probe_param", "select_on", "selection_labels", "bn_stats",
+        "dtype", "bands", "rgb_bands", "input_size", "tta", "bs", "optimizer", "lr", "wd", "momentum", "beta2", "lars_eta", "lars_clip", "layer_decay", "drop_path", "lr_policy",
+        "warmup", "milestones", "lr_decay", "loss", "epochs", "aug", "resumed", "amp", "sync_bn", "processes",
         "allow_overlap", "OA", "AA", "kappa", "macro_F1", "n_train", "n_test", "seconds", "per_class", "predictions")
 
 

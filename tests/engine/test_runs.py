@@ -297,3 +297,83 @@ def test_ctrl_c_in_fine_tuning(demo_root, tmp_path):
     rc, err = _interrupt_after(argv, one_epoch_logged)
     assert rc == -signal.SIGINT and "interrupted (Ctrl-C)" in err and "Traceback" not in err, err
     assert not list(ck.glob(".*.tmp")) and not (tmp_path / "r.csv").exists()
+
+
+# ---- issue 19: --resume cleans up, refuses other data, and never ends with nothing done ----
+
+def test_resume_cleans_stale_tmp_refuses_other_data_and_an_empty_run(demo_root, tmp_path, capsys):
+    from config import atomic
+    ck = tmp_path / "ck"
+    main_cls_ss_train.main(pre_args(demo_root, ck, "--expnum", "R_pretrain", "--ckpt_freq", "1"))
+    state = ck / f"{NET}_R_pretrain_state.pth"
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    stale = ck / f".{NET}_R_pretrain_2.pth.{atomic._HOST}-{dead}.abc123.tmp"   # a killed save's leftover
+    stale.write_bytes(b"x" * 1000)
+    # nothing left: the state is at epoch 1 of --mepoch 1
+    with pytest.raises(SystemExit) as e:
+        main_cls_ss_train.main(pre_args(demo_root, ck, "--resume", str(state)))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "nothing is left to train" in err and "--mepoch" in err and "Traceback" not in err
+    # another split (here: another --ts draw) than the state's
+    with pytest.raises(SystemExit) as e:
+        main_cls_ss_train.main(pre_args(demo_root, ck, "--resume", str(state), "--mepoch", "2", "--ts", "5"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "other training images than the run it continues" in err, err
+    before = torch.load(ck / f"{NET}_R_pretrain_1.pth", weights_only=True)["meta"]["provenance"]
+    main_cls_ss_train.main(pre_args(demo_root, ck, "--resume", str(state), "--mepoch", "2"))
+    assert not stale.exists()
+    after = torch.load(ck / f"{NET}_R_pretrain_2.pth", weights_only=True)["meta"]["provenance"]
+    assert after["scene_keys"] == before["scene_keys"] and after["scene_digests"] == before["scene_digests"]
+
+
+def test_continued_pretraining_keeps_the_earlier_runs_scenes(demo_root, tmp_path):
+    """Pretrain on 3 images per class, continue from that checkpoint on another draw: the second run's
+    checkpoint lists the scenes of both runs (the union), so the overlap check sees what stage one saw."""
+    ck = tmp_path / "ck"
+    main_cls_ss_train.main(pre_args(demo_root, ck, "--expnum", "A_pretrain", "--ts", "3", "--seed", "0"))
+    main_cls_ss_train.main(pre_args(demo_root, ck, "--expnum", "A_pretrain", "--cepoch", "1", "--ts", "3",
+                                    "--seed", "5", "--mepoch", "2"))
+    first = torch.load(ck / f"{NET}_A_pretrain_1.pth", weights_only=True)["meta"]["provenance"]
+    (second,) = [torch.load(p, weights_only=True)["meta"]["provenance"] for p in ck.glob(f"{NET}_*_2.pth")]
+    assert set(first["scene_keys"]) < set(second["scene_keys"])
+    assert set(first["scene_digests"]) < set(second["scene_digests"])
+
+
+# ---- issue 19: checkpoint errors in one sentence: what the file is, what it fits, the flag to change ----
+
+def _one_sentence(main, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "weights_only" not in err and "Missing key" not in err and len(err) < 400, err
+    return err
+
+
+def test_a_training_state_given_as_encoder_cp_is_named_as_such(demo_root, tmp_path, capsys):
+    ck = tmp_path / "ck"
+    main_cls_ss_train.main(pre_args(demo_root, ck, "--expnum", "S_pretrain", "--ckpt_freq", "1"))
+    state = ck / f"{NET}_S_pretrain_state.pth"
+    err = _one_sentence(main_cls.main, cls_args(demo_root, ck, tmp_path / "r.csv", "--mode", "41", "--encoder_cp",
+                                                str(state)), capsys)
+    assert "training state" in err and "may be truncated" not in err and "--resume" in err
+
+
+def test_imagenet_weights_of_another_network_name_its_netnum(demo_root, tmp_path, capsys):
+    import torchvision
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    argv = cls_args(demo_root, tmp_path / "ck", tmp_path / "r.csv", "--dtype", "RGB", "--weights", str(path))
+    argv[argv.index("--netnum") + 1] = "020000"
+    err = _one_sentence(main_cls.main, argv, capsys)
+    assert "resnet18" in err and "--netnum 090000" in err
+
+
+def test_a_resume_state_of_another_netnum_names_its_own(demo_root, tmp_path, capsys):
+    ck = tmp_path / "ck"
+    main_cls_ss_train.main(pre_args(demo_root, ck, "--expnum", "N_pretrain", "--ckpt_freq", "1"))
+    argv = pre_args(demo_root, ck, "--resume", str(ck / f"{NET}_N_pretrain_state.pth"), "--mepoch", "2")
+    argv[argv.index("--netnum") + 1] = "090000"
+    err = _one_sentence(main_cls_ss_train.main, argv, capsys)
+    assert f"--netnum {NET}" in err and "--mode 910" in err

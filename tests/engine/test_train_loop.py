@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, default_collate
 
 import models.pretext as pretexts
 from config.codes import decode_mode
-from engine import loaders, loop, plan, pretrain, recipes
+from engine import loaders, loop, plan, pretrain, pretrain_flags, recipes
 from engine.cli import base_parser
 from engine.optim import build_optimizer
 from engine.runtime import Runtime, TrainingDiverged
@@ -55,7 +55,7 @@ def count_host_syncs(monkeypatch):
 
 
 def pretrain_args(code: int, *extra: str):
-    return plan.add_args(base_parser("", "pretrain")).parse_args(["--mode", str(code), "--no-progress", *extra])
+    return pretrain_flags.add_args(base_parser("", "pretrain")).parse_args(["--mode", str(code), "--no-progress", *extra])
 
 
 def setup(code: int, n_batches: int = 3, bs: int = 4, size: int = 32, lr: float = 1e-3, *extra: str):
@@ -261,15 +261,31 @@ def test_two_ranks_two_workers_draw_their_own_views_reproducibly(tmp_path):
     same views again when rank r's draws are redone here (no process group, no workers)."""
     first = _two_ranks(tmp_path / "a")
     for epoch in range(2):
-        (i0, a0, b0), (i1, a1, b1) = first[0][epoch], first[1][epoch]
-        assert set(i0.tolist()).isdisjoint(i1.tolist())                   # each rank its own images
-        assert not torch.allclose(a0, a1) and not torch.allclose(b0, b1)  # and its own augmentations
+        (i0, _, _), (i1, _, _) = first[0][epoch], first[1][epoch]
+        assert set(i0.tolist()).isdisjoint(i1.tolist())                   # each rank its own images (their
+        # augmentations differ by rank even for one image: test_ranks_drawing_the_same_image_get_their_own_views)
     for r in range(2):
         again = _first_batches(r, 2, 2, workers=0)
         for epoch in range(2):
             for x, y in zip(first[r][epoch], again[epoch]):
                 assert torch.equal(x, y)                                 # the same seed: the same views
     assert not torch.equal(first[0][0][1], first[0][1][1])             # a new epoch reaches persistent workers
+
+
+def test_ranks_drawing_the_same_image_get_their_own_views():
+    """Issue 19: two ranks that draw the SAME image in the same epoch must make different views of it (the rank is
+    part of every sample's seed); with the rank left out they would collide. Disjoint images (the test above)
+    cannot show this: their views differ anyway."""
+    from engine.runtime import PerSampleSeed, SeededSampler
+    data = PerSampleSeed(RawViews())
+    views = {}
+    for rank in (0, 1, 0):
+        sampler = SeededSampler(list(range(6)), seed=7, rank=rank)
+        sampler.set_epoch(3)
+        views.setdefault(rank, []).append([data[key][0][0] for key in sampler])
+    (r0, again), (r1,) = views[0], views[1]
+    assert all(torch.equal(a, b) for a, b in zip(r0, again))                 # a rank's draws are reproducible
+    assert not any(torch.equal(a, b) for a, b in zip(r0, r1))                # and its own, image by image
 
 
 def test_persistent_workers_give_a_resumed_epoch_the_same_views():

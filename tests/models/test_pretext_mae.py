@@ -14,7 +14,7 @@ import main_cls
 import main_cls_ss_train
 from config.dataset_cfg import opt_euroms
 from config.errors import UserError
-from engine import monitors, plan
+from engine import monitors, pretrain_flags
 from engine.runtime import Runtime, reseed
 from losses.mae import MAELoss, normalise_patches, patchify, unpatchify
 from models import build_backbone
@@ -36,7 +36,7 @@ def mae_args(module=None, **over) -> argparse.Namespace:
     from engine.cli import base_parser
     module = module or mae
     code = "931" if module is not mae else "930"
-    args = plan.add_args(base_parser("", "pretrain")).parse_args(["--mode", code, "--netnum", "120000"])
+    args = pretrain_flags.add_args(base_parser("", "pretrain")).parse_args(["--mode", code, "--netnum", "120000"])
     recipes.resolve(args, module)
     args.decoder_depth, args.decoder_dim = 1, 64
     for k, v in over.items():

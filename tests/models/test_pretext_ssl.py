@@ -16,7 +16,7 @@ import torch
 import main_cls_ss_train
 from config.errors import UserError
 from engine import checkpoint as ckpt
-from engine import plan, pretrain, recipes
+from engine import pretrain, pretrain_flags, recipes
 from engine.cli import base_parser
 from models import build_backbone, build_model
 from models.pretext import byol, dino, moco, simsiam, barlow, vicreg
@@ -29,7 +29,7 @@ SMALL = {"feature_dim": 16, "hidden_dim": 32, "pred_hidden": 8, "tau": None}
 
 def namespace(module, recipe: str = "paper", **over) -> argparse.Namespace:
     """The parsed flags of ``module`` resolved by ``recipe``, small heads, plus ``over``."""
-    args = plan.add_args(base_parser("", "pretrain")).parse_args(["--recipe", recipe, "--mepoch", "2"])
+    args = pretrain_flags.add_args(base_parser("", "pretrain")).parse_args(["--recipe", recipe, "--mepoch", "2"])
     for k, v in {**SMALL, **over}.items():
         setattr(args, k, v)
     recipes.resolve(args, module)

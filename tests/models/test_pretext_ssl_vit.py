@@ -14,14 +14,14 @@ import main_cls_ss_train
 import models.pretext as pretexts
 from config.codes import decode_mode
 from config.errors import UserError
-from engine import plan, recipes
+from engine import plan, pretrain_flags, recipes
 from engine.cli import base_parser
 from engine.loop import train_one_epoch
 from engine.optim import OptimSpec
 from engine.runtime import Runtime, reseed
 from engine.schedules import LRSchedule
 from models import build_backbone
-from models.pretext import dino, moco
+from models.pretext import moco
 from models.pretext.ema import cosine_momentum
 from models.vit import build_vit, freeze_patch_embed, method_feature
 from config.codes import VIT_BACKBONES
@@ -40,7 +40,7 @@ def heads(code: int) -> list[str]:
 def resolved(code: int, netnum: str, *extra: str) -> tuple[argparse.Namespace, object]:
     """The plan's flag steps without a dataset (recipe, head flags, ViT flags, the module's checks, the lr);
     tiny heads through the flags, as a user on a CPU would give them."""
-    args = plan.add_args(base_parser("", "pretrain")).parse_args(
+    args = pretrain_flags.add_args(base_parser("", "pretrain")).parse_args(
         ["--mode", str(code), "--netnum", netnum, "--mepoch", "2", *heads(code), *extra])
     mode = decode_mode(code, "pretrain")
     module = pretexts.load(mode)

@@ -189,7 +189,7 @@ def test_weights_file_replaces_the_hub(tmp_path: Path, monkeypatch: pytest.Monke
     backbone, _ = build_backbone("090000", 13, ptcp=True, rgb_index=(3, 2, 1), weights=path)
     assert torch.equal(backbone.stem[0].weight[:, 3], state["conv1.weight"][:, 0])
     assert torch.equal(backbone.stages[2][0].conv1.weight, state["layer3.0.conv1.weight"])
-    with pytest.raises(UserError, match="not torchvision's resnet50 state dict"):
+    with pytest.raises(UserError, match="holds torchvision's resnet18 weights, not resnet50's; use --netnum 090000"):
         build_backbone("020000", 3, ptcp=True, weights=path)
 
 
