@@ -56,6 +56,10 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "refused for CNNs")
     g.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips/rotations")
     g.add_argument("--probe", choices=("logreg", "knn"), help="frozen-feature protocol instead of training: logistic regression (C by cross-validation on the training shots) or kNN; features once for the whole --ts x --nseeds sweep")
+    g.add_argument("--init-seed", dest="init_seed", type=int, default=None,
+                   help="random init (--mode 1x without --ptcp): seed of the backbone's initial weights, apart from "
+                        "the draw's --seed (default: the draw's seed; a --probe sweep uses the first draw's); the row "
+                        "records it as pretrain_seed, the level a summary pairs with a pretraining seed")
     g.add_argument("--nseeds", type=int, default=1, help="repeat the few-shot draw for seeds --seed .. --seed+N-1 (one row each, for every --ts)")
     g.add_argument("--select-on", dest="select_on", choices=("shots", "val"), default=None,
                    help="--probe logreg: choose C by cross-validation on the shots (default; the row used only "
@@ -97,6 +101,7 @@ class EvalJob:
     knn_k: int | None
     knn_vote: str | None
     bn_stats: str              # frozen backbones: as-trained | reestimated
+    init_seed: int | None      # random init: the seed of the initial weights (None: the draw's)
     layer_decay: float | None  # ViT fine-tuning: layer-wise lr decay (None: CNNs, frozen backbones)
     drop_path: float           # ViT fine-tuning: stochastic depth (0: off)
     tta: bool
@@ -157,6 +162,12 @@ def _check_flags(args: argparse.Namespace, mode: Mode) -> None:
     if args.probe and args.tta:
         raise UserError("--tta averages a trained classifier over flips; --probe classifies frozen features: drop one")
     _check_probe_flags(args)
+    if args.init_seed is not None:
+        if mode.job != "train" or args.ptcp or args.weights:
+            raise UserError(f"--init-seed {args.init_seed} seeds a random initialisation (--mode 1x without --ptcp/"
+                            "--weights); these weights come from a file: drop it")
+        if args.init_seed < 0:
+            raise UserError(f"--init-seed {args.init_seed} must be >= 0")
     if (args.lars_eta is not None or args.lars_clip is not None) and (
             args.probe or str(args.optimizer).lower() != "lars" or mode.job not in ("train", "finetune")):
         raise UserError("--lars-eta/--lars-clip set LARS's trust ratio when a classifier is trained: they need "
@@ -261,7 +272,7 @@ def resolve(args: argparse.Namespace) -> EvalJob:
     return EvalJob(mode=mode, opt=opt, index=index, netnum=args.netnum, init=init, init_expnum=init_exp,
                    init_epoch=init_ep, pretext=pretext, expnum=expnum, results=results, ts_list=ts_list,
                    seeds=seeds, hos=args.hos, probe=args.probe,
-                   select_on=args.select_on, knn_k=args.knn_k, knn_vote=args.knn_vote, bn_stats=args.bn_stats,
+                   select_on=args.select_on, knn_k=args.knn_k, knn_vote=args.knn_vote, bn_stats=args.bn_stats, init_seed=args.init_seed,
                    layer_decay=args.layer_decay, drop_path=args.drop_path or 0.0, tta=bool(args.tta),
                    imagenet=bool(args.ptcp) and mode.job == "train",
                    weights=Path(args.weights) if args.weights else None,

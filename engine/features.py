@@ -80,7 +80,7 @@ def feature_identity(job: EvalJob) -> dict:
         import torchvision
         weights = f"imagenet torchvision {torchvision.__version__}"
     else:
-        weights = f"random init seed {job.seeds[0]} torch {torch.__version__}"
+        weights = f"random init seed {init_seed(job)} torch {torch.__version__}"
     return {
         "format": FEATURE_FORMAT, "netnum": job.netnum, "weights": weights,
         "input_adapter": "baseline-input-v1",       # how ImageNet / SSL4EO weights see our bands
@@ -103,7 +103,7 @@ def weights_source(job: EvalJob) -> str:
         return f"checkpoint {job.init}"
     if job.weights is not None:
         return f"--weights {job.weights}"
-    return "ImageNet weights" if job.imagenet else f"random init, seed {job.seeds[0]}"
+    return "ImageNet weights" if job.imagenet else f"random init, seed {init_seed(job)}"
 
 
 def check_finite(feats: np.ndarray, samples: Sequence[Sample], source: str) -> None:
@@ -159,7 +159,7 @@ def probe_features(job: EvalJob, rt: Runtime) -> FeatureTable:
         log.info("frozen features from cache %s", path)
         return table
     t0 = time.time()
-    reseed(job.seeds[0], 0, 0)
+    reseed(init_seed(job), 0, 0)
     model = build_classifier(job).to(rt.device)
     if job.bn_stats == "reestimated":
         reestimate_bn(model.backbone, job.index.train, opt, rt.device, job.workers, seed=job.seeds[0],
@@ -176,3 +176,9 @@ def probe_features(job: EvalJob, rt: Runtime) -> FeatureTable:
              time.time() - t0, path)
     save_cache(path, identity, table)
     return table
+
+
+def init_seed(job: EvalJob, draw: int | None = None) -> int:
+    """The seed of a random initialisation: ``--init-seed``, else the draw's (a probe sweep: the first draw's)."""
+    return job.init_seed if job.init_seed is not None else (job.seeds[0] if draw is None else draw)
+

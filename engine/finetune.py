@@ -93,7 +93,11 @@ def run_one(job: EvalJob, rt: Runtime, ts: float, seed: int) -> dict:
     reseed(seed, 0, rt.rank)
     trains = job.mode.job in ("train", "finetune")
     train = few_shot(labels.fewshot_pool(job.index), ts, seed, opt.classes) if trains else []
+    if job.init_seed is not None:                  # the initial weights from --init-seed, the rest from the draw
+        reseed(job.init_seed, 0, rt.rank)
     model = build_classifier(job).to(rt.device)
+    if job.init_seed is not None:
+        reseed(seed, 0, rt.rank)
     if job.bn_stats == "reestimated":                # --hos 9: the frozen backbone's statistics (the plan checked)
         reestimate_bn(model.backbone, job.index.train, opt, rt.device, job.workers, seed=seed,
                       channels_last=rt.channels_last)

@@ -43,7 +43,7 @@ FLAG_COLUMNS: dict[str, str] = {
     "ts_list": "ts", "expnum": "pretrain_expnum", "cepoch": "pretrain_epoch", "encoder_cp": "init_sha",
     "weights": "init_sha", "ptcp": "pretext", "mepoch": "epochs", "knn_k": "probe_param", "knn_vote": "probe_param",
     "split_file": "split_version", "mp_distributed": "processes", "nproc": "processes", "world_size": "processes",
-    "resume": "resumed", "sepoch": "resumed",
+    "resume": "resumed", "sepoch": "resumed", "init_seed": "pretrain_seed",
 }
 # flags that matter only when a classifier is trained (empty in probe and --mode 2x/3x rows)
 TRAINING_FLAGS = ("bs", "optimizer", "lr", "wd", "momentum", "beta2", "lars_eta", "lars_clip", "layer_decay",

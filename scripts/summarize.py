@@ -43,8 +43,8 @@ from config.atomic import atomic_write  # noqa: E402
 from config.errors import UserError  # noqa: E402
 from engine.identity import identity_columns  # noqa: E402
 from engine.results import is_result_table, load_predictions, read_table, strip_bom  # noqa: E402
-from scripts.summary_stats import (METRICS, Scored, bootstrap_ci, mcnemar_per_seed, paired_bootstrap_ci,  # noqa: E402
-                                   paired_t_p)
+from scripts.summary_stats import (METRICS, Scored, bootstrap_ci, level_differences,  # noqa: E402
+                                   mcnemar_per_seed, paired_bootstrap_ci, paired_t_p)
 
 # every column of the table but the outcomes: derived from main_cls.py's parser and the table (engine/identity.py)
 IDENTITY: tuple[str, ...] = identity_columns()
@@ -53,6 +53,10 @@ IDENTITY: tuple[str, ...] = identity_columns()
 # init (11) but a validation row is never the baseline of a test row
 PAIR_KEYS: tuple[str, ...] = ("ds", "split_version", "ts", "mode", "netnum", "hos", "probe", "probe_kind",
                               "select_on", "bn_stats", "dtype", "bands", "input_size", "tta")
+# A run pretrained (or randomly initialised) with several seeds is ONE run: its pretraining seed is a level
+# of the replicates, crossed with the draws (scripts/summary_stats.py), not a separate group. These columns
+# name one pretraining of the run, so they leave the identity when the row records its pretraining seed.
+LEVEL_COLUMNS: tuple[str, ...] = ("pretrain_seed", "pretrain_expnum", "init_sha")
 PROTOCOL_NAMES = {"0": "fine-tune all", "1": "fine-tune, backbone lr/5", "9": "linear probe",
                   "logreg": "logistic regression", "knn": "kNN"}
 
@@ -79,7 +83,14 @@ class Group:
         return dict(zip(IDENTITY, self.key))
 
     def seeds(self) -> list[str]:
-        return [r.cells["seed"] for r in self.rows]
+        """The replicates' keys: the draw's seed, or ``<pretraining seed>/<draw seed>``."""
+        return [unit(r.cells) for r in self.rows]
+
+
+def unit(cells: dict[str, str]) -> str:
+    """A row's replicate within its run: its draw, and its pretraining seed where it records one."""
+    level = (cells.get("pretrain_seed") or "").strip()
+    return f"{canon('pretrain_seed', level)}/{cells['seed']}" if level else cells["seed"]
 
 
 def canon(column: str, value: str) -> str:
@@ -100,6 +111,9 @@ def identity(cells: dict[str, str]) -> tuple[str, ...]:
     param = cells.get("probe_param", "")
     # logreg's C is chosen per draw (one protocol); kNN's "k=20,weighted" names the protocol itself
     derived["probe_kind"] = "C" if param.startswith("C=") else param
+    if (cells.get("pretrain_seed") or "").strip():          # one pretraining of several: a level, not a run
+        for c in LEVEL_COLUMNS:
+            derived[c] = ""
     return tuple(canon(c, derived.get(c, "")) for c in IDENTITY)
 
 
@@ -127,7 +141,7 @@ def group(rows: list[Row], notes: list[str]) -> list[Group]:
     latest: dict[tuple, Row] = {}
     dropped: dict[tuple, list[Row]] = defaultdict(list)
     for r in rows:
-        k = (identity(r.cells), r.cells["seed"])
+        k = (identity(r.cells), unit(r.cells))
         if k in latest:
             older, newer = sorted((r, latest[k]), key=lambda x: (x.cells["time"], x.order))
             dropped[k].append(older)
@@ -135,7 +149,7 @@ def group(rows: list[Row], notes: list[str]) -> list[Group]:
         latest[k] = r
     if dropped:
         repeated = sum(len(v) for v in dropped.values())
-        merged = [f"seed {k[1]}: kept {latest[k].where}, dropped {', '.join(d.where for d in v)}"
+        merged = [f"unit {k[1]}: kept {latest[k].where}, dropped {', '.join(d.where for d in v)}"
                   for k, v in list(dropped.items())[:5]]
         notes.append(f"{repeated} repeated (identity, seed) row(s): kept the latest row of each; merged "
                      + "; ".join(merged) + (f"; and {len(dropped) - 5} more" if len(dropped) > 5 else ""))
@@ -143,7 +157,7 @@ def group(rows: list[Row], notes: list[str]) -> list[Group]:
     for (ident, _), r in latest.items():
         groups.setdefault(ident, Group(ident)).rows.append(r)
     for g in groups.values():
-        g.rows.sort(key=lambda r: _seed_order(r.cells["seed"]))
+        g.rows.sort(key=lambda r: (_seed_order(r.cells.get("pretrain_seed") or ""), _seed_order(r.cells["seed"])))
     unknown = sum(1 for g in groups.values() if g.ident["split_version"] == "unknown")
     if unknown:
         notes.append(f"{unknown} group(s) come from rows with split_version 'unknown' (written before split "
@@ -171,17 +185,30 @@ def scored(g: Group, metric: str, missing: list[str]) -> Scored:
     Prediction files a row names but that are gone are appended to ``missing``.
     """
     values = np.array([_metric(r, metric) for r in g.rows])
+    levels, draws = crossed(g.rows)
     preds = [load_predictions(r.table, r.cells.get("predictions", "")) for r in g.rows]
     missing += [str(r.table.parent / r.cells["predictions"]) for r, p in zip(g.rows, preds)
                 if p is None and r.cells.get("predictions")]
     if any(p is None for p in preds) or any(p[0] != preds[0][0] for p in preds):
-        return Scored(values)
+        return Scored(values, levels=levels, draws=draws)
     names = sorted({c for _, t, p in preds for c in (*t, *p)})
     idx = {c: i for i, c in enumerate(names)}
     true = np.array([idx[c] for c in preds[0][1]])
     pred = np.array([[idx[c] for c in p] for _, _, p in preds])
     images = tuple(f"{path}\t{label}" for path, label in zip(preds[0][0], preds[0][1]))
-    return Scored(values, true, pred, len(names), images)
+    return Scored(values, true, pred, len(names), images, levels, draws)
+
+
+def crossed(rows: list[Row]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Pretraining-seed and draw indices of a run's rows when they cross (several draws of several
+    pretraining seeds); None when each pretraining seed has one draw or there is one pretraining seed."""
+    lv = [canon("pretrain_seed", (r.cells.get("pretrain_seed") or "").strip()) for r in rows]
+    dr = [r.cells["seed"] for r in rows]
+    if "" in lv or len(set(lv)) < 2 or len(set(lv)) == len(rows) or len(set(dr)) == len(rows):
+        return None, None
+    li = {v: i for i, v in enumerate(sorted(set(lv), key=_seed_order))}
+    di = {v: i for i, v in enumerate(sorted(set(dr), key=_seed_order))}
+    return np.array([li[v] for v in lv]), np.array([di[v] for v in dr])
 
 
 def _metric(r: Row, metric: str) -> float:
@@ -200,6 +227,7 @@ class Line:
     ci: tuple[float, float]
     over: str
     paired: dict = field(default_factory=dict)
+    design: str = ""          # "3 x 5": pretraining seeds x draws, when the run has both
 
 
 def summarize(groups: list[Group], metric: str, n_boot: int, boot_seed: int,
@@ -211,7 +239,8 @@ def summarize(groups: list[Group], metric: str, n_boot: int, boot_seed: int,
         s = cache.setdefault(g.key, scored(g, metric, missing))
         lo, hi, over = bootstrap_ci(s, metric, n_boot, boot_seed)
         std = float(np.std(s.values, ddof=1)) if len(s.values) > 1 else math.nan
-        lines.append(Line(g, len(s.values), float(np.mean(s.values)), std, (lo, hi), over))
+        design = "" if s.levels is None else f"{int(s.levels.max()) + 1} x {int(s.draws.max()) + 1}"
+        lines.append(Line(g, len(s.values), float(np.mean(s.values)), std, (lo, hi), over, design=design))
     if missing:
         notes.append(f"{len(missing)} prediction file(s) named in the table are missing (e.g. {missing[0]}): "
                      "the CIs of their runs cover seeds only; keep <table>_predictions/ beside the table")
@@ -248,7 +277,7 @@ def _pair(g: Group, bases: list[Group], metric: str, n_boot: int, boot_seed: int
     per_seed = mcnemar_per_seed(a, b)
     spread = (float(np.median(per_seed)), min(per_seed), max(per_seed)) if per_seed else (math.nan,) * 3
     return {"baseline": base, "n_pairs": len(common), "diff": float(diff.mean()), "diff_ci": (lo, hi),
-            "diff_over": over, "p_t": paired_t_p(a.values, b.values), "p_boot": p_boot, "p_mcnemar": spread}
+            "diff_over": over, "p_t": paired_t_p(*level_differences(a, b)), "p_boot": p_boot, "p_mcnemar": spread}
 
 
 def _pairing(column: str, value: str) -> str:
@@ -260,9 +289,11 @@ def _pairing(column: str, value: str) -> str:
 
 def _subset(s: Scored, g: Group, seeds: list[str]) -> Scored:
     pos = [g.seeds().index(x) for x in seeds]
+    rows = [g.rows[i] for i in pos]
+    levels, draws = crossed(rows) if s.levels is not None else (None, None)
     if s.pred is None:
-        return Scored(s.values[pos])
-    return Scored(s.values[pos], s.true, s.pred[pos], s.num_classes, s.images)
+        return Scored(s.values[pos], levels=levels, draws=draws)
+    return Scored(s.values[pos], s.true, s.pred[pos], s.num_classes, s.images, levels, draws)
 
 
 def _fmt(v: float, digits: int = 1) -> str:
@@ -315,7 +346,9 @@ def to_markdown(lines: list[Line], metric: str, n_boot: int, boot_seed: int, bas
                    "p (boot): two-sided p of Δ = 0 from the same crossed seed x image bootstrap; McNemar per seed: "
                    "exact McNemar p of each seed's per-image predictions, median [min, max] over seeds (the seeds "
                    "share their test images, so their pairs are never pooled); p (t): paired t-test over seeds "
-                   "(the draw's variance only).")
+                   "(the draw's variance only; over the pretraining seeds' mean differences where a run has several). "
+                   "n (P x D): P pretraining seeds (random init: initialisation seeds) x D draws, resampled as "
+                   "crossed levels.")
     by_ds: dict[str, list[Line]] = defaultdict(list)
     for ln in lines:
         by_ds[ln.group.ident["ds"]].append(ln)
@@ -330,7 +363,8 @@ def to_markdown(lines: list[Line], metric: str, n_boot: int, boot_seed: int, bas
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for ln in part:
             ident = ln.group.ident
-            cells = [run_label(ident, vary), ident["ts"], str(ln.n), _fmt(ln.mean, digits), _fmt(ln.std, digits),
+            cells = [run_label(ident, vary), ident["ts"], str(ln.n) + (f" ({ln.design})" if ln.design else ""),
+                     _fmt(ln.mean, digits), _fmt(ln.std, digits),
                      f"[{_fmt(ln.ci[0], digits)}, {_fmt(ln.ci[1], digits)}]" if not math.isnan(ln.ci[0]) else "–",
                      ln.over]
             if baseline:

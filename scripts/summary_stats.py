@@ -9,6 +9,15 @@ difference, by both runs), and recomputes the metric from the weighted confusion
 matrices. Percentile intervals. Where per-image predictions are missing the replicate
 resamples the seeds only.
 
+A method pretrained with several seeds adds a third source, crossed with the other two: every
+pretraining seed is probed with the same draws on the same images. Its rows are then units
+(pretraining seed, draw) (:attr:`Scored.levels`, :attr:`Scored.draws`), and each replicate
+draws the pretraining seeds and the draws independently with replacement, a unit weighing the
+product of its two counts (a crossed, "two-way" bootstrap; with random init, the initialisation
+seed is the level that pairs with a pretraining seed). The paired t-test then runs over the
+pretraining seeds' mean differences: the level whose variance dominates when a recipe moves a
+cell by several points between pretrainings.
+
 Paired tests, none of which treats the seeds' shared test images as independent:
 
 * the **bootstrap p** of the paired difference, from the same crossed resampling as its CI
@@ -42,6 +51,8 @@ class Scored:
     pred: np.ndarray | None = None     # (n_seeds, n_images)
     num_classes: int = 0
     images: tuple[str, ...] = ()       # what the images are (path and true class), to pair two runs
+    levels: np.ndarray | None = None   # (n_seeds,) pretraining-seed index of each unit (None: no such level)
+    draws: np.ndarray | None = None    # (n_seeds,) draw index of each unit (with ``levels``)
 
 
 def metric_from_confusion(conf: np.ndarray, metric: str) -> np.ndarray:
@@ -115,10 +126,16 @@ def bootstrap_ci(run: Scored, metric: str, n_boot: int = 2000, seed: int = 0,
         return math.nan, math.nan, "none (1 seed, no per-image predictions)"
     rng = np.random.default_rng(seed)
     (vals,) = _replicates([run], metric, n_boot, rng, images)
-    seeds = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
-    means = (seeds * vals).sum(1) / n
+    w = unit_weights(run, n_boot, rng)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (w * vals).sum(1) / w.sum(1)
     lo, hi = np.nanquantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi), "seeds+images" if images else "seeds"
+    return float(lo), float(hi), _over(run, images)
+
+
+def _over(run: Scored, images: bool) -> str:
+    """What a replicate resampled: the seeds (draws), with pretraining seeds as a crossed level, and images."""
+    return ("pretraining seeds+draws" if run.levels is not None else "seeds") + ("+images" if images else "")
 
 
 def paired_bootstrap_ci(run: Scored, base: Scored, metric: str, n_boot: int = 2000, seed: int = 0,
@@ -131,10 +148,32 @@ def paired_bootstrap_ci(run: Scored, base: Scored, metric: str, n_boot: int = 20
         return math.nan, math.nan, "none", math.nan
     rng = np.random.default_rng(seed)
     a, b = _replicates([run, base], metric, n_boot, rng, images)
-    seeds = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
-    diffs = (seeds * (a - b)).sum(1) / n
+    w = unit_weights(run, n_boot, rng)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diffs = (w * (a - b)).sum(1) / w.sum(1)
     lo, hi = np.nanquantile(diffs, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi), "seeds+images" if images else "seeds", bootstrap_p(diffs)
+    return float(lo), float(hi), _over(run, images), bootstrap_p(diffs)
+
+
+def unit_weights(run: Scored, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``(B, n_units)`` bootstrap weights of a run's units: multinomial counts over the units, or with
+    pretraining-seed levels the product of a level count and a draw count (the crossed design)."""
+    n = len(run.values)
+    if run.levels is None:
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    n_lv, n_dr = int(run.levels.max()) + 1, int(run.draws.max()) + 1
+    lv = rng.multinomial(n_lv, np.full(n_lv, 1.0 / n_lv), size=n_boot).astype(np.float64)
+    dr = rng.multinomial(n_dr, np.full(n_dr, 1.0 / n_dr), size=n_boot).astype(np.float64)
+    return lv[:, run.levels] * dr[:, run.draws]
+
+
+def level_differences(run: Scored, base: Scored) -> tuple[np.ndarray, np.ndarray]:
+    """Per pretraining seed (level), the mean over its draws of each run's values (for the paired t over levels)."""
+    if run.levels is None:
+        return run.values, base.values
+    lv = sorted(set(run.levels.tolist()))
+    return (np.array([run.values[run.levels == k].mean() for k in lv]),
+            np.array([base.values[run.levels == k].mean() for k in lv]))
 
 
 def bootstrap_p(diffs: np.ndarray) -> float:

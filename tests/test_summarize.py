@@ -384,3 +384,41 @@ def test_a_validation_row_is_never_the_baseline_of_a_test_row(tmp_path, capsys):
     add(path, seed=0, ts=5, OA=45.0, mode=11, pretext="random", pretrain_expnum="random", pretrain_epoch="")
     code, t, _ = summary(tmp_path, capsys, path, "--baseline", "pretext=random")
     assert float(t[t["pretext"] == "simclr"].iloc[0]["diff"]) == 15.0          # 41 pairs with 11, not with 21
+
+
+# ---- issue 17: the pretraining seed is a level of one run, crossed with the draws ----
+
+def test_pretraining_seeds_are_levels_of_one_run_paired_with_init_seeds(tmp_path, capsys):
+    """3 pretraining seeds x 2 draws of one recipe are ONE line (n 6 = 3 x 2), not three; random init with
+    init seeds 0-2 pairs unit by unit; the paired t runs over the 3 pretraining seeds' mean differences."""
+    path = tmp_path / "r.csv"
+    gain = {0: 4.0, 1: 6.0, 2: 11.0}                     # the pretraining seed moves the cell
+    for p in range(3):
+        for d in range(2):
+            add(path, seed=d, ts=5, OA=50 + gain[p] + d, pretrain_seed=p, pretrain_expnum=f"2600{p}_pretrain",
+                init_sha=f"sha{p}", pretrain_recipe="small")
+            add(path, seed=d, ts=5, OA=50 + d, pretext="random", mode=11, pretrain_expnum="random",
+                pretrain_epoch="", pretrain_seed=p)
+    code, t, _ = summary(tmp_path, capsys, path, "--baseline", "pretext=random")
+    assert code == 0 and len(t) == 2
+    run = t[t["pretext"] == "simclr"].iloc[0]
+    assert run["n"] == "6" and run["seeds"] == "0/0 0/1 1/0 1/1 2/0 2/1" and run["pretrain_expnum"] == ""
+    assert float(run["diff"]) == pytest.approx(7.0) and run["n_pairs"] == "6"
+    d = np.array([4.0, 6.0, 11.0])
+    t_stat = d.mean() / (d.std(ddof=1) / np.sqrt(3))
+    from scipy import stats
+    assert float(run["p_paired_t"]) == pytest.approx(2 * stats.t.sf(t_stat, 2), rel=1e-6)
+    assert "(3 x 2)" in (tmp_path / "s.md").read_text()
+
+
+def test_crossed_weights_factorise_into_level_and_draw_counts():
+    run = summary_stats.Scored(np.arange(6.0), levels=np.array([0, 0, 1, 1, 2, 2]), draws=np.array([0, 1] * 3))
+    w = summary_stats.unit_weights(run, 500, np.random.default_rng(0))
+    assert w.shape == (500, 6) and np.all(w >= 0)
+    for b in range(500):
+        grid = w[b].reshape(3, 2)                               # rows: pretraining seeds, columns: draws
+        assert np.linalg.matrix_rank(grid) <= 1                 # an outer product: level count x draw count
+        assert grid.sum() == 3 * 2                              # 3 levels drawn x 2 draws drawn
+    flat = summary_stats.Scored(np.arange(6.0))
+    same = np.random.default_rng(0).multinomial(6, np.full(6, 1 / 6), size=500)
+    assert np.array_equal(summary_stats.unit_weights(flat, 500, np.random.default_rng(0)), same)   # old stream kept

@@ -89,3 +89,17 @@ def test_fine_tuning_refuses_a_policy_it_would_ignore(demo_root, tmp_path):
         from engine.cli import base_parser
         evaljob.resolve(evaljob.add_args(base_parser("", "cls")).parse_args(
             ["--ds", "demo", "--data-root", str(demo_root), "--mode", "11", "--bn-stats", "reestimated"]))
+
+
+def test_init_seed_sets_the_random_weights_and_the_rows_pretrain_seed(demo_root, tmp_path, caplog):
+    """--init-seed: the random backbone's seed apart from the draw's; rows record it as pretrain_seed, and
+    two init seeds are two feature extractions (the cache key names the seed)."""
+    for s in (0, 1):
+        _probe(demo_root, tmp_path, "--init-seed", str(s), "--seed", "3")
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert [(r["pretrain_seed"], r["seed"]) for r in rows] == [("0", "3"), ("1", "3")]
+    assert rows[0]["OA"] != rows[1]["OA"] or rows[0]["per_class"] != rows[1]["per_class"]
+    assert len(list((tmp_path / "cache").rglob("features/*.npz"))) == 2
+    with pytest.raises(SystemExit) as e:
+        _probe(demo_root, tmp_path, "--init-seed", "1", "--ptcp", "1")
+    assert e.value.code == 2
