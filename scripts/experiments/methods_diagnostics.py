@@ -62,8 +62,11 @@ def main() -> int:
                 continue
             rows = list(csv.DictReader(open(log)))
             ck = sorted((out / "ck").glob(f"{net}_{exp}_[0-9]*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-            meta = torch.load(ck[-1], map_location="cpu", weights_only=True)["meta"] if ck else {}
-            d = EMBEDDING.get(int(mode), (None, None))[1] or (meta.get("args") or {}).get("feature_dim") or math.nan
+            state = torch.load(ck[-1], map_location="cpu", weights_only=True) if ck else {"meta": {}, "backbone": {}}
+            meta, weights = state["meta"], state["backbone"]
+            d = (EMBEDDING.get(int(mode), (None, None))[1]
+                 or (weights["cls_token"].shape[-1] if "cls_token" in weights else None)     # MAE: the cls latent
+                 or (meta.get("args") or {}).get("feature_dim") or math.nan)
             run = [r for r in runs if r["expnum"] == exp]
             per.append({"loss0": _f(rows, "loss", 0), "loss1": _f(rows, "loss"), "std": _f(rows, "emb_std"),
                         "d": float(d), "moved": _f(rows, "backbone_moved"), "knn": _f(rows, "knn_top1"),

@@ -1,7 +1,6 @@
 """config.dist: single-process fallbacks, and gather_with_grad forward/backward in 2 gloo processes."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,6 @@ from config import dist as edist
 
 ROWS, COLS = 3, 2
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rows_of(rank: int) -> torch.Tensor:
@@ -49,7 +43,7 @@ def _gather_worker(rank: int, world: int, url: str, out_dir: str) -> None:
 
 def test_gather_with_grad_two_processes(tmp_path: Path) -> None:
     world = 2
-    mp.spawn(_gather_worker, args=(world, f"tcp://127.0.0.1:{_free_port()}", str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_gather_worker, args=(world, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=world, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
 
     expected = torch.cat([_rows_of(r) for r in range(world)])

@@ -3,7 +3,6 @@ stop, the on_step_end hook, bf16/channels_last on CPU, and per-sample augmentati
 (persistent workers, 2 gloo ranks, resume)."""
 from __future__ import annotations
 
-import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -247,11 +246,9 @@ def _rank_worker(rank: int, world: int, url: str, out: str) -> None:
 
 
 def _two_ranks(out: Path) -> list:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out.mkdir()
-    mp.start_processes(_rank_worker, args=(2, f"tcp://127.0.0.1:{port}", str(out)), nprocs=2, join=True,
+    # a file rendezvous: no port to race for with other jobs on the machine
+    mp.start_processes(_rank_worker, args=(2, f"file://{out}/rendezvous", str(out)), nprocs=2, join=True,
                        start_method="spawn")
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 

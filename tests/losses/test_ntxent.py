@@ -6,7 +6,6 @@ loss and the same DDP gradients as 1 process x 128 pairs.
 from __future__ import annotations
 
 import math
-import socket
 from pathlib import Path
 
 import pytest
@@ -97,11 +96,6 @@ def test_rejects_mismatched_shapes_and_bad_temperature() -> None:
 PAIRS, IN_DIM, OUT_DIM, TAU = 128, 16, 8, 0.2
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _data_and_model() -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
     """The same inputs and the same initial linear model (no BatchNorm) in every process."""
@@ -131,7 +125,7 @@ def _ddp_worker(rank: int, world: int, url: str, out_dir: str) -> None:
 
 def test_two_processes_match_one_process(tmp_path: Path) -> None:
     world = 2
-    mp.spawn(_ddp_worker, args=(world, f"tcp://127.0.0.1:{_free_port()}", str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_ddp_worker, args=(world, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=world, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
 
     x_a, x_b, model = _data_and_model()

@@ -13,7 +13,6 @@ embeddings (models without BatchNorm: on CPU there is no SyncBN, see README):
 """
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import torch
@@ -27,11 +26,6 @@ from models.pretext.moco import MoCo
 
 N, IN_DIM, OUT_DIM, WORLD = 16, 12, 6, 2
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TinyBackbone(nn.Module):
@@ -108,7 +102,7 @@ def _worker(rank: int, url: str, out_dir: str) -> None:
 
 
 def test_two_processes_match_one_process(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(f"tcp://127.0.0.1:{_free_port()}", str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     x_a, x_b = _inputs()
     models = _models()
