@@ -110,13 +110,17 @@ choose_lr() {   # mode -> the grid lr with the best final validation kNN; writes
   log "grid $mode: chose lr $best ($(cat "$OUT/$mode.selection"))"
 }
 
-probed() {   # pretrain_expnum bn_stats -> exit 0 when RES already holds its rows
-  [ -f "$RES" ] && "$PY" - "$RES" "$1" "$2" "$DRAWS" <<'PYEOF'
+probed() {   # random|ckpt key bn_stats -> exit 0 when RES already holds its rows (random: key = init seed)
+  [ -f "$RES" ] && "$PY" - "$RES" "$1" "$2" "$3" "$DRAWS" "$NET" <<'PYEOF'
 import csv, sys
-path, exp, policy, draws = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+path, kind, key, policy, draws, net = sys.argv[1:7]
+def mine(r):
+    if kind == "random":
+        return r.get("pretrain_expnum") == "random" and r.get("pretrain_seed") == key and r.get("netnum") == net
+    return r.get("pretrain_expnum") == key
 rows = [r for r in csv.DictReader(open(path, newline="", encoding="utf-8-sig"))
-        if r.get("pretrain_expnum") == exp and r.get("bn_stats") == policy and r.get("probe") == "logreg"]
-sys.exit(0 if len(rows) >= 2 * draws else 1)
+        if mine(r) and r.get("bn_stats") == policy and r.get("probe") == "logreg"]
+sys.exit(0 if len(rows) >= 2 * int(draws) else 1)
 PYEOF
 }
 
@@ -125,8 +129,7 @@ probe() {      # [mode seed] -> logistic regression at 5 and 20 labels x DRAWS, 
   for policy in $POLICIES; do
     if [ $# -eq 0 ]; then
       for s in $SEEDS; do
-        key="random-init$s"
-        probed "$key" "$policy" && continue
+        probed random "$s" "$policy" && continue
         s0=$SECONDS
         "$PY" main_cls.py --mode 11 "${COMMON[@]}" --init-seed "$s" --probe logreg --ts 5,20 --nseeds "$DRAWS" \
           --bn-stats "$policy" --results "$RES" --workers 0 >> "$OUT/probe_random.log" 2>&1
@@ -135,7 +138,7 @@ probe() {      # [mode seed] -> logistic regression at 5 and 20 labels x DRAWS, 
     else
       local exp epochs
       exp=$(cat "$OUT/final_$1_s$2.expnum")
-      probed "$exp" "$policy" && continue
+      probed ckpt "$exp" "$policy" && continue
       epochs=$("$PY" -c "import glob,re,sys; print(max(int(m.group(1)) for f in glob.glob(sys.argv[1]) if (m:=re.search(r'_(\d+)\.pth$', f))))" \
                "$OUT/ck/${NET}_${exp}_*.pth")
       s0=$SECONDS
