@@ -1,7 +1,7 @@
 """Summarise results tables: one line per run identity and labels per class, with honest uncertainty.
 
     python scripts/summarize.py results/euroms.csv [more.csv ...] [--out PREFIX] [--metric OA]
-        [--baseline pretext=random] [--include-dirty] [--boot 2000] [--boot-seed 0]
+        [--baseline pretext=random] [--include-dirty] [--boot 2000] [--boot-seed 0] [--pivot]
 
 Rows are grouped by everything that made them (IDENTITY: every column of the table but
 the outcomes, engine/identity.py: dataset, split version, mode, network, pretext, the
@@ -43,6 +43,7 @@ from config.atomic import atomic_write  # noqa: E402
 from config.errors import UserError  # noqa: E402
 from engine.identity import identity_columns  # noqa: E402
 from engine.results import is_result_table, load_predictions, read_table, strip_bom  # noqa: E402
+from scripts.summary_pivot import pivot_markdown  # noqa: E402
 from scripts.summary_stats import (METRICS, Scored, bootstrap_ci, level_differences,  # noqa: E402
                                    mcnemar_per_seed, paired_bootstrap_ci, paired_t_p)
 
@@ -472,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep rows whose code_version ends in -dirty (uncommitted code changes)")
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--boot-seed", dest="boot_seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--pivot", action="store_true",
+                   help="put compact tables first: one line per run, one column per labels-per-class "
+                        "(mean ± std [CI]; Δ to the baseline), as docs/results.md shows them")
     args = p.parse_args(argv)
     try:
         if args.boot < 100:
@@ -487,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     md = to_markdown(lines, args.metric, args.boot, args.boot_seed, baseline)
+    if args.pivot:
+        md = pivot_markdown(lines, args.metric) + "\n" + md
     try:
         files = write_outputs(outs, {".md": md.encode("utf-8"), ".csv": to_csv(lines, baseline)},
                               lambda: plot(lines, args.metric))

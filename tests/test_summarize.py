@@ -422,3 +422,22 @@ def test_crossed_weights_factorise_into_level_and_draw_counts():
     flat = summary_stats.Scored(np.arange(6.0))
     same = np.random.default_rng(0).multinomial(6, np.full(6, 1 / 6), size=500)
     assert np.array_equal(summary_stats.unit_weights(flat, 500, np.random.default_rng(0)), same)   # old stream kept
+
+
+def test_pivot_puts_one_line_per_run_and_a_column_per_scale(tmp_path, capsys):
+    path = tmp_path / "r.csv"
+    for d in range(3):
+        for ts, gain in ((5, 20.0), (20, 0.5)):
+            add(path, seed=d, ts=ts, OA=60 + gain + d, pretrain_seed=0)
+            add(path, seed=d, ts=ts, OA=60 + d + (d == 1), pretext="random", mode=11, pretrain_expnum="random",
+                pretrain_epoch="", pretrain_seed=0)
+    code = summarize.main([str(path), "--baseline", "pretext=random", "--pivot", "--out", str(tmp_path / "s")])
+    md = (tmp_path / "s.md").read_text()
+    capsys.readouterr()
+    head, first, second = [ln for ln in md.splitlines() if ln.startswith("| ")][:3]
+    assert code == 0 and head == "| run | n | 5 labels/class | 20 labels/class |"
+    assert first.startswith("| random init | 3 | 61.3 ± 1.2") and "Δ" not in first
+    assert second.startswith("| 910 simclr | 3 | 81.0 ± 1.0")
+    five, twenty = second.split(" | ")[2:4]
+    assert "**Δ +19.7 [" in five                          # far from zero: bold
+    assert "Δ +0.2 [" in twenty and "**" not in twenty    # within the noise

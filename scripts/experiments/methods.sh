@@ -158,7 +158,7 @@ for mode in $MODES; do
     probe "$mode" "$seed"
   done
 done
-"$PY" scripts/summarize.py "$RES" --baseline pretext=random --out "${RES%.csv}_summary"
+"$PY" scripts/summarize.py "$RES" --baseline pretext=random --pivot --out "${RES%.csv}_summary"
 OUT="$OUT" NET="$NET" MODES="$MODES" SEEDS="$SEEDS" "$PY" scripts/experiments/methods_diagnostics.py \
   > "${RES%.csv}_pretrain.md"
 log "summary: ${RES%.csv}_summary.md, diagnostics: ${RES%.csv}_pretrain.md"
