@@ -124,24 +124,29 @@ BN_STATS_IMAGES = 2000      # at most this many training images re-estimate the 
 
 @torch.no_grad()
 def reestimate_bn(backbone: nn.Module, samples: Sequence[Sample], opt, device: torch.device, workers: int = 0,
-                  batch: int = 128, seed: int = 0, channels_last: bool = False) -> int:
+                  batch: int = 128, channels_last: bool = False) -> int:
     """``--bn-stats reestimated``: every BatchNorm's running mean/var recomputed on plain training views.
 
-    Running statistics are reset and re-accumulated as the exact average over batches (momentum
-    None) of the batch statistics of the plain view (resize + normalise, no augmentation) of up
-    to :data:`BN_STATS_IMAGES` training images, with only the BN layers in train mode; the
-    weights do not change. A random-init backbone and a pretrained one then carry statistics of
-    the same images under the same views, so their features compare like for like (the
-    pretrained one otherwise carries statistics of augmented training views, the random one
-    none). Labels are not read. Returns the number of images used (0: no BatchNorm).
+    Running statistics are reset and re-accumulated (momentum None: the plain average over batches)
+    from the plain view (resize + normalise, no augmentation) of up to :data:`BN_STATS_IMAGES`
+    training images (a subset drawn with a fixed seed, so every evaluation of a dataset uses the
+    same images), with only the BN layers in train mode; the weights do not change. The images are
+    shuffled with a fixed seed and cut into batches of equal size up to one image (at most ``batch``),
+    so every batch mixes the classes and weighs the same: the running mean is the mean over the
+    images, the running variance the mean of the batches' variances ("precise BN"; it leaves out
+    the small variance between shuffled batch means). A random-init backbone and a pretrained one
+    then carry statistics of the same images under the same views, so their features compare like
+    for like (the pretrained one otherwise carries statistics of augmented training views, the
+    random one none). Labels are not read. Returns the number of images used (0: no BatchNorm).
     """
     bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
     samples = list(samples)
-    if len(samples) > BN_STATS_IMAGES:
-        keep = np.random.default_rng(seed).permutation(len(samples))[:BN_STATS_IMAGES]
-        samples = [samples[i] for i in sorted(keep)]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(samples))[:BN_STATS_IMAGES]          # the same subset and order every time
+    samples = [samples[i] for i in order]
+    chunks = [c.tolist() for c in np.array_split(np.arange(len(samples)), -(-len(samples) // batch))]
     was = backbone.training
     saved = [m.momentum for m in bns]
     backbone.eval()
@@ -150,11 +155,12 @@ def reestimate_bn(backbone: nn.Module, samples: Sequence[Sample], opt, device: t
         m.momentum = None                    # cumulative average over the batches
         m.train()
     ds = make_dataset(opt, samples, lambda o: plain(o.input_size, o.mean, o.std))
-    for x, _, _ in DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=False):
+    for x, _, _ in DataLoader(ds, batch_sampler=chunks, num_workers=workers):
         backbone(move_to(x, device, channels_last))
     for m, mom in zip(bns, saved):
         m.momentum = mom
     backbone.train(was)
-    log.info("BatchNorm statistics re-estimated on the plain views of %d training images", len(samples))
+    log.info("BatchNorm statistics re-estimated on the plain views of %d training images (%d batches of %d-%d)",
+             len(samples), len(chunks), min(map(len, chunks)), max(map(len, chunks)))
     return len(samples)
 

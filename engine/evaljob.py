@@ -259,7 +259,7 @@ def resolve(args: argparse.Namespace) -> EvalJob:
     flags = flag_values(args, getattr(args, "_identity", None) or flag_columns(add_args(base_parser("", "cls"))))
     init_sha = (meta.get("init_sha", "") if mode.job in ("val", "test") else file_sha256(init)[:16] if init
                 else file_sha256(Path(args.weights))[:16] if args.weights else "")
-    flags.update(amp=int(bool(args.amp) and torch.cuda.is_available()), loss="CrossEntropyLoss", processes=world,
+    flags.update(amp=int(bool(args.amp)), loss="CrossEntropyLoss", processes=world,
                  init_sha=init_sha, resumed=f"{file_sha256(Path(args.resume))[:16]}@{args.sepoch}" if args.resume else "")
     log_file = None
     if trains:                          # the run's name is claimed last, when nothing else can fail

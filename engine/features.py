@@ -89,7 +89,8 @@ def feature_identity(job: EvalJob) -> dict:
         "train_files": samples_digest(index.train), "test_files": samples_digest(index.test),
         "files_fingerprint": files_fingerprint(s.path for s in list(index.train) + list(index.test)),
         "bands": list(opt.bands), "input_size": int(opt.input_size),
-        "bn_stats": job.bn_stats,
+        "bn_stats": job.bn_stats, "amp": bool(job.procs.amp),        # bf16 features are other features
+        "rgb_index": list(opt.rgb_index) if opt.rgb_index is not None else None,   # where ImageNet's filters go
         "mean": [round(float(v), 6) for v in np.asarray(opt.mean).ravel()],
         "std": [round(float(v), 6) for v in np.asarray(opt.std).ravel()],
         # ViTs: the token summary the probe reads (cls / avg), named by the checkpoint's meta or the method
@@ -162,7 +163,7 @@ def probe_features(job: EvalJob, rt: Runtime) -> FeatureTable:
     reseed(init_seed(job), 0, 0)
     model = build_classifier(job).to(rt.device)
     if job.bn_stats == "reestimated":
-        reestimate_bn(model.backbone, job.index.train, opt, rt.device, job.workers, seed=job.seeds[0],
+        reestimate_bn(model.backbone, job.index.train, opt, rt.device, job.workers,
                       channels_last=rt.channels_last)
     ds = make_dataset(opt, samples, lambda o: plain(o.input_size, o.mean, o.std))
     loader = DataLoader(ds, batch_size=EVAL_BATCH, num_workers=job.workers, shuffle=False)

@@ -99,7 +99,7 @@ def run_one(job: EvalJob, rt: Runtime, ts: float, seed: int) -> dict:
     if job.init_seed is not None:
         reseed(seed, 0, rt.rank)
     if job.bn_stats == "reestimated":                # --hos 9: the frozen backbone's statistics (the plan checked)
-        reestimate_bn(model.backbone, job.index.train, opt, rt.device, job.workers, seed=seed,
+        reestimate_bn(model.backbone, job.index.train, opt, rt.device, job.workers,
                       channels_last=rt.channels_last)
     epochs = 0
     if trains:

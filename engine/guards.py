@@ -71,8 +71,7 @@ def check_values(args: argparse.Namespace) -> None:
 def check_pretrain_values(args: argparse.Namespace) -> None:
     """Numbers only main_cls_ss_train.py takes (``--knn-freq`` is checked by its parser: auto or N >= 0)."""
     for name, flag, least, example in (("feature_dim", "--feature_dim", 1, "128"),
-                                       ("ckpt_freq", "--ckpt_freq", 0, "10 (0: only the final backbone)"),
-                                       ("knn_per_class", "--knn-per-class", 1, "200")):
+                                       ("ckpt_freq", "--ckpt_freq", 0, "10 (0: only the final backbone)")):
         value = getattr(args, name)
         if value is not None and value < least:      # None: the pretext's own default
             raise UserError(f"{flag} {value} must be >= {least}; pass e.g. {flag} {example}")

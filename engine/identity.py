@@ -17,6 +17,8 @@ therefore part of the identity without a change here.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 from typing import Any, Mapping
 
@@ -47,12 +49,19 @@ FLAG_COLUMNS: dict[str, str] = {
 }
 # flags that matter only when a classifier is trained (empty in probe and --mode 2x/3x rows)
 TRAINING_FLAGS = ("bs", "optimizer", "lr", "wd", "momentum", "beta2", "lars_eta", "lars_clip", "layer_decay",
-                  "drop_path", "lr_policy", "warmup", "milestones", "lr_decay", "loss", "amp", "sync_bn")
+                  "drop_path", "lr_policy", "warmup", "milestones", "lr_decay", "loss", "sync_bn")
 # pretraining settings a row takes from its checkpoint's meta["args"]: column -> key
 PRETRAIN_ARGS: dict[str, str] = {
     "pretrain_optimizer": "optimizer", "pretrain_lr": "lr", "pretrain_bs": "bs", "pretrain_epochs": "mepoch",
     "pretrain_seed": "seed", "pretrain_recipe": "recipe", "pretrain_lr_selection": "lr_selection",
 }
+# pretraining flags that do not make another configuration: the seed (a level of one run in a summary),
+# names, paths, processes, memory layout, monitoring and figures; every other resolved flag of the
+# checkpoint's meta["args"] enters ``pretrain_config``, so two configurations never pool in a summary
+PRETRAIN_NOT_CONFIG = frozenset({
+    "seed", "expnum", "ckpt", "data_root", "cache_dir", "workers", "progress", "resume", "dry_run", "overwrite",
+    "lr_selection", "knn_freq", "ckpt_freq", "vis", "vis_every", "vis_bands", "pin_memory", "cache_size", "gpu",
+    "rank", "dist_url", "dist_backend", "channels_last", "list_codes", "help"})
 # what a row measured (and when): everything else in it says what was run
 OUTCOME_COLUMNS = ("time", "seed", "probe_param", "selection_labels", "OA", "AA", "kappa", "macro_F1", "n_train",
                    "n_test", "seconds", "per_class", "predictions")
@@ -97,6 +106,17 @@ def pretrain_values(meta: Mapping[str, Any]) -> dict[str, Any]:
     ``pretrain_meta``): code version, steps and the :data:`PRETRAIN_ARGS` settings; empty where unknown."""
     meta = meta.get("pretrain_meta", meta) if isinstance(meta.get("pretrain_meta"), Mapping) else meta
     args = meta.get("args") if isinstance(meta.get("args"), Mapping) else {}
-    out = {"pretrain_code_version": meta.get("code_version", ""), "pretrain_steps": meta.get("steps", "")}
+    out = {"pretrain_code_version": meta.get("code_version", ""), "pretrain_steps": meta.get("steps", ""),
+           "pretrain_config": pretrain_config(args)}
     out.update({col: cell(args.get(key)) for col, key in PRETRAIN_ARGS.items()})
     return out
+
+
+def pretrain_config(args: Mapping[str, Any]) -> str:
+    """A digest of every pretraining setting but those in :data:`PRETRAIN_NOT_CONFIG` (12 hex digits; empty
+    without settings): one value per configuration, whatever its seed, so a summary pools the pretraining
+    seeds of one configuration and never two configurations (e.g. another --tau or --hidden-dim)."""
+    kept = {k: v for k, v in sorted(args.items()) if k not in PRETRAIN_NOT_CONFIG}
+    if not kept:
+        return ""
+    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -74,6 +74,21 @@ def knn_predict(train_f: Tensor, train_y: Tensor, test_f: Tensor, num_classes: i
     return torch.cat(preds)
 
 
+def knn_loo_accuracy(feats: Tensor, labels: Tensor, num_classes: int, k: int = 20, t: float = 0.07) -> float:
+    """Leave-one-out weighted kNN top-1 (%) within one labelled set: each image votes among the others
+    (cosine similarity, votes exp(sim / t)); k is clamped to the set's size minus one."""
+    f = nn.functional.normalize(feats.float(), dim=1)
+    labels = labels.long()
+    n = f.shape[0]
+    if n < 2:
+        raise ValueError("a leave-one-out kNN needs at least 2 images")
+    sim = f @ f.T
+    sim.fill_diagonal_(-float("inf"))                    # an image is never its own neighbour
+    w, idx = sim.topk(min(k, n - 1), dim=1)
+    votes = torch.zeros(n, num_classes).scatter_add_(1, labels[idx], (w / t).exp())
+    return float((votes.argmax(1) == labels).float().mean().item() * 100.0)
+
+
 def knn_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor,
                  num_classes: int, k: int = 20) -> float:
     """Top-1 accuracy (%) of :func:`knn_predict`."""

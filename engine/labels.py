@@ -9,8 +9,8 @@ validation slice inside it, and a test split:
 * **Model selection** -- the kNN monitor during pretraining, the ``best`` checkpoint,
   ``--cepoch best``, hyper-parameter choices that are not cross-validated on the shots
   (``--select-on val``), mode 2x (val) -- reads only :func:`selection_set`, the
-  validation slice. :func:`monitor_sets` is the monitor's memory (labelled pool images)
-  and queries (the slice).
+  validation slice. :func:`monitor_set` is the monitor's: the slice, scored leave-one-out
+  (each image against the others), so no label outside the slice is read.
 * **Checkpoints** are used only when chosen by their epoch or on the validation slice
   (:func:`checkpoint_choice`, asked wherever a checkpoint is loaded).
 * **The test split** (:func:`final_eval_set`) is read only to compute the final rows
@@ -52,13 +52,14 @@ def selection_set(index: Index) -> list[Sample]:
     return _slice(index, "model selection")
 
 
-def monitor_sets(index: Index) -> tuple[list[Sample], list[Sample]]:
-    """(memory, queries) of a kNN monitor: labelled pool images, and the validation slice.
+def monitor_set(index: Index) -> list[Sample]:
+    """The labelled images of a kNN monitor: the validation slice, both memory and queries (leave-one-out).
 
-    The two are disjoint, and neither holds a test image. Callers subsample the memory
-    as they need (e.g. balanced per class).
+    The slice is the only labelled data model selection may read (the SPEC); a memory of pool
+    images would read the labels the few-shot rows are not allowed (up to 200 per class against
+    5 or 20). No test image is in it.
     """
-    return index.pool, _slice(index, "the kNN monitor", ", pretrain with --knn-freq 0 (no monitor)")
+    return _slice(index, "the kNN monitor", ", pretrain with --knn-freq 0 (no monitor)")
 
 
 def final_eval_set(index: Index) -> list[Sample]:

@@ -1,7 +1,7 @@
 """What pretraining watches besides the loss: the kNN monitor on the validation slice, and --vis figures.
 
-The monitor reads only the labels :func:`engine.labels.monitor_sets` allows (pool images as
-memory, the validation slice as queries); ``best`` checkpoints are chosen by it.
+The monitor reads only the labels :func:`engine.labels.monitor_set` allows: the validation slice,
+each image scored leave-one-out against the others; ``best`` checkpoints are chosen by it.
 """
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from config.dataset_cfg import DatasetOpt
+from config.errors import UserError
 from datasets.folder import make_dataset
 from datasets.index import Index
 from datasets.transforms import plain
-from engine.knn import balanced_subsample, knn_accuracy
-from engine.labels import monitor_sets
+from engine.knn import knn_loo_accuracy
+from engine.labels import monitor_set
 from engine.loaders import DeviceAugment
 from engine.runtime import Runtime, move_to
 from engine.vis import save_grid
@@ -55,13 +55,14 @@ class WeightDrift:
 
 
 class KnnMonitor:
-    """Weighted kNN accuracy (k=20, cosine) of backbone features on the VALIDATION slice.
+    """Weighted kNN accuracy (k=20, cosine) of backbone features on the VALIDATION slice, leave-one-out.
 
-    Memory: up to ``--knn-per-class`` images per class of the few-shot pool; queries: the
-    validation slice (:func:`engine.labels.monitor_sets`, the only labels a monitor may read).
-    Both are decoded once and kept as the plain view at INPUT resolution (resized and
-    normalised, float16: 2 bytes a value, e.g. 0.3 MB a 224 px RGB image), so a monitor pass
-    is forward passes only, with no decoding and no workers.
+    The slice (:func:`engine.labels.monitor_set`, the only labels a monitor may read) is memory
+    and queries at once: each image is classified by the others. It is decoded once and kept as
+    the plain view at INPUT resolution (resized and normalised, float16: 2 bytes a value, e.g.
+    0.3 MB a 224 px RGB image), so a monitor pass is forward passes only, with no decoding and
+    no workers. With a few images per class (EuroSAT's 39-image slice: about 4) one image is a few
+    points: read it as a trend, not a measurement.
 
     Cadence (``--knn-freq auto``, the default): after the first epoch, then every
     ``ceil(t_monitor / (0.05 * t_epoch))`` epochs (measured; the interval is re-derived
@@ -69,22 +70,20 @@ class KnnMonitor:
     the training time or less. ``best`` is the best of the MONITORED epochs.
     """
 
-    def __init__(self, opt: DatasetOpt, index: Index, rt: Runtime, per_class: int = 200, seed: int = 0,
-                 workers: int = 0, freq: int | str = "auto"):
-        memory, queries = monitor_sets(index)
-        mem_y = np.array([s.label for s in memory])
-        memory = [memory[i] for i in balanced_subsample(mem_y, per_class, seed)]
+    def __init__(self, opt: DatasetOpt, index: Index, rt: Runtime, workers: int = 0, freq: int | str = "auto"):
+        images = monitor_set(index)
+        if len(images) < 2:
+            raise UserError(f"the kNN monitor scores the validation slice leave-one-out and split "
+                            f"{index.split_version} has {len(images)} image in it; pretrain with --knn-freq 0")
         t = time.perf_counter()
         tf = lambda o: plain(o.input_size, o.mean, o.std)  # noqa: E731
-        self.memory, self.memory_y = _plain_views(make_dataset(opt, memory, tf), workers)
-        self.queries, self.query_y = _plain_views(make_dataset(opt, queries, tf), workers)
+        self.images, self.labels = _plain_views(make_dataset(opt, images, tf), workers)
         self.num_classes, self.rt = opt.num_classes, rt
         self.freq = freq
         self.next_due = None                  # auto: the next epoch to monitor (None: the first one)
         self.runs, self.seconds = 0, 0.0
-        mb = (self.memory.nbytes + self.queries.nbytes) / 2**20
-        log.info("kNN monitor: %d pool images as memory, %d validation images as queries, cached at %d px "
-                 "(%.0f MiB, %.1f s)", len(memory), len(queries), opt.input_size, mb, time.perf_counter() - t)
+        log.info("kNN monitor: the %d validation images, leave-one-out, cached at %d px (%.0f MiB, %.1f s)",
+                 len(images), opt.input_size, self.images.nbytes / 2**20, time.perf_counter() - t)
 
     def due(self, done: int, last: int) -> bool:
         """Whether to run after epoch ``done`` (1-based) of ``last``."""
@@ -97,9 +96,7 @@ class KnnMonitor:
     def __call__(self, backbone: nn.Module, done: int, epoch_seconds: float) -> float:
         """kNN top-1 (%) of ``backbone``; with ``auto`` cadence, schedules the next pass."""
         t = time.perf_counter()
-        f_mem = _features(backbone, self.memory, self.rt)
-        f_q = _features(backbone, self.queries, self.rt)
-        acc = knn_accuracy(f_mem, self.memory_y, f_q, self.query_y, self.num_classes, k=20)
+        acc = knn_loo_accuracy(_features(backbone, self.images, self.rt), self.labels, self.num_classes, k=20)
         spent = time.perf_counter() - t
         self.runs, self.seconds = self.runs + 1, self.seconds + spent
         if self.freq == "auto":

@@ -100,7 +100,6 @@ class Plan:
     aug_p: str
     sync_bn: str                     # "on" (--sync-bn), "off" (--no-sync-bn) or "auto"
     knn_freq: int | str
-    knn_per_class: int
     ckpt_freq: int
     vis: bool
     vis_every: int                   # epochs between --vis figures (and the first and the last)
@@ -229,7 +228,7 @@ def resolve(args: argparse.Namespace) -> Plan:
                 pin_memory=bool(args.pin_memory), cache_size=args.cache_size, gpu_aug=gpu_aug,
                 aug=aug_code(args, module), aug_p=args.aug_p or "S5",
                 sync_bn="on" if args.sync_bn else "off" if args.no_sync_bn else "auto", knn_freq=knn_freq,
-                knn_per_class=args.knn_per_class, ckpt_freq=args.ckpt_freq, vis=bool(args.vis),
+                ckpt_freq=args.ckpt_freq, vis=bool(args.vis),
                 vis_every=args.vis_every or max(1, args.mepoch // 10), vis_bands=band_triplet(args.vis_bands, opt),
                 ckpt_dir=ckpt_dir,
                 expnum="" if args.dry_run else claim_run_name(args, mode, ckpt_dir, expnum), init_from=init_from,

@@ -121,7 +121,7 @@ def main_worker(local_rank: int | None, nproc: int | None, plan: Plan) -> None:
     monitor = None
     if rt.is_main and plan.knn_freq != 0 and plan.index.classes:
         try:
-            monitor = KnnMonitor(opt, plan.index, rt, plan.knn_per_class, plan.seed, plan.workers, plan.knn_freq)
+            monitor = KnnMonitor(opt, plan.index, rt, plan.workers, plan.knn_freq)
         except UserError as err:             # e.g. a split without a validation slice
             if plan.knn_freq != "auto":      # asked for explicitly: say it cannot be done
                 raise

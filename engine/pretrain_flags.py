@@ -59,7 +59,8 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="with --pin-memory: cache every image resized to this side (e.g. the training resolution, "
                         "or more to keep random crops sharp) instead of at native resolution")
     g.add_argument("--knn-freq", dest="knn_freq", default="auto",
-                   help="kNN monitor on the validation slice: auto (about 5%% of the training time: after epoch 1, "
+                   help="kNN monitor on the validation slice (leave-one-out: each slice image against the others): "
+                        "auto (about 5%% of the training time: after epoch 1, "
                         "then as often as that budget allows, and after the last epoch), or every N epochs (0: off)")
     g.add_argument("--dry-run", dest="dry_run", action="store_true",
                    help="resolve and check everything (recipe, lr, data, iterations per epoch), print the plan as "
@@ -73,9 +74,6 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--vis-bands", dest="vis_bands", default=None,
                    help="with --vis: three band names shown as red, green, blue, e.g. B08,B04,B03 (false colour); "
                         "default: the dataset's true colour")
-    g.add_argument("--knn-per-class", dest="knn_per_class", type=int, default=200,
-                   help="kNN monitor: at most this many pool images per class in the memory bank (queries: the "
-                        "validation slice)")
     owners: dict[str, set[str]] = {}     # flag dest -> pretexts that use it
     defaults: dict[str, object] = {}
     for module in pretexts.modules():

@@ -12,7 +12,6 @@ from datasets.index import Sample
 from engine import provenance
 from engine.classifier import TRAIN_PLAN
 from engine.evaljob import EvalJob
-from engine.features import init_seed
 from engine.identity import TRAINING_FLAGS, pretrain_values
 from engine.metrics import classification_metrics, format_confusion, save_confusion_png
 from engine.results import append_result, code_version, save_predictions
@@ -72,8 +71,8 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, job: EvalJob, ts: float, seed
            "predictions": predictions}
     if job.mode.job != "train":
         row.update(pretrain_values(meta))                     # how the backbone was pretrained (its meta["args"])
-    elif not job.imagenet:                                    # random init: its weights' seed is the level
-        row["pretrain_seed"] = init_seed(job, None if probe else seed)
+    elif not job.imagenet and job.init_seed is not None:      # random init with --init-seed: the level
+        row["pretrain_seed"] = job.init_seed
     for column, value in job.flags.items():                   # every other identity flag (engine/identity.py)
         row.setdefault(column, value if trained or column not in TRAINING_FLAGS else "")
     append_result(job.results, row)

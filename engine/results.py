@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 RESULT_COLUMNS: tuple[str, ...] = (
     "time", "code_version", "ds", "split_version", "ts", "seed", "mode", "netnum", "pretext", "pretrain_expnum",
     "pretrain_epoch", "pretrain_datasets", "ckpt_selected_by", "pretrain_code_version", "pretrain_optimizer",
-    "pretrain_lr", "pretrain_bs", "pretrain_epochs", "pretrain_steps", "pretrain_seed", "pretrain_recipe",
+    "pretrain_lr", "pretrain_bs", "pretrain_epochs", "pretrain_steps", "pretrain_seed", "pretrain_recipe", "pretrain_config",
     "pretrain_lr_selection", "init_sha", "hos", "probe", "probe_param", "select_on", "selection_labels", "bn_stats",
     "dtype", "bands", "rgb_bands", "input_size", "tta",
     "bs", "optimizer", "lr", "wd", "momentum", "beta2", "lars_eta", "lars_clip", "layer_decay", "drop_path", "lr_policy", "warmup", "milestones", "lr_decay", "loss", "epochs", "aug",

@@ -260,7 +260,7 @@ def summarize(groups: list[Group], metric: str, n_boot: int, boot_seed: int,
 def _pair(g: Group, bases: list[Group], metric: str, n_boot: int, boot_seed: int, cache: dict) -> dict:
     """The paired comparison of ``g`` with its baseline run; 'note' says why there is none."""
     cands = [b for b in bases if all(_pairing(k, b.ident[k]) == _pairing(k, g.ident[k]) for k in PAIR_KEYS)
-             and set(b.seeds()) & set(g.seeds())]
+             and align(g, b)[0]]
     if not cands:
         return {"note": "no baseline run with the same data, split, network, ts, protocol and seeds"}
     others = [c for c in IDENTITY if c not in PAIR_KEYS]
@@ -271,13 +271,13 @@ def _pair(g: Group, bases: list[Group], metric: str, n_boot: int, boot_seed: int
                         f"{', '.join(c for c in others if len({b.ident[c] for b in best}) > 1)}); "
                         "summarise them separately"}
     base = best[0]
-    common = sorted(set(g.seeds()) & set(base.seeds()), key=_seed_order)
-    a, b = _subset(cache[g.key], g, common), _subset(cache[base.key], base, common)
+    mine, theirs = align(g, base)
+    a, b = _subset(cache[g.key], g, mine), _subset(cache[base.key], base, theirs, like=g, at=mine)
     diff = a.values - b.values
     lo, hi, over, p_boot = paired_bootstrap_ci(a, b, metric, n_boot, boot_seed)
     per_seed = mcnemar_per_seed(a, b)
     spread = (float(np.median(per_seed)), min(per_seed), max(per_seed)) if per_seed else (math.nan,) * 3
-    return {"baseline": base, "n_pairs": len(common), "diff": float(diff.mean()), "diff_ci": (lo, hi),
+    return {"baseline": base, "n_pairs": len(mine), "diff": float(diff.mean()), "diff_ci": (lo, hi),
             "diff_over": over, "p_t": paired_t_p(*level_differences(a, b)), "p_boot": p_boot, "p_mcnemar": spread}
 
 
@@ -288,10 +288,30 @@ def _pairing(column: str, value: str) -> str:
     return value
 
 
-def _subset(s: Scored, g: Group, seeds: list[str]) -> Scored:
-    pos = [g.seeds().index(x) for x in seeds]
-    rows = [g.rows[i] for i in pos]
-    levels, draws = crossed(rows) if s.levels is not None else (None, None)
+def _levels(g: Group) -> set[str]:
+    return {(r.cells.get("pretrain_seed") or "").strip() for r in g.rows}
+
+
+def align(g: Group, base: Group) -> tuple[list[int], list[int]]:
+    """Row positions of ``g`` and of its baseline that pair up: the same (pretraining seed, draw) unit when both
+    runs have several pretraining seeds (seed k meets initialisation k), else the same draw (a baseline with
+    one initialisation, or none recorded, is the partner of each pretraining seed at that draw)."""
+    units = {u: i for i, u in enumerate(base.seeds())}
+    if len(_levels(g) - {""}) > 1 and len(_levels(base) - {""}) > 1:
+        pairs = [(i, units[u]) for i, u in enumerate(g.seeds()) if u in units]
+    else:
+        by_draw: dict[str, int] = {}
+        for i, r in enumerate(base.rows):
+            by_draw.setdefault(r.cells["seed"], i)
+        pairs = [(i, by_draw[r.cells["seed"]]) for i, r in enumerate(g.rows) if r.cells["seed"] in by_draw]
+    return [i for i, _ in pairs], [j for _, j in pairs]
+
+
+def _subset(s: Scored, g: Group, pos: list[int], like: Group | None = None, at: list[int] | None = None) -> Scored:
+    """The rows ``pos`` of a run (a position may repeat: one baseline row for several pretraining seeds), with
+    the crossed structure of ``like``'s rows ``at`` (the run it is paired with) or of its own."""
+    rows = [like.rows[i] for i in at] if like is not None and at is not None else [g.rows[i] for i in pos]
+    levels, draws = crossed(rows)
     if s.pred is None:
         return Scored(s.values[pos], levels=levels, draws=draws)
     return Scored(s.values[pos], s.true, s.pred[pos], s.num_classes, s.images, levels, draws)
@@ -310,7 +330,7 @@ def _p(v: float) -> str:
 # what a pretraining checkpoint implies (its settings, code version, file digest): named per line only where
 # two lines of one checkpoint (pretraining run and epoch) differ in it; the CSV has them all
 IMPLIED = ("pretrain_code_version", "pretrain_optimizer", "pretrain_lr", "pretrain_bs", "pretrain_epochs",
-           "pretrain_steps", "pretrain_seed", "pretrain_recipe", "init_sha")
+           "pretrain_steps", "pretrain_seed", "pretrain_recipe", "pretrain_config", "pretrain_lr_selection", "init_sha")
 
 
 def varying(lines: list[Line]) -> tuple[list[str], dict[str, str]]:

@@ -441,3 +441,28 @@ def test_pivot_puts_one_line_per_run_and_a_column_per_scale(tmp_path, capsys):
     five, twenty = second.split(" | ")[2:4]
     assert "**Δ +19.7 [" in five                          # far from zero: bold
     assert "Δ +0.2 [" in twenty and "**" not in twenty    # within the noise
+
+
+def test_one_checkpoint_pairs_with_a_baseline_of_one_or_no_initialisation_draw_by_draw(tmp_path, capsys):
+    """A single pretraining (any seed) against random init without --init-seed, or with one: every draw
+    pairs (the reviewer's case: SimCLR seed 3 x 5 draws against a random probe found no common unit)."""
+    path = tmp_path / "r.csv"
+    for d in range(5):
+        add(path, seed=d, ts=5, OA=70 + d, pretrain_seed=3)
+        add(path, seed=d, ts=5, OA=60 + d, pretext="random", mode=11, pretrain_expnum="random", pretrain_epoch="")
+    code, t, _ = summary(tmp_path, capsys, path, "--baseline", "pretext=random")
+    run = t[t["pretext"] == "simclr"].iloc[0]
+    assert code == 0 and run["n_pairs"] == "5" and float(run["diff"]) == pytest.approx(10.0)
+
+
+def test_two_configurations_with_the_same_seeds_are_never_pooled(tmp_path, capsys):
+    """Another --tau (another pretrain_config) with the same pretraining seeds and draws is another line."""
+    path = tmp_path / "r.csv"
+    for cfg, oa in (("aaa111", 50.0), ("bbb222", 80.0)):
+        for p in range(2):
+            for d in range(2):
+                add(path, seed=d, ts=5, OA=oa + p + d, pretrain_seed=p, pretrain_config=cfg,
+                    pretrain_expnum=f"{cfg}{p}_pretrain")
+    code, t, err = summary(tmp_path, capsys, path)
+    assert code == 0 and len(t) == 2 and sorted(t["n"]) == ["4", "4"]
+    assert sorted(float(m) for m in t["mean"]) == [51.0, 81.0] and "repeated" not in err

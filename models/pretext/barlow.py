@@ -41,11 +41,11 @@ _CONVNET = {
     "paper": {"optimizer": "lars", "lr_base": 0.2, "lr_rule": "linear", "momentum": 0.9, "wd": 1e-6,
               "lars_eta": 1e-3, "lars_clip": False, "exclude_bias_norm": True, "bias_lr_scale": 0.0048 / 0.2,
               "warmup": 10, "feature_dim": FEATURE_DIM, "hidden_dim": HIDDEN_DIM, "barlow_lambda": LAMBDA,
-              "aug": AUG, "aug_p": "S5", "crop_scale": [0.08, 1.0]},
+              "barlow_scale": 1.0, "aug": AUG, "aug_p": "S5", "crop_scale": [0.08, 1.0]},
     "small": {"optimizer": "lars", "lr_base": 0.3, "lr_rule": "linear", "momentum": 0.9, "wd": 1e-4,
               "lars_eta": 0.02, "lars_clip": True, "exclude_bias_norm": True, "bias_lr_scale": 1.0,
               "warmup": 10, "feature_dim": 2048, "hidden_dim": 2048, "barlow_lambda": LAMBDA,
-              "aug": AUG, "aug_p": "S5", "crop_scale": [0.08, 1.0]},
+              "barlow_scale": 0.1, "aug": AUG, "aug_p": "S5", "crop_scale": [0.08, 1.0]},
 }
 _CONVNET_SOURCES = {
     "paper": {"optimizer": f"{_MAIN}: LARS", "lr_base": f"{_MAIN} --learning-rate-weights 0.2",
@@ -56,6 +56,7 @@ _CONVNET_SOURCES = {
               "bias_lr_scale": f"{_MAIN} --learning-rate-biases 0.0048 / --learning-rate-weights 0.2",
               "warmup": f"{_MAIN} adjust_learning_rate: 10 epochs", "feature_dim": f"{_MAIN} --projector 8192-8192-8192",
               "hidden_dim": f"{_MAIN} --projector 8192-8192-8192", "barlow_lambda": f"{_MAIN} --lambd 0.0051",
+              "barlow_scale": f"{_MAIN}: the loss as it is (no scale)",
               "aug": f"{_MAIN} Transform: blur 1.0 / 0.1, solarise 0 / 0.2 (BYOL's pair)",
               "aug_p": f"{_MAIN} Transform: crop, flip, jitter 0.4 p 0.8, gray 0.2; S5 is this repo's version",
               "crop_scale": f"{_MAIN} RandomResizedCrop(224): torchvision's default scale (0.08, 1.0)"},
@@ -65,6 +66,9 @@ _CONVNET_SOURCES = {
               "bias_lr_scale": f"{_SOLO}: one lr", "warmup": f"{_SOLO_BASE}: warmup_epochs 10",
               "feature_dim": f"{_SOLO} proj_output_dim 2048", "hidden_dim": f"{_SOLO} proj_hidden_dim 2048",
               "barlow_lambda": "vturrisi/solo-learn solo/methods/barlow_twins.py @c32f9cee lamb 0.0051",
+              "barlow_scale": f"{_SOLO} scale_loss 0.1 (solo/losses/barlow.py multiplies the loss by it: with "
+                              "clipped LARS the excluded biases and BN step at lr x gradient, so the scale sets "
+                              "their step)",
               "aug": "solo-learn cifar/augmentations/asymmetric.yaml @24322891: asymmetric pair",
               "aug_p": "asymmetric.yaml: crop, flip, jitter 0.4, gray 0.2; S5 is this repo's version",
               "crop_scale": "asymmetric.yaml crop min_scale 0.08"},
@@ -79,20 +83,26 @@ RECIPES, SOURCES = vit_recipes.with_vit(_CONVNET, _CONVNET_SOURCES, _VIT, _VIT_S
 def add_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--barlow-lambda", dest="barlow_lambda", type=float, default=None,
                        help=f"mode 914: weight of the off-diagonal (redundancy) term (default: the --recipe's, {LAMBDA})")
+    group.add_argument("--barlow-scale", dest="barlow_scale", type=float, default=None,
+                       help="mode 914: the loss is multiplied by this (default: the --recipe's: 1 as the paper, "
+                            "0.1 in the small recipe as solo-learn's scale_loss)")
     add_hidden_dim(group)
 
 
 def check_args(args: argparse.Namespace) -> None:
     if args.barlow_lambda < 0:
         raise UserError(f"--barlow-lambda {args.barlow_lambda} must be >= 0; the paper uses 0.0051")
+    if args.barlow_scale is not None and not args.barlow_scale > 0:
+        raise UserError(f"--barlow-scale {args.barlow_scale} must be positive; solo-learn uses 0.1, the paper 1")
     check_positive(args, "hidden_dim")
     vit_recipes.note_unpublished(args, "Barlow Twins")
 
 
 class BarlowTwins(nn.Module):
     def __init__(self, backbone: nn.Module, feature_dim: int = FEATURE_DIM, hidden_dim: int = HIDDEN_DIM,
-                 lambd: float = LAMBDA) -> None:
+                 lambd: float = LAMBDA, scale: float = 1.0) -> None:
         super().__init__()
+        self.scale = scale
         self.backbone = backbone
         self.projector = mlp([backbone.out_dim, hidden_dim, hidden_dim, feature_dim], last_bias=False)
         self.criterion = BarlowTwinsLoss(lambd)
@@ -100,13 +110,13 @@ class BarlowTwins(nn.Module):
     def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x1, x2 = views
         z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
-        loss = self.criterion(z1.float(), z2.float())
+        loss = self.scale * self.criterion(z1.float(), z2.float())
         return loss, {"emb_std": embedding_std(torch.cat([z1, z2]))}
 
 
 def build(args: argparse.Namespace, opt, backbone: nn.Module) -> BarlowTwins:
     return BarlowTwins(backbone, feature_dim=args.feature_dim, hidden_dim=args.hidden_dim or HIDDEN_DIM,
-                       lambd=args.barlow_lambda)
+                       lambd=args.barlow_lambda, scale=args.barlow_scale if args.barlow_scale is not None else 1.0)
 
 
 def make_transform(args: argparse.Namespace, opt):

@@ -51,23 +51,30 @@ log() { echo "[$(date '+%F %T')] $*" | tee -a "$OUT/times.txt"; }
 [ -f "$OUT/runs.csv" ] || echo "mode,seed,lr,steps,expnum,seconds,img_per_s,role" > "$OUT/runs.csv"
 
 plan_json() {   # mode extra-flags... -> the resolved plan (lr, iterations per epoch) as JSON
-  local mode=$1; shift
+  local mode=$1 out; shift
   # shellcheck disable=SC2086
-  "$PY" main_cls_ss_train.py --mode "$mode" "${COMMON[@]}" --bs "$BS" --recipe "$RECIPE" --ckpt "$OUT/ck" \
-    ${MODE_FLAGS[$mode]:-} $EXTRA "$@" --dry-run 2>/dev/null | tail -1
+  if ! out=$("$PY" main_cls_ss_train.py --mode "$mode" "${COMMON[@]}" --bs "$BS" --recipe "$RECIPE" --ckpt "$OUT/ck" \
+             ${MODE_FLAGS[$mode]:-} $EXTRA "$@" --dry-run 2>"$OUT/dry_run.err"); then
+    log "mode $mode: the plan does not resolve: $(tail -1 "$OUT/dry_run.err")"; exit 2
+  fi
+  echo "$out" | tail -1
 }
 field() { "$PY" -c "import json,sys; print(json.loads(sys.argv[1])['$2'])" "$1"; }
 
-pretrain() {   # mode seed lr steps tag [flags...] -> expnum in $OUT/<tag>.expnum when finished
+pretrain() {   # mode seed lr steps tag [flags...] -> 0 when $OUT/<tag>.done, 1 when the run diverged
   local mode=$1 seed=$2 lr=$3 steps=$4 tag=$5; shift 5
-  local state="$OUT/$tag.expnum" js iters epochs exp s=$SECONDS resume=() freq
-  if [ -s "$state" ] && [ -f "$OUT/$tag.done" ]; then return 0; fi
+  local state="$OUT/$tag.expnum" js iters epochs exp s=$SECONDS resume=() freq rc=0
+  [ -f "$OUT/$tag.done" ] && return 0
+  [ -f "$OUT/$tag.failed" ] && return 1
   js=$(plan_json "$mode" --lr "$lr" --seed "$seed")
   iters=$(field "$js" iters_per_epoch)
   epochs=$(( (steps + iters - 1) / iters ))
   freq=$(( epochs / 10 > 0 ? epochs / 10 : 1 ))
   if [ -s "$state" ]; then
     exp=$(cat "$state")
+    if [ -f "$OUT/ck/${NET}_${exp}_${epochs}.pth" ]; then      # finished, killed before it was marked
+      finish "$mode" "$seed" "$lr" $(( epochs * iters )) "$exp" "$tag" "$s"; return 0
+    fi
     [ -f "$OUT/ck/${NET}_${exp}_state.pth" ] && resume=(--resume "$OUT/ck/${NET}_${exp}_state.pth")
   fi
   if [ ${#resume[@]} -eq 0 ]; then
@@ -79,13 +86,25 @@ pretrain() {   # mode seed lr steps tag [flags...] -> expnum in $OUT/<tag>.expnu
   # shellcheck disable=SC2086
   "$PY" main_cls_ss_train.py --mode "$mode" "${COMMON[@]}" --bs "$BS" --recipe "$RECIPE" --lr "$lr" \
     --seed "$seed" --mepoch "$epochs" --ckpt "$OUT/ck" --ckpt_freq "$freq" --pin-memory --workers 0 \
-    ${MODE_FLAGS[$mode]:-} $EXTRA "$@" "${resume[@]}" >> "$OUT/$tag.log" 2>&1
-  local ips
+    ${MODE_FLAGS[$mode]:-} $EXTRA "$@" "${resume[@]}" >> "$OUT/$tag.log" 2>&1 || rc=$?
+  echo $(( SECONDS - s )) >> "$OUT/$tag.seconds"
+  if [ "$rc" -eq 1 ] && grep -q "the loss became" "$OUT/$tag.log"; then     # diverged: deterministic, do not retry
+    touch "$OUT/$tag.failed"
+    log "$tag: diverged ($(grep "the loss became" "$OUT/$tag.log" | tail -1 | cut -c1-160))"
+    return 1
+  fi
+  [ "$rc" -eq 0 ] || { log "$tag: exit $rc (see $OUT/$tag.log)"; exit "$rc"; }
+  finish "$mode" "$seed" "$lr" $(( epochs * iters )) "$exp" "$tag" "$s"
+}
+
+finish() {     # mode seed lr steps expnum tag start -> runs.csv line (img/s of the epochs, wall time), <tag>.done
+  local ips wall
   ips=$("$PY" -c "import csv,sys; r=list(csv.DictReader(open(sys.argv[1]))); print(round(sum(float(x['img_per_s']) for x in r)/len(r),1))" \
-        "$OUT/ck/${NET}_${exp}_log.csv")
-  echo "$mode,$seed,$lr,$(( epochs * iters )),$exp,$(( SECONDS - s )),$ips,${tag%%_*}" >> "$OUT/runs.csv"
-  touch "$OUT/$tag.done"
-  log "$tag: done in $(( SECONDS - s )) s, $ips img/s"
+        "$OUT/ck/${NET}_$5_log.csv")
+  wall=$(awk '{t += $1} END {print t + 0}' "$OUT/$6.seconds" 2>/dev/null || echo 0)
+  echo "$1,$2,$3,$4,$5,$wall,$ips,${6%%_*}" >> "$OUT/runs.csv"
+  touch "$OUT/$6.done"
+  log "$6: done, $wall s over all its invocations, $ips img/s"
 }
 
 last_knn() {   # expnum -> the validation kNN accuracy after the run's last epoch
@@ -93,20 +112,25 @@ last_knn() {   # expnum -> the validation kNN accuracy after the run's last epoc
     "$OUT/ck/${NET}_$1_log.csv"
 }
 
-choose_lr() {   # mode -> the grid lr with the best final validation kNN; writes $OUT/<mode>.lr
+choose_lr() {   # mode -> the grid lr with the best final validation kNN; writes $OUT/<mode>.selection, then .lr
   local mode=$1 base grid=() best="" best_knn=-1 f lr k
-  if [ -s "$OUT/$mode.lr" ]; then return 0; fi
+  if [ -s "$OUT/$mode.lr" ] && [ -s "$OUT/$mode.selection" ]; then return 0; fi
   base=$(field "$(plan_json "$mode")" lr)
-  for f in $GRID; do grid+=("$("$PY" -c "print(f'{$base * $f:.6g}')")"); done
+  for f in $GRID; do grid+=("$("$PY" -c "print('%.10g' % (float($base) * float($f)))")"); done
   for lr in "${grid[@]}"; do
-    pretrain "$mode" 0 "$lr" "$GRID_STEPS" "grid_${mode}_lr${lr}" --knn-freq "$(( 1 << 20 ))"
-    k=$(last_knn "$(cat "$OUT/grid_${mode}_lr${lr}.expnum")")
+    if pretrain "$mode" 0 "$lr" "$GRID_STEPS" "grid_${mode}_lr${lr}" --knn-freq "$(( 1 << 20 ))"; then
+      k=$(last_knn "$(cat "$OUT/grid_${mode}_lr${lr}.expnum")")
+    else
+      k=-1                                                       # diverged: never chosen
+    fi
     log "grid $mode: lr $lr -> validation kNN $k"
-    if "$PY" -c "import sys; a,b,l,base=map(float,sys.argv[1:]); sys.exit(0 if a>b or (a==b and l==base) else 1)" \
+    # the best kNN wins; a tie goes to the recipe's own lr, then to the smaller
+    if "$PY" -c "import math,sys; a,b,l,base=map(float,sys.argv[1:]); sys.exit(0 if a>b or (a==b and math.isclose(l,base,rel_tol=1e-9)) else 1)" \
          "$k" "$best_knn" "$lr" "$base"; then best=$lr; best_knn=$k; fi
   done
-  echo "$best" > "$OUT/$mode.lr"
+  if [ -z "$best" ] || [ "$best_knn" = "-1" ]; then log "grid $mode: every lr diverged; skipping the mode"; return 1; fi
   (IFS=,; echo "val-knn:${grid[*]}@$GRID_STEPS") > "$OUT/$mode.selection"
+  echo "$best" > "$OUT/$mode.lr"
   log "grid $mode: chose lr $best ($(cat "$OUT/$mode.selection"))"
 }
 
@@ -149,12 +173,17 @@ probe() {      # [mode seed] -> logistic regression at 5 and 20 labels x DRAWS, 
   done
 }
 
+exec 9> "$OUT/lock"                                # one script per OUT: runs never overlap
+flock -n 9 || { echo "another methods.sh is running on $OUT (lock $OUT/lock)" >&2; exit 2; }
 probe                                              # random init: nothing to wait for
 for mode in $MODES; do
-  choose_lr "$mode"
+  choose_lr "$mode" || continue
   lr=$(cat "$OUT/$mode.lr")
   for seed in $SEEDS; do
-    pretrain "$mode" "$seed" "$lr" "$STEPS" "final_${mode}_s${seed}" --lr-selection "$(cat "$OUT/$mode.selection")"
+    if ! pretrain "$mode" "$seed" "$lr" "$STEPS" "final_${mode}_s${seed}" --lr-selection "$(cat "$OUT/$mode.selection")"; then
+      log "mode $mode: seed $seed diverged at the chosen lr $lr; the mode stops here (its rows so far stay)"
+      break
+    fi
     probe "$mode" "$seed"
   done
 done

@@ -47,6 +47,31 @@ def test_running_statistics_are_the_exact_mean_and_variance_of_the_plain_views(d
     assert bn.momentum == 0.1                          # the layer's own momentum is put back
 
 
+def test_several_shuffled_batches_give_the_statistics_of_all_the_images(demo_root):
+    """Batches of 16 from 40 class-sorted images: shuffled with a fixed seed (each batch mixes the classes)
+    and of equal size up to one image, their average is the mean and variance over all 40 up to a few
+    percent, where class-sorted batches would miss the variance between classes; the same on every call."""
+    opt, index = _demo(demo_root)
+    torch.manual_seed(0)
+    backbone, _ = build_backbone("090000", opt.n_bands)
+    samples = sorted(index.train, key=lambda s: s.label)[:40]
+    reestimate_bn(backbone, samples, opt, torch.device("cpu"), batch=16)
+    ds = make_dataset(opt, samples, lambda o: plain(o.input_size, o.mean, o.std))
+    x = next(iter(DataLoader(ds, batch_size=len(samples))))[0]
+    with torch.no_grad():
+        h = backbone.stem[0](x)
+    bn = backbone.stem[1]
+    exact_mean, exact_var = h.mean((0, 2, 3)), h.var((0, 2, 3))
+    assert (bn.running_mean - exact_mean).abs().max() < 0.03 * exact_mean.abs().max()
+    ratio = bn.running_var / exact_var
+    assert 0.9 < ratio.median() < 1.05
+    sorted_var = torch.stack([h[i:i + 14].var((0, 2, 3)) for i in (0, 14, 27)]).mean(0)   # unshuffled batches
+    assert (sorted_var / exact_var).median() < ratio.median()
+    again = bn.running_mean.clone()
+    reestimate_bn(backbone, samples, opt, torch.device("cpu"), batch=16)
+    assert torch.equal(bn.running_mean, again)
+
+
 def test_policy_changes_the_features_of_an_untrained_network(demo_root):
     opt, index = _demo(demo_root)
     torch.manual_seed(0)

@@ -60,7 +60,6 @@ PRETRAIN = [
     (["--feature_dim", "0"], "--feature_dim 0 must be >= 1"),
     (["--ckpt_freq", "-1"], "--ckpt_freq -1 must be >= 0"),
     (["--knn-freq", "-2"], "--knn-freq -2 must be >= 0"),
-    (["--knn-per-class", "0"], "--knn-per-class 0 must be >= 1"),
     (["--overwrite"], "--overwrite replaces the run --expnum names"),
     (["--mp-distributed", "--dist-url", "tcp://localhost"], "has no host:port"),
     (["--vis-every", "2"], "--vis-every shape the --vis figures; add --vis or drop it"),

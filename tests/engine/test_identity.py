@@ -84,3 +84,12 @@ def test_rows_record_the_schedule_the_weights_file_and_the_pretraining(demo_root
     assert meta["steps"] >= 1
     ckpt_file = ck / f"{NET}_P_pretrain_1.pth"
     assert probe["init_sha"] == hashlib.sha256(ckpt_file.read_bytes()).hexdigest()[:16]
+
+
+def test_pretrain_config_names_a_configuration_whatever_its_seed():
+    from engine.identity import pretrain_config
+    base = {"tau": 0.2, "hidden_dim": 2048, "lr": 0.1, "seed": 0, "expnum": "a_pretrain", "workers": 2}
+    assert pretrain_config({**base, "seed": 1, "expnum": "b_pretrain", "workers": 0}) == pretrain_config(base)
+    assert pretrain_config({**base, "tau": 0.5}) != pretrain_config(base)
+    assert pretrain_config({**base, "hidden_dim": 512}) != pretrain_config(base)
+    assert len(pretrain_config(base)) == 12 and pretrain_config({}) == ""

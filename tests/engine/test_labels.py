@@ -14,11 +14,11 @@ SIZES = {"Fields": 12, "Forest": 20, "Water": 7}
 
 def test_each_use_gets_its_own_set(tmp_path):
     idx = build_index(get_opt(str(class_tree(tmp_path / "mine", SIZES))))
-    memory, queries = labels.monitor_sets(idx)
+    monitor = labels.monitor_set(idx)
     test = set(labels.final_eval_set(idx))
-    assert set(queries) == set(labels.selection_set(idx)) == set(idx.val) and len(queries) == 1 + 2 + 1
-    assert set(memory) == set(labels.fewshot_pool(idx)) == set(idx.train) - set(idx.val)
-    assert not set(memory) & set(queries) and not (set(memory) | set(queries)) & test
+    assert set(monitor) == set(labels.selection_set(idx)) == set(idx.val) and len(monitor) == 1 + 2 + 1
+    assert set(labels.fewshot_pool(idx)) == set(idx.train) - set(idx.val)
+    assert not set(monitor) & test and not set(labels.fewshot_pool(idx)) & set(monitor)
     assert test == set(idx.test) and len(test) == 2 + 4 + 1
 
 
@@ -28,7 +28,7 @@ def test_unlabelled_imagery_has_no_selection_or_evaluation_set(tmp_path):
         write_tif(tmp_path / "mine" / f"img_{i}.tif", 3, i)
     idx = build_index(get_opt(str(tmp_path / "mine")))
     assert labels.fewshot_pool(idx) == idx.train
-    for ask in (labels.selection_set, labels.monitor_sets, labels.final_eval_set):
+    for ask in (labels.selection_set, labels.monitor_set, labels.final_eval_set):
         with pytest.raises(ValueError, match="needs labels"):
             ask(idx)
 
@@ -48,7 +48,7 @@ def test_empty_slice_or_test_split_is_a_user_error(tmp_path):
     from config.errors import UserError
     idx = build_index(get_opt(str(class_tree(tmp_path / "mine", {"A": 2, "B": 2}))))   # 1 train + 1 test each
     assert idx.val == [] and len(idx.test) == 2
-    for ask in (labels.selection_set, labels.monitor_sets):
+    for ask in (labels.selection_set, labels.monitor_set):
         with pytest.raises(UserError, match="has none"):
             ask(idx)
     idx.test = []

@@ -13,7 +13,8 @@ from datasets.folder import prepare_dataset
 from datasets.transforms import plain
 from config.errors import UserError
 from engine import monitors, pretrain_flags
-from engine.labels import monitor_sets
+from engine.knn import knn_loo_accuracy
+from engine.labels import monitor_set
 from engine.runtime import Runtime
 
 
@@ -23,20 +24,30 @@ def demo(demo_root, size: int = 24):
 
 
 def test_reads_only_the_validation_slice_cached_at_input_size(demo_root):
+    """The monitor's images and labels are the validation slice and nothing else (no pool label, no test
+    image): the SPEC's only labels a monitor may read."""
     opt, index = demo(demo_root, 24)
-    mon = monitors.KnnMonitor(opt, index, Runtime(torch.device("cpu")), per_class=3, seed=0, workers=0)
-    memory, queries = monitor_sets(index)
-    test_paths = {s.path for s in index.test}
-    assert not test_paths & {s.path for s in memory + queries}          # no test label is read
-    assert not {s.path for s in memory} & {s.path for s in queries}     # queries are not in the memory
-    assert mon.queries.shape == (len(queries), opt.n_bands, 24, 24) and mon.queries.dtype == torch.float16
-    assert len(mon.memory) == len(mon.memory_y) <= 3 * len(index.classes)
+    mon = monitors.KnnMonitor(opt, index, Runtime(torch.device("cpu")), workers=0)
+    images = monitor_set(index)
+    assert {s.path for s in images} == {s.path for s in index.val}
+    assert mon.images.shape == (len(images), opt.n_bands, 24, 24) and mon.images.dtype == torch.float16
     from datasets.reader import read_raw
-    raw = torch.from_numpy(read_raw(queries[0].path, opt.band_index, len(opt.band_names)).astype("float32"))
+    raw = torch.from_numpy(read_raw(images[0].path, opt.band_index, len(opt.band_names)).astype("float32"))
     assert raw.shape[-1] != 24                                            # the cache is not at native size
     expect = plain(24, opt.mean, opt.std)(raw)
-    assert torch.allclose(mon.queries[0].float(), expect, atol=2e-3 * expect.abs().max().item())
-    assert mon.query_y.tolist() == [s.label for s in queries]
+    assert torch.allclose(mon.images[0].float(), expect, atol=2e-3 * expect.abs().max().item())
+    assert mon.labels.tolist() == [s.label for s in images]
+
+
+def test_leave_one_out_knn_never_counts_an_image_as_its_own_neighbour():
+    """Two well-separated classes of 3, plus one image labelled 1 that lies among the class-0 images:
+    leave-one-out it is classified by its neighbour (0: wrong) and is the nearest neighbour of one class-0
+    image (wrong too): 5 of 7, where images voting for themselves would all be right (7 of 7)."""
+    f = torch.tensor([[1.0, 0.0], [0.99, 0.1], [0.98, -0.1], [0.0, 1.0], [0.1, 0.99], [-0.1, 0.98]])
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert knn_loo_accuracy(f, y, 2, k=2) == 100.0
+    odd = torch.cat([f, torch.tensor([[0.97, -0.2]])])
+    assert knn_loo_accuracy(odd, torch.cat([y, torch.tensor([1])]), 2, k=1) == pytest.approx(100 * 5 / 7)
 
 
 def test_auto_cadence_keeps_the_monitor_near_five_percent():
@@ -65,7 +76,7 @@ def test_knn_freq_flag():
 def test_best_is_chosen_on_the_validation_knn(demo_root, tmp_path):
     main_cls_ss_train.main(["--mode", "910", "--ds", "demo", "--data-root", str(demo_root), "--netnum", "000000",
                             "--input_size", "24", "--bs", "16", "--mepoch", "2", "--lr", "1e-3", "--workers", "0",
-                            "--knn-freq", "1", "--knn-per-class", "4", "--ckpt", str(tmp_path), "--no-progress",
+                            "--knn-freq", "1", "--ckpt", str(tmp_path), "--no-progress",
                             "--expnum", "5_pretrain"])
     with open(tmp_path / "000000_5_pretrain_log.csv") as f:
         knn = {int(r["epoch"]): float(r["knn_top1"]) for r in csv.DictReader(f)}

@@ -199,6 +199,7 @@ def check_model(code: int, model: nn.Module, args: argparse.Namespace, table: di
     elif code == 914:
         assert widths(model.projector) == [table["hidden_dim"], table["hidden_dim"], table["feature_dim"]]
         assert model.criterion.lambd == table["barlow_lambda"]
+        assert model.scale == table["barlow_scale"]
     elif code == 915:
         assert widths(model.projector) == [table["hidden_dim"], table["hidden_dim"], table["feature_dim"]]
         crit = model.criterion

@@ -295,7 +295,7 @@ def cli(root, ckpt_dir, mode: int, *extra: str) -> list[str]:
     return ["--mode", str(mode), "--ds", "demo", "--data-root", str(root), "--netnum", "000000", "--ts", "1",
             "--input_size", "16", "--bs", "8", "--mepoch", "1", "--lr", "1e-3", "--lr_policy", "cosine",
             "--optimizer", "adam", "--workers", "0", "--ckpt", str(ckpt_dir), "--no-progress",
-            "--feature_dim", "16", "--hidden-dim", "32", "--knn-per-class", "4", *extra]
+            "--feature_dim", "16", "--hidden-dim", "32", *extra]
 
 
 @pytest.mark.parametrize("code", sorted(MODES))
