@@ -69,7 +69,7 @@ pretrain() {   # mode seed lr steps tag [flags...] -> 0 when $OUT/<tag>.done, 1 
   js=$(plan_json "$mode" --lr "$lr" --seed "$seed")
   iters=$(field "$js" iters_per_epoch)
   epochs=$(( (steps + iters - 1) / iters ))
-  freq=$(( epochs / 10 > 0 ? epochs / 10 : 1 ))
+  freq=$(( epochs / 4 > 0 ? epochs / 4 : 1 ))          # a resumable state every quarter of the run
   if [ -s "$state" ]; then
     exp=$(cat "$state")
     if [ -f "$OUT/ck/${NET}_${exp}_${epochs}.pth" ]; then      # finished, killed before it was marked
@@ -104,6 +104,17 @@ finish() {     # mode seed lr steps expnum tag start -> runs.csv line (img/s of 
   wall=$(awk '{t += $1} END {print t + 0}' "$OUT/$6.seconds" 2>/dev/null || echo 0)
   echo "$1,$2,$3,$4,$5,$wall,$ips,${6%%_*}" >> "$OUT/runs.csv"
   touch "$OUT/$6.done"
+  # the run is complete: its training state and intermediate backbones go (the final and best stay)
+  "$PY" - "$OUT/ck" "${NET}_$5" <<'PYEOF'
+import re, sys
+from pathlib import Path
+folder, stem = Path(sys.argv[1]), sys.argv[2]
+numbered = sorted((int(m.group(1)), p) for p in folder.glob(f"{stem}_*.pth")
+                  if (m := re.fullmatch(re.escape(stem) + r"_(\d+)\.pth", p.name)))
+for _, p in numbered[:-1]:
+    p.unlink()
+(folder / f"{stem}_state.pth").unlink(missing_ok=True)
+PYEOF
   log "$6: done, $wall s over all its invocations, $ips img/s"
 }
 
