@@ -47,8 +47,18 @@ def cell(line: Any, digits: int) -> str:
     if "diff" in pr:
         dlo, dhi = pr["diff_ci"]
         delta = f"Δ {_f(pr['diff'], digits, True)} [{_f(dlo, digits, True)}, {_f(dhi, digits, True)}]"
-        text += "; " + (f"**{delta}**" if not math.isnan(dlo) and (dlo > 0 or dhi < 0) else delta)
+        text += "; " + (f"**{delta}**" if shown(pr) else delta)
     return text
+
+
+def shown(pr: dict) -> bool:
+    """A difference counts as shown when its crossed-bootstrap CI excludes 0 and, for a run with several
+    pretraining seeds, so does the t interval over them, on the same side (scripts/summary_stats.py)."""
+    lo, hi = pr["diff_ci"]
+    if math.isnan(lo) or not (lo > 0 or hi < 0):
+        return False
+    tlo, thi = pr.get("t_ci", (math.nan, math.nan))
+    return math.isnan(tlo) or (tlo > 0 and lo > 0) or (thi < 0 and hi < 0)
 
 
 def pivot_markdown(lines: Sequence[Any], metric: str) -> str:
@@ -69,7 +79,8 @@ def pivot_markdown(lines: Sequence[Any], metric: str) -> str:
         scales = sorted({ln.group.ident["ts"] for ln in part}, key=float)
         vary = [c for c in LABEL_COLUMNS if len({i.get(c, "") for i in idents.values()} - {""}) > 1]
         out += [f"**{ds}**, {metric}{'' if metric == 'kappa' else ' (%)'}: mean ± std [95 % CI]"
-                + ("; Δ to the baseline [95 % CI], bold where the CI excludes 0" if any(
+                + ("; Δ to the baseline [95 % CI], bold where it and the t interval over pretraining seeds exclude 0"
+                   if any(
                     "diff" in ln.paired for ln in part) else ""), ""]
         head = ["run", "n", *[f"{float(t):g} labels/class" for t in scales]]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

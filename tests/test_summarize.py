@@ -466,3 +466,27 @@ def test_two_configurations_with_the_same_seeds_are_never_pooled(tmp_path, capsy
     code, t, err = summary(tmp_path, capsys, path)
     assert code == 0 and len(t) == 2 and sorted(t["n"]) == ["4", "4"]
     assert sorted(float(m) for m in t["mean"]) == [51.0, 81.0] and "repeated" not in err
+
+
+def test_a_difference_shown_by_both_intervals_covers_its_truth_with_three_pretraining_seeds():
+    """3 pretraining seeds x 5 draws, the seeds' variance dominating (sd 3 vs 1): the crossed bootstrap alone
+    covers the true difference too rarely (a bootstrap over 3 levels), the rule "both intervals exclude 0"
+    (bootstrap and t over the seeds) keeps its level; and the inflation makes the bootstrap wider."""
+    rng = np.random.default_rng(1)
+    lv, dr = np.repeat(np.arange(3), 5), np.tile(np.arange(5), 3)
+    boot = union = wider = 0
+    reps = 120
+    for r in range(reps):
+        x = rng.normal(0, 3, 3)[lv] + rng.normal(0, 1, 5)[dr] + rng.normal(0, 0.5, 15)
+        run = summary_stats.Scored(x, levels=lv, draws=dr)
+        base = summary_stats.Scored(np.zeros(15), levels=lv, draws=dr)
+        lo, hi, _, _ = summary_stats.paired_bootstrap_ci(run, base, "OA", 600, r)
+        tlo, thi = summary_stats.level_t_ci(run, base)
+        boot += lo <= 0 <= hi
+        union += (lo <= 0 <= hi) or (tlo <= 0 <= thi)
+        plain = summary_stats.paired_bootstrap_ci(summary_stats.Scored(x), summary_stats.Scored(np.zeros(15)),
+                                                  "OA", 600, r)
+        wider += (hi - lo) > (plain[1] - plain[0])
+    assert union / reps >= 0.9 and boot / reps < union / reps and wider / reps > 0.9
+    from scipy import stats
+    assert summary_stats.t_quantile(2, 0.975) == pytest.approx(stats.t.ppf(0.975, 2), rel=1e-9)
