@@ -84,12 +84,18 @@ def pivot_markdown(lines: Sequence[Any], metric: str) -> str:
                     "diff" in ln.paired for ln in part) else ""), ""]
         head = ["run", "n", *[f"{float(t):g} labels/class" for t in scales]]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        order = sorted(runs, key=lambda k: (idents[k].get("pretext") != "random", label(idents[k], vary)))
+        names = {k: label(idents[k], vary) for k in runs}
+        for k in runs:                      # two runs the short label cannot tell apart: name what differs
+            twins = [o for o in runs if names[o] == names[k]]
+            if len(twins) > 1:
+                diff = [c for c in idents[k] if c != "ts" and len({idents[o][c] for o in twins}) > 1]
+                names[k] += " [" + ", ".join(f"{c}={idents[k][c]}" for c in diff) + "]"
+        order = sorted(runs, key=lambda k: (idents[k].get("pretext") != "random", names[k]))
         for key in order:
             row = runs[key]
             any_line = next(iter(row.values()))
             n = str(any_line.n) + (f" ({any_line.design})" if getattr(any_line, "design", "") else "")
-            out.append("| " + " | ".join([label(idents[key], vary), n,
+            out.append("| " + " | ".join([names[key], n,
                                           *[cell(row[t], digits) if t in row else "–" for t in scales]]) + " |")
         out.append("")
     return "\n".join(out)

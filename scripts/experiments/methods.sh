@@ -41,21 +41,25 @@ RECIPE=${RECIPE:-small}
 DRAWS=${DRAWS:-5}
 POLICIES=${POLICIES:-"reestimated as-trained"}
 EXTRA=${EXTRA:-}                         # more pretraining flags for every run, e.g. "--amp"
+SUMMARY_FLAGS=${SUMMARY_FLAGS:-}         # e.g. --include-dirty for a try-out on uncommitted code
 OUT=${OUT:-runs/methods_$DS}
 RES=${RES:-results/methods_$DS.csv}
 declare -A MODE_FLAGS=([916]="--local-crops 0")      # DINO: two global views, as many pixels as the others
 
 mkdir -p "$OUT" "$(dirname "$RES")"
+trap 'exit 2' TERM
 COMMON=(--ds "$DS" --data-root "$ROOT" --input_size "$SIZE" --netnum "$NET" --no-progress)
 log() { echo "[$(date '+%F %T')] $*" | tee -a "$OUT/times.txt"; }
 [ -f "$OUT/runs.csv" ] || echo "mode,seed,lr,steps,expnum,seconds,img_per_s,role" > "$OUT/runs.csv"
 
-plan_json() {   # mode extra-flags... -> the resolved plan (lr, iterations per epoch) as JSON
+plan_json() {   # mode extra-flags... -> the resolved plan (lr, iterations per epoch) as JSON; stops the script on error
   local mode=$1 out; shift
   # shellcheck disable=SC2086
   if ! out=$("$PY" main_cls_ss_train.py --mode "$mode" "${COMMON[@]}" --bs "$BS" --recipe "$RECIPE" --ckpt "$OUT/ck" \
              ${MODE_FLAGS[$mode]:-} $EXTRA "$@" --dry-run 2>"$OUT/dry_run.err"); then
-    log "mode $mode: the plan does not resolve: $(tail -1 "$OUT/dry_run.err")"; exit 2
+    log "mode $mode: the plan does not resolve: $(grep -v '^[0-9:]* [IW] ' "$OUT/dry_run.err" | tail -1)" >&2
+    kill -TERM $$                       # a command substitution cannot exit the script itself (trap: exit 2)
+    exit 2
   fi
   echo "$out" | tail -1
 }
@@ -186,6 +190,7 @@ probe() {      # [mode seed] -> logistic regression at 5 and 20 labels x DRAWS, 
 
 exec 9> "$OUT/lock"                                # one script per OUT: runs never overlap
 flock -n 9 || { echo "another methods.sh is running on $OUT (lock $OUT/lock)" >&2; exit 2; }
+for mode in $MODES; do plan_json "$mode" > /dev/null; done   # every plan resolves before anything runs
 probe                                              # random init: nothing to wait for
 for mode in $MODES; do
   choose_lr "$mode" || continue
@@ -198,7 +203,8 @@ for mode in $MODES; do
     probe "$mode" "$seed"
   done
 done
-"$PY" scripts/summarize.py "$RES" --baseline pretext=random --pivot --out "${RES%.csv}_summary"
+# shellcheck disable=SC2086
+"$PY" scripts/summarize.py "$RES" --baseline pretext=random --pivot --out "${RES%.csv}_summary" $SUMMARY_FLAGS
 OUT="$OUT" NET="$NET" MODES="$MODES" SEEDS="$SEEDS" "$PY" scripts/experiments/methods_diagnostics.py \
   > "${RES%.csv}_pretrain.md"
 log "summary: ${RES%.csv}_summary.md, diagnostics: ${RES%.csv}_pretrain.md"

@@ -1,0 +1,55 @@
+"""scripts/experiments/methods.sh end to end on the demo data: the lr grid chosen on the validation kNN, the
+completed schedules, the probes under the BN policy, the summary, and a rerun that adds nothing."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def _run(demo_root, out):
+    env = {**os.environ, "PY": sys.executable, "DS": "demo", "ROOT": str(demo_root), "SIZE": "32",
+           "BS": "16", "STEPS": "6", "GRID_STEPS": "3", "MODES": "910", "SEEDS": "0 1", "DRAWS": "2",
+           "POLICIES": "as-trained", "OUT": str(out / "runs"), "RES": str(out / "res.csv"),
+           "SUMMARY_FLAGS": "--include-dirty", "OMP_NUM_THREADS": "1", "RSSSL_CACHE": str(out / "cache")}
+    return subprocess.run(["bash", str(REPO / "scripts/experiments/methods.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_methods_script_runs_the_protocol_and_resumes_without_repeating(demo_root, tmp_path):
+    first = _run(demo_root, tmp_path)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    runs = list(csv.DictReader(open(tmp_path / "runs" / "runs.csv")))
+    assert [r["role"] for r in runs] == ["grid"] * 3 + ["final"] * 2
+    grid = sorted(float(r["lr"]) for r in runs if r["role"] == "grid")
+    assert grid[1] == 2 * grid[0] and grid[2] == 2 * grid[1]               # the recipe's lr x 0.5, 1, 2
+    chosen = float((tmp_path / "runs" / "910.lr").read_text())
+    selection = (tmp_path / "runs" / "910.selection").read_text().strip()
+    assert chosen in grid and selection.startswith("val-knn:") and selection.endswith("@3")
+    assert all(int(r["steps"]) >= 6 for r in runs if r["role"] == "final")
+    rows = list(csv.DictReader(open(tmp_path / "res.csv")))
+    random = [r for r in rows if r["pretext"] == "random"]
+    method = [r for r in rows if r["pretext"] == "simclr"]
+    assert len(random) == len(method) == 2 * 2 * 2                           # 2 seeds x 2 scales x 2 draws
+    assert sorted({r["pretrain_seed"] for r in random}) == sorted({r["pretrain_seed"] for r in method}) == ["0", "1"]
+    assert {r["pretrain_lr_selection"] for r in method} == {selection} and {r["bn_stats"] for r in rows} == {"as-trained"}
+    assert "(2 x 2)" in (tmp_path / "res_summary.md").read_text()
+    assert "| 910 |" in (tmp_path / "res_pretrain.md").read_text()
+    second = _run(demo_root, tmp_path)                                       # everything exists: nothing reruns
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert len(list(csv.DictReader(open(tmp_path / "res.csv")))) == len(rows)
+    assert len(list(csv.DictReader(open(tmp_path / "runs" / "runs.csv")))) == len(runs)
+
+
+def test_a_plan_that_does_not_resolve_stops_the_script_with_its_sentence(demo_root, tmp_path):
+    env = {**os.environ, "PY": sys.executable, "DS": "demo", "ROOT": str(demo_root), "SIZE": "32", "BS": "4096",
+           "MODES": "910", "SEEDS": "0", "DRAWS": "1", "OUT": str(tmp_path / "runs"), "RES": str(tmp_path / "r.csv"),
+           "RSSSL_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run(["bash", str(REPO / "scripts/experiments/methods.sh")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and "the plan does not resolve" in out.stdout + out.stderr
+    assert "--bs 4096" in (tmp_path / "runs" / "times.txt").read_text()
+
