@@ -141,6 +141,7 @@ def reestimate_bn(backbone: nn.Module, samples: Sequence[Sample], opt, device: t
     """
     bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
+        log.info("the backbone has no BatchNorm (a ViT normalises per token): --bn-stats reestimated changes nothing")
         return 0
     samples = list(samples)
     rng = np.random.default_rng(0)
