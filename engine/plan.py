@@ -9,6 +9,7 @@ the engine below never sees the parsed namespace and never checks a flag again.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import math
 import os
@@ -177,8 +178,10 @@ def resolve(args: argparse.Namespace) -> Plan:
         raise UserError(f"--bs {bs} leaves {bs // world} image per process; contrastive learning needs at least 2")
     if hasattr(module, "check_data"):         # e.g. MoCo sizes its queue from the training images
         module.check_data(args, len(train), bs)
+    untuned = copy.copy(args)
+    untuned.lr = None
     recipes.resolve_lr(args, bs, opt.lr)
-    check_lr_selection(args.lr_selection, args.lr)
+    check_lr_selection(args.lr_selection, args.lr, lambda: recipes.resolve_lr(untuned, bs, opt.lr))
     optim = OptimSpec(args.optimizer, args.lr, args.momentum, args.wd, args.lars_eta, args.lars_clip,
                       args.exclude_bias_norm, args.bias_lr_scale, args.beta2)
     schedule = ScheduleSpec(args.lr_policy, args.mepoch, args.warmup, tuple(args.milestones), args.lr_decay)

@@ -68,7 +68,8 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--lr-selection", dest="lr_selection", default=None,
                    help="how --lr was chosen, recorded in the checkpoint and every row built from it: "
                         "val-knn:LR1,LR2,LR3@STEPS (the validation-slice kNN accuracy after a STEPS-step run at each "
-                        "grid value; --lr must be one of them), as scripts/experiments/methods.sh writes it")
+                        "grid value; --lr must be one of them), as scripts/experiments/methods.sh writes it; or recipe "
+                        "(the recipe's own lr at this batch, not tuned: methods.sh GRID=none)")
     g.add_argument("--vis-every", dest="vis_every", type=int, default=None,
                    help="with --vis: a figure every N epochs, and after the first and the last (default: mepoch // 10)")
     g.add_argument("--vis-bands", dest="vis_bands", default=None,
@@ -122,9 +123,16 @@ def parse_knn_freq(text: str) -> int | str:
 LR_SELECTION = re.compile(r"val-knn:(?P<grid>[0-9.eE+-]+(?:,[0-9.eE+-]+)+)@(?P<steps>[1-9][0-9]*)")
 
 
-def check_lr_selection(text: str | None, lr: float) -> None:
-    """``--lr-selection val-knn:GRID@STEPS``: well formed, and ``--lr`` is one of the grid's values."""
+def check_lr_selection(text: str | None, lr: float, recipe_lr=None) -> None:
+    """``--lr-selection val-knn:GRID@STEPS``: well formed, and ``--lr`` is one of the grid's values;
+    ``--lr-selection recipe``: ``--lr`` is the recipe's own lr at this batch (``recipe_lr()``), not tuned."""
     if text is None:
+        return
+    if text == "recipe":
+        own = recipe_lr() if recipe_lr is not None else lr
+        if not math.isclose(lr, own, rel_tol=1e-6):
+            raise UserError(f"--lr-selection recipe says --lr is the recipe's own, {own:g} at this batch, "
+                            f"but --lr is {lr:g}; drop --lr or the selection")
         return
     m = LR_SELECTION.fullmatch(text)
     try:
@@ -132,6 +140,6 @@ def check_lr_selection(text: str | None, lr: float) -> None:
     except ValueError:
         grid = []
     if not grid:
-        raise UserError(f"--lr-selection {text!r} is not val-knn:LR1,LR2,...@STEPS, e.g. val-knn:0.15,0.3,0.6@250")
+        raise UserError(f"--lr-selection {text!r} is not val-knn:LR1,LR2,...@STEPS (e.g. val-knn:0.15,0.3,0.6@250) or recipe")
     if not any(math.isclose(lr, g, rel_tol=1e-6) for g in grid):
         raise UserError(f"--lr-selection {text} says the lr was chosen from {grid}, but --lr is {lr:g}; pass one of them")

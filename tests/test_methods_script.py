@@ -53,3 +53,19 @@ def test_a_plan_that_does_not_resolve_stops_the_script_with_its_sentence(demo_ro
     assert out.returncode != 0 and "the plan does not resolve" in out.stdout + out.stderr
     assert "--bs 4096" in (tmp_path / "runs" / "times.txt").read_text()
 
+
+
+def test_grid_none_takes_the_recipes_lr_and_runs_seed_major(demo_root, tmp_path):
+    env = {**os.environ, "PY": sys.executable, "DS": "demo", "ROOT": str(demo_root), "SIZE": "32",
+           "BS": "16", "STEPS": "3", "GRID": "none", "MODES": "910 913", "SEEDS": "0 1", "DRAWS": "1",
+           "POLICIES": "as-trained", "OUT": str(tmp_path / "runs"), "RES": str(tmp_path / "res.csv"),
+           "SUMMARY_FLAGS": "--include-dirty", "OMP_NUM_THREADS": "1", "RSSSL_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run(["bash", str(REPO / "scripts/experiments/methods.sh")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    runs = list(csv.DictReader(open(tmp_path / "runs" / "runs.csv")))
+    # no grid runs; every mode's seed 0 before any mode's seed 1
+    assert [(r["role"], r["mode"], r["seed"]) for r in runs] == [
+        ("final", "910", "0"), ("final", "913", "0"), ("final", "910", "1"), ("final", "913", "1")]
+    rows = [r for r in csv.DictReader(open(tmp_path / "res.csv")) if r["pretext"] != "random"]
+    assert rows and {r["pretrain_lr_selection"] for r in rows} == {"recipe"}

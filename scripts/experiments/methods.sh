@@ -10,11 +10,14 @@
 #      accuracy on the VALIDATION slice wins (ties: the recipe's own, then the smaller). The label
 #      rule allows it: the slice is the only labelled data model selection may read. Every later
 #      row says how its lr was chosen (--lr-selection val-knn:GRID@STEPS -> pretrain_lr_selection).
+#      GRID=none: no grid, the recipe's own lr at this batch (--lr-selection recipe), for a short budget.
 #   2. the completed schedule: $STEPS optimiser steps for each pretraining seed in SEEDS, read at its
 #      final checkpoint (nothing selects an epoch);
 #   3. the logistic-regression probe at 5 and 20 labels per class x $DRAWS draws, under each BatchNorm
 #      policy in POLICIES (reestimated: statistics of plain training views, like for like with random
 #      init; as-trained: the checkpoint's own).
+# The loop is seed-major: every mode's seed 0, then every mode's seed 1, ... so a run stopped early
+# leaves a table with the same number of pretraining seeds for every method (give or take the last).
 # Random init is probed the same way, one initialisation per seed of SEEDS (--init-seed), so each
 # pretraining seed k pairs with initialisation k in the summary (pretraining seed x draw x test image,
 # crossed bootstrap).
@@ -131,6 +134,10 @@ choose_lr() {   # mode -> the grid lr with the best final validation kNN; writes
   local mode=$1 base grid=() best="" best_knn=-1 f lr k
   if [ -s "$OUT/$mode.lr" ] && [ -s "$OUT/$mode.selection" ]; then return 0; fi
   base=$(field "$(plan_json "$mode")" lr)
+  if [ "$GRID" = none ]; then
+    echo recipe > "$OUT/$mode.selection"; echo "$base" > "$OUT/$mode.lr"
+    log "mode $mode: the recipe's lr $base (GRID=none)"; return 0
+  fi
   for f in $GRID; do grid+=("$("$PY" -c "print('%.10g' % (float($base) * float($f)))")"); done
   for lr in "${grid[@]}"; do
     if pretrain "$mode" 0 "$lr" "$GRID_STEPS" "grid_${mode}_lr${lr}" --knn-freq "$(( 1 << 20 ))"; then
@@ -192,13 +199,15 @@ exec 9> "$OUT/lock"                                # one script per OUT: runs ne
 flock -n 9 || { echo "another methods.sh is running on $OUT (lock $OUT/lock)" >&2; exit 2; }
 for mode in $MODES; do plan_json "$mode" > /dev/null; done   # every plan resolves before anything runs
 probe                                              # random init: nothing to wait for
-for mode in $MODES; do
-  choose_lr "$mode" || continue
-  lr=$(cat "$OUT/$mode.lr")
-  for seed in $SEEDS; do
+declare -A STOPPED=()
+for seed in $SEEDS; do                             # seed-major: an early stop leaves every method at the same seeds
+  for mode in $MODES; do
+    [ -n "${STOPPED[$mode]:-}" ] && continue
+    choose_lr "$mode" || { STOPPED[$mode]=1; continue; }
+    lr=$(cat "$OUT/$mode.lr")
     if ! pretrain "$mode" "$seed" "$lr" "$STEPS" "final_${mode}_s${seed}" --lr-selection "$(cat "$OUT/$mode.selection")"; then
       log "mode $mode: seed $seed diverged at the chosen lr $lr; the mode stops here (its rows so far stay)"
-      break
+      STOPPED[$mode]=1; continue
     fi
     probe "$mode" "$seed"
   done

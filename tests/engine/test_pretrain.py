@@ -232,3 +232,17 @@ def test_lr_selection_is_checked_and_recorded(demo_root, tmp_path, capsys, text,
     main_cls_ss_train.main(argv)
     meta = torch.load(tmp_path / "090000_1_pretrain_1.pth", weights_only=True)["meta"]
     assert meta["args"]["lr_selection"] == text and meta["steps"] == meta["epoch"] * 3   # 48 images / 16
+
+
+def test_lr_selection_recipe_accepts_only_the_recipes_own_lr(demo_root, tmp_path, capsys):
+    import json
+    base = ["--mode", "912", "--ds", "demo", "--data-root", str(demo_root), "--netnum", "090000", "--input_size", "32",
+            "--bs", "16", "--recipe", "small", "--mepoch", "4", "--dry-run", "--ckpt", str(tmp_path / "ck"),
+            "--no-progress"]
+    main_cls_ss_train.main(base)
+    own = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["lr"]
+    main_cls_ss_train.main([*base, "--lr", repr(own), "--lr-selection", "recipe"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["lr"] == pytest.approx(own)
+    with pytest.raises(SystemExit) as e:
+        main_cls_ss_train.main([*base, "--lr", repr(2 * own), "--lr-selection", "recipe"])
+    assert e.value.code == 2 and "the recipe's own" in capsys.readouterr().err
