@@ -184,7 +184,8 @@ def resolve(args: argparse.Namespace) -> Plan:
     check_lr_selection(args.lr_selection, args.lr, lambda: recipes.resolve_lr(untuned, bs, opt.lr))
     optim = OptimSpec(args.optimizer, args.lr, args.momentum, args.wd, args.lars_eta, args.lars_clip,
                       args.exclude_bias_norm, args.bias_lr_scale, args.beta2)
-    schedule = ScheduleSpec(args.lr_policy, args.mepoch, args.warmup, tuple(args.milestones), args.lr_decay)
+    schedule = ScheduleSpec(args.lr_policy, args.mepoch, args.warmup, tuple(args.milestones), args.lr_decay,
+                            args.wd_end)
     # optimiser and schedule flags fail here, in the launching process, not inside a worker
     optim.build([torch.zeros(1, requires_grad=True)])
     schedule.build(args.lr, 1)

@@ -35,6 +35,10 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--freeze-patch-embed", dest="freeze_patch_embed", action=argparse.BooleanOptionalAction,
                    default=None, help="ViT codes: keep the patch embedding at its initial (random) weights, MoCo v3's "
                                       "random patch projection (default: the --recipe's, on for 910-915 on ViTs)")
+    g.add_argument("--wd-end", dest="wd_end", type=float, default=None,
+                   help="weight decay at the end of a cosine from --wd over the whole run, on every group that is "
+                        "decayed (DINO's --weight_decay_end; default: --wd throughout, or the --recipe's: 0.4 for "
+                        "DINO on a ViT)")
     g.add_argument("--clip-grad", dest="clip_grad", type=float, default=None,
                    help="cap each parameter tensor's gradient norm at this value after backward, as DINO's "
                         "utils.clip_gradients (0: off; default: the --recipe's, 3 for DINO's paper recipe, else off)")

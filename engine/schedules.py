@@ -54,6 +54,7 @@ class LRSchedule:
         milestones: Sequence[int] = (),
         decay: float = 0.1,
         final_lr: float = 0.0,
+        wd_end: float | None = None,
     ) -> None:
         self.policy = policy.lower()
         if self.policy not in POLICIES:
@@ -80,6 +81,9 @@ class LRSchedule:
                 f"--warmup {warmup_epochs} covers the whole run of --mepoch {epochs}; shorten the warmup"
             )
         self.warmup_end = self.warmup_iters / self.iters_per_epoch
+        if wd_end is not None and not (wd_end >= 0 and math.isfinite(wd_end)):
+            raise UserError(f"--wd-end {wd_end} must be a finite number >= 0; pass e.g. --wd-end 0.4")
+        self.wd_end = wd_end
         self.milestones = tuple(milestones)
         if self.policy in ("step", "polyline"):
             self._check_milestones()
@@ -134,16 +138,30 @@ class LRSchedule:
             return self.base_lr * min(1.0, (t * self.iters_per_epoch + 1) / self.warmup_iters)
         return self._policy(t)
 
+    def wd_at(self, it_global: int, start: float) -> float:
+        """``--wd-end``: DINO's ``cosine_scheduler(wd, wd_end, epochs, niter)``, from ``start`` at iteration 0 to
+        ``wd_end`` (at iteration i of N: ``p = i / N``, as there), over the whole run, no warm-up; groups without
+        decay stay at 0."""
+        p = min(max(it_global / self.total_iters, 0.0), 1.0)
+        return self.wd_end + (start - self.wd_end) * 0.5 * (1.0 + math.cos(math.pi * p))
+
     def step(self, optimizer: torch.optim.Optimizer, it_global: int) -> float:
         """Set the lr of every param group for global iteration ``it_global`` (0-based).
 
         A group's lr is the schedule's value times its ``lr_scale`` key (default 1),
-        which is how "backbone at lr/5" (``--hos 1``) is expressed.  Returns the
-        unscaled value, for logging.
+        which is how "backbone at lr/5" (``--hos 1``) is expressed.  With ``wd_end`` every
+        decayed group's weight decay follows ``wd_at`` from the decay it was built with
+        (kept as its ``wd_start`` key, so a resumed optimiser continues the curve).  Returns
+        the unscaled lr, for logging.
         """
         lr = self.lr_at(it_global / self.iters_per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
+        if self.wd_end is not None:
+            for group in optimizer.param_groups:
+                start = group.setdefault("wd_start", group.get("weight_decay", 0.0))
+                if start > 0:
+                    group["weight_decay"] = self.wd_at(it_global, start)
         return lr
 
 
@@ -156,7 +174,9 @@ class ScheduleSpec:
     warmup: float = 0.0
     milestones: tuple[int, ...] = ()
     decay: float = 0.1
+    wd_end: float | None = None
 
     def build(self, base_lr: float, iters_per_epoch: int) -> LRSchedule:
-        return LRSchedule(self.policy, base_lr, self.epochs, iters_per_epoch, self.warmup, self.milestones, self.decay)
+        return LRSchedule(self.policy, base_lr, self.epochs, iters_per_epoch, self.warmup, self.milestones, self.decay,
+                          wd_end=self.wd_end)
 

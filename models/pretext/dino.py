@@ -78,7 +78,7 @@ _RN50_ARGS = ("the released RN50 checkpoint's args.txt (issue #133: 'exactly tho
 RECIPES = {
     "paper": {"optimizer": {"convnet": "sgd", "vit": "adamw"}, "lr_base": {"convnet": 0.03, "vit": 5e-4},
               "lr_rule": "linear", "momentum": 0.9, "wd": {"convnet": 1e-4, "vit": 0.04},
-              "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 10, "tau": TAU, "feature_dim": FEATURE_DIM,
+              "wd_end": {"convnet": None, "vit": 0.4}, "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 10, "tau": TAU, "feature_dim": FEATURE_DIM,
               "hidden_dim": HIDDEN_DIM, "dino_bn_head": False, "teacher_temp": {"convnet": TEACHER_TEMP, "vit": 0.07},
               "warmup_teacher_temp": TEACHER_TEMP, "warmup_teacher_temp_epochs": {"convnet": 0, "vit": 30},
               "dino_momentum": MOMENTUM, "clip_grad": CLIP_GRAD, "drop_path": {"convnet": None, "vit": DROP_PATH},
@@ -87,7 +87,7 @@ RECIPES = {
               "local_crops_scale": {"convnet": [0.05, 0.14], "vit": [0.05, 0.4]}},
     "small": {"optimizer": {"convnet": "lars", "vit": "adamw"}, "lr_base": {"convnet": 0.3, "vit": 5e-4},
               "lr_rule": "linear", "momentum": 0.9, "wd": {"convnet": 1e-6, "vit": 0.04},
-              "lars_eta": {"convnet": 0.02, "vit": None}, "lars_clip": {"convnet": True, "vit": None},
+              "wd_end": {"convnet": None, "vit": 0.4}, "lars_eta": {"convnet": 0.02, "vit": None}, "lars_clip": {"convnet": True, "vit": None},
               "exclude_bias_norm": True, "bias_lr_scale": 1.0, "warmup": 10, "tau": TAU, "feature_dim": 4096, "hidden_dim": HIDDEN_DIM,
               "dino_bn_head": {"convnet": True, "vit": False}, "teacher_temp": 0.07,
               "warmup_teacher_temp": TEACHER_TEMP, "warmup_teacher_temp_epochs": 50, "dino_momentum": 0.99,
@@ -100,8 +100,9 @@ SOURCES = {
               "lr_base": f"convnet: {_README} --lr 0.03; vit: {_MAIN} --lr 0.0005",
               "lr_rule": f"{_MAIN}: lr * batch_size_per_gpu * world_size / 256",
               "momentum": f"convnet: {_MAIN} SGD momentum 0.9; vit: {_MAIN} torch.optim.AdamW's default beta1 0.9",
-              "wd": f"convnet: {_README} --weight_decay 1e-4 --weight_decay_end 1e-4; vit: {_MAIN} --weight_decay 0.04 "
-                    "(its cosine to 0.4 is not reproduced)",
+              "wd": f"convnet: {_README} --weight_decay 1e-4 --weight_decay_end 1e-4; vit: {_MAIN} --weight_decay 0.04",
+              "wd_end": f"convnet: {_README} --weight_decay_end 1e-4 (= --weight_decay: constant); vit: {_MAIN} "
+                        "--weight_decay_end 0.4 (cosine over the whole run, utils.cosine_scheduler)",
               "exclude_bias_norm": "facebookresearch/dino utils.get_params_groups: biases and 1-D tensors at wd 0 (it "
                                    "decays a ViT's 3-D cls_token and pos_embed, which timm's no_weight_decay() exempts here)",
               "bias_lr_scale": f"{_MAIN}: one lr", "warmup": f"{_MAIN} --warmup_epochs 10", "tau": f"{_MAIN} DINOLoss student_temp 0.1",
@@ -127,7 +128,8 @@ SOURCES = {
               "lr_base": f"convnet: {_SOLO} lr 0.3 (per 256); vit: {_MAIN} --lr 0.0005",
               "lr_rule": "solo-learn: lr x batch / 256",
               "momentum": f"convnet: {_SOLO_BASE} (LARS momentum 0.9); vit: {_MAIN} torch.optim.AdamW's default beta1 0.9",
-              "wd": f"convnet: {_SOLO} weight_decay 1e-6; vit: {_MAIN} 0.04", "lars_eta": f"convnet: {_SOLO} eta 0.02; vit: does not apply (AdamW)",
+              "wd": f"convnet: {_SOLO} weight_decay 1e-6; vit: {_MAIN} 0.04",
+              "wd_end": f"convnet: {_SOLO} (constant); vit: {_MAIN} --weight_decay_end 0.4", "lars_eta": f"convnet: {_SOLO} eta 0.02; vit: does not apply (AdamW)",
               "lars_clip": f"convnet: {_SOLO} clip_lr True; vit: does not apply (AdamW)", "exclude_bias_norm": f"{_SOLO} exclude_bias_n_norm True",
               "bias_lr_scale": f"{_SOLO}: one lr", "warmup": f"{_SOLO_BASE}: warmup_epochs 10",
               "tau": "solo-learn solo/methods/dino.py student_temperature 0.1",

@@ -301,6 +301,8 @@ def test_backbone_family_columns_and_width() -> None:
     assert (vit["local_crops"], vit["local_crops_scale"], vit["clip_grad"], vit["drop_path"]) == (8, [0.05, 0.4], 3.0, 0.1)
     assert vit["dino_bn_head"] is False and recipes.recipe_of(dino, "small", "vit")["dino_bn_head"] is False
     assert (vit["feature_dim"], vit["dino_momentum"]) == (65536, 0.996)
+    assert vit["wd_end"] == 0.4 and recipes.recipe_of(dino, "small", "vit")["wd_end"] == 0.4     # main_dino.py
+    assert recipes.recipe_of(dino, "paper", "convnet")["wd_end"] is None                         # constant 1e-4
     v3 = recipes.recipe_of(moco, "paper", "vit")          # MoCo v3's ViT-S/B command
     assert (v3["optimizer"], v3["lr_base"], v3["wd"], v3["warmup"], v3["tau"], v3["moco_momentum"]) == \
         ("adamw", 1.5e-4, 0.1, 40, 0.2, 0.99)

@@ -130,3 +130,32 @@ def test_bad_settings_are_user_errors(kwargs):
     args = {"base_lr": 0.1, "epochs": 10, "iters_per_epoch": 10, **kwargs}
     with pytest.raises(UserError):
         LRSchedule(**args)
+
+
+def test_wd_end_follows_dinos_cosine_on_decayed_groups_only_and_survives_a_resume():
+    import numpy as np
+    w, b = torch.nn.Parameter(torch.ones(3, 3)), torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([{"params": [w], "weight_decay": 0.04}, {"params": [b], "weight_decay": 0.0}], lr=1.0)
+    sched = LRSchedule("cosine", 1e-3, epochs=4, iters_per_epoch=5, warmup_epochs=1, wd_end=0.4)
+    # dino/utils.py cosine_scheduler(0.04, 0.4, epochs=4, niter_per_ep=5), no warm-up
+    iters = np.arange(4 * 5)
+    expect = 0.4 + 0.5 * (0.04 - 0.4) * (1 + np.cos(np.pi * iters / len(iters)))
+    got = []
+    for i in range(20):
+        sched.step(opt, i)
+        got.append(opt.param_groups[0]["weight_decay"])
+        assert opt.param_groups[1]["weight_decay"] == 0.0
+        if i == 9:                              # a resumed optimiser continues the curve from its saved groups
+            state = opt.state_dict()
+            opt = torch.optim.AdamW([{"params": [w], "weight_decay": 0.04}, {"params": [b], "weight_decay": 0.0}],
+                                    lr=1.0)
+            opt.load_state_dict(state)
+    assert np.allclose(got, expect, rtol=0, atol=1e-12)
+    plain = torch.optim.SGD([w], lr=1.0, weight_decay=0.04)
+    LRSchedule("cosine", 1e-3, epochs=4, iters_per_epoch=5).step(plain, 19)
+    assert plain.param_groups[0]["weight_decay"] == 0.04                  # without wd_end: untouched
+
+
+def test_wd_end_must_be_a_number_at_least_zero():
+    with pytest.raises(UserError, match="--wd-end -1"):
+        LRSchedule("cosine", 1e-3, epochs=4, iters_per_epoch=5, wd_end=-1.0)
