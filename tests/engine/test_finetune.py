@@ -343,3 +343,21 @@ def test_fine_tuning_ranks_draw_their_own_augmentation_streams():
     loader, sampler, gen = finetune.train_loader(_Draws(), 4, single, seed=3, workers=1)
     finetune.start_epoch(sampler, gen, seed=3, epoch=0, rank=0)
     assert gen.initial_seed() == 3 * 1_000_003            # the single-process value, unchanged
+
+
+def test_a_classifier_on_a_test_chosen_backbone_is_refused_by_val_test_and_resume(demo_root, tmp_path, capsys):
+    """Issue 19: --mode 2x/3x and --resume check the classifier's own record of how its backbone was chosen."""
+    import torch
+    res, ck = tmp_path / "r.csv", tmp_path / "ck"
+    main_cls.main(cls_args(demo_root, ck, res, "--mode", "11", "--ts", "3", "--mepoch", "1", "--seed", "2"))
+    (saved,) = sorted(ck.glob(f"{NET}_*_train_ts3_s2_1.pth"))
+    state = torch.load(saved, weights_only=False)
+    state["meta"]["selected_by"] = "knn-test"            # a backbone chosen by the kNN monitor on TEST labels
+    torch.save(state, saved)
+    expnum = saved.name[len(NET) + 1:-len("_1.pth")]
+    for extra in (["--mode", "31", "--expnum", expnum, "--cepoch", "1"],
+                  ["--mode", "11", "--ts", "3", "--mepoch", "2", "--seed", "2", "--resume", str(saved)]):
+        with pytest.raises(SystemExit) as e:
+            main_cls.main(cls_args(demo_root, ck, res, *extra))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "knn-test" in err and "validation slice" in err and "Traceback" not in err

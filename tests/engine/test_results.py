@@ -38,6 +38,22 @@ def test_columns_in_contract_order():
         "allow_overlap", "OA", "AA", "kappa", "macro_F1", "n_train", "n_test", "seconds", "per_class", "predictions")
 
 
+def test_a_table_of_the_previous_schema_gains_the_new_columns_empty(tmp_path, caplog):
+    """Issue 19's columns: an older table keeps every value, new cells empty, its split versions kept."""
+    path = tmp_path / "r.csv"
+    old = ["2026-12-01 10:00:00", "abc", "euroms", "v2-x", "5.0", "0", "41", "090000", "simclr", "E", "3",
+           "euroms@v2-x", "last", "", "logreg", "C=1", "shots", "shots:50", "MS", "B01", "64", "0", "", "", "", "",
+           "0", "", "0", "50.0", "49.0", "0.4", "48.0", "50", "94", "1.0", "[]", "p.csv"]
+    with open(path, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([PREVIOUS_COLUMNS, old])
+    with caplog.at_level("WARNING"):
+        assert results.migrate_table(path) == 1
+    assert "split_version 'unknown'" not in caplog.text
+    (row,) = results.read_table(path)
+    assert {c: row[c] for c in PREVIOUS_COLUMNS} == dict(zip(PREVIOUS_COLUMNS, old))
+    assert all(row[c] == "" for c in RESULT_COLUMNS if c not in PREVIOUS_COLUMNS)
+
+
 def test_new_file_gets_header_and_row(tmp_path):
     path = tmp_path / "results" / "cls.csv"
     append_result(path, {"ds": "aid", "ts": 5, "seed": 0, "OA": 0.8125, "kappa": 0.5,
