@@ -65,7 +65,8 @@ def main() -> int:
             state = torch.load(ck[-1], map_location="cpu", weights_only=True) if ck else {"meta": {}, "backbone": {}}
             meta, weights = state["meta"], state["backbone"]
             d = (EMBEDDING.get(int(mode), (None, None))[1]
-                 or (weights["cls_token"].shape[-1] if int(mode) in (930, 931) else None)   # MAE: its cls latent
+                 or (weights["cls_token"].shape[-1] if int(mode) in (930, 931) and "cls_token" in weights
+                     else None)                     # MAE: its cls latent (absent while the run has no checkpoint yet)
                  or (meta.get("args") or {}).get("feature_dim") or math.nan)
             run = [r for r in runs if r["expnum"] == exp]
             per.append({"loss0": _f(rows, "loss", 0), "loss1": _f(rows, "loss"), "std": _f(rows, "emb_std"),
