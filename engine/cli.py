@@ -154,8 +154,8 @@ def base_parser(description: str, script: str) -> argparse.ArgumentParser:
                    help="bf16 autocast (losses stay float32); on a GPU and on CPUs with bf16 units (AVX512-BF16/AMX) "
                         "it is faster, elsewhere it only runs the GPU's code path")
     d.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=True,
-                   help="channels_last memory format for images and convolutions, on every device (measured "
-                        "2-3x faster for a ResNet-18 step on this project's 2-core CPU, bench/epoch.py; same "
+                   help="channels_last memory format for images and convolutions, on every device (the GPU's fast "
+                        "layout; 0.95-1.15x per mode on this project's 2-core CPU, docs/benchmarks.md; same "
                         "results up to float rounding); --no-channels-last keeps the contiguous layout")
     d.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars even on a terminal")
     if script == "cls":
