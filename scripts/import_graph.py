@@ -36,8 +36,9 @@ def graph(rev: str) -> tuple[list[str], set[tuple[str, str]]]:
     return sorted(mods), edges
 
 
-def circles(nodes: list[str], edges: set[tuple[str, str]]) -> list[list[str]]:
-    """Strongly connected components with more than one module (Tarjan)."""
+def circles(nodes, edges) -> list[list[str]]:
+    """Import circles: strongly connected components of more than one module, or a module importing itself
+    (Tarjan). ``nodes``: module names; ``edges``: (importer, imported) pairs. tests/test_layers.py uses it too."""
     out_edges = defaultdict(set)
     for a, b in edges:
         out_edges[a].add(b)
@@ -63,7 +64,7 @@ def circles(nodes: list[str], edges: set[tuple[str, str]]) -> list[list[str]]:
                 comp.append(w)
                 if w == v:
                     break
-            if len(comp) > 1:
+            if len(comp) > 1 or v in out_edges[v]:
                 found.append(sorted(comp))
 
     for v in nodes:

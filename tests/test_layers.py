@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from scripts.import_graph import circles
 from tests.conftest import REPO
 
 PACKAGES = ("config", "datasets", "losses", "models", "engine")
@@ -105,37 +106,7 @@ def test_no_import_hides_in_a_function_except_the_listed_deferrals():
 def test_no_import_circle():
     graph = {m: sorted({t for t, _, _ in imps if t in _graph_modules()}) for m, imps in _graph().items()
              if m.split(".")[0] in PACKAGES}
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on: set[str] = set()
-    circles: list[list[str]] = []
-
-    def strong(v: str) -> None:              # Tarjan's strongly connected components
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on.add(v)
-        for w in graph.get(v, []):
-            if w not in index:
-                strong(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1 or v in graph.get(v, []):
-                circles.append(sorted(comp))
-
-    for v in graph:
-        if v not in index:
-            strong(v)
-    assert circles == []
+    assert circles(list(graph), {(m, t) for m, targets in graph.items() for t in targets}) == []
 
 
 def _graph_modules() -> set[str]:
