@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from config.dist import gather_with_grad
+from losses.precision import full_precision
 
 
 def off_diagonal(m: Tensor) -> Tensor:
@@ -38,6 +39,7 @@ class BarlowTwinsLoss(nn.Module):
         super().__init__()
         self.lambd, self.gather, self.eps = lambd, gather, eps
 
+    @full_precision
     def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
         """Embeddings of views A and B, N x d each; row i of both comes from one image."""
         if z_a.shape != z_b.shape or z_a.dim() != 2:

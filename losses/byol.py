@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from losses.precision import full_precision
+
 
 class BYOLLoss(nn.Module):
     r"""Symmetric BYOL loss (Grill et al., NeurIPS 2020, eq. 2 and its symmetrised form).
@@ -20,6 +22,7 @@ class BYOLLoss(nn.Module):
     bars denoting L2 normalisation. Per-sample terms only: no cross-process statistics.
     """
 
+    @full_precision
     def forward(self, p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
         """Predictions ``p1``, ``p2`` of views 1 and 2, target projections ``z1``, ``z2`` (N x d each)."""
         def term(p: Tensor, z: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from config.dist import is_dist, world_size
+from losses.precision import full_precision
 
 
 class DINOLoss(nn.Module):
@@ -56,6 +57,7 @@ class DINOLoss(nn.Module):
         self.register_buffer("center_ready", torch.tensor(center_init == "zero"))
         self.teacher_entropy = torch.zeros(())
 
+    @full_precision
     def forward(self, student: list[Tensor], teacher: list[Tensor], update_center: bool = True,
                 teacher_temp: Tensor | float | None = None) -> Tensor:
         """``student``: one N x K output per crop, global crops first; ``teacher``: one per global crop."""

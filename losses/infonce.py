@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from config.dist import all_gather_nograd, rank
+from losses.precision import full_precision
 
 
 class InfoNCELoss(nn.Module):
@@ -35,6 +36,7 @@ class InfoNCELoss(nn.Module):
             raise ValueError(f"InfoNCE temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
+    @full_precision
     def logits(self, q: Tensor, k: Tensor, queue: Tensor, exclude: Tensor | None = None) -> Tensor:
         """The N x (1 + K) logits: column 0 the positive, then the queue; ``exclude`` (N x K, True =
         not a negative of that query, e.g. a key of the query's own image) sets those to -inf."""
@@ -54,6 +56,7 @@ class InfoNCELoss(nn.Module):
         """The cross-entropy whose label is the positive (column 0)."""
         return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
+    @full_precision
     def forward(self, q: Tensor, k: Tensor, queue: Tensor, exclude: Tensor | None = None) -> Tensor:
         """Loss for queries ``q`` (N x d), positive keys ``k`` (N x d) and normalised queued keys (K x d);
         queue entries marked in ``exclude`` (N x K) are no negatives of that query."""
@@ -91,6 +94,7 @@ class MoCoV3Loss(nn.Module):
         labels = torch.arange(len(q), device=q.device) + len(q) * rank()
         return F.cross_entropy(logits, labels) * (2 * self.temperature)
 
+    @full_precision
     def forward(self, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor) -> Tensor:
         """Queries and keys of view 1 and view 2 (N x d each): ``ctr(q1, k2) + ctr(q2, k1)``."""
         return self.contrast(q1, k2) + self.contrast(q2, k1)

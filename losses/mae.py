@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from losses.precision import full_precision
+
 NORM_EPS = 1e-6      # models_mae.py forward_loss: (var + 1.e-6) ** .5
 
 
@@ -66,5 +68,6 @@ class MAELoss(nn.Module):
         t = patchify(imgs.float(), self.patch)
         return normalise_patches(t, imgs.shape[1]) if self.norm_pix else t
 
+    @full_precision
     def forward(self, imgs: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
         return masked_patch_loss(pred, self.target(imgs), mask)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from config.dist import gather_with_grad, is_dist, rank
+from losses.precision import full_precision
 
 
 class NTXentLoss(nn.Module):
@@ -42,6 +43,7 @@ class NTXentLoss(nn.Module):
         self.temperature = temperature
         self.gather = gather
 
+    @full_precision
     def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
         """Loss for projections ``z_a``, ``z_b`` (N x d each) of the two views; row i pairs with row i."""
         if z_a.shape != z_b.shape or z_a.dim() != 2:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from losses.precision import full_precision
+
 
 class SimSiamLoss(nn.Module):
     r"""Symmetrised negative cosine with stop-gradient (Chen & He, CVPR 2021, Algorithm 1).
@@ -16,6 +18,7 @@ class SimSiamLoss(nn.Module):
     ``sg`` the stop-gradient (``detach``). Minimum -1. Per-sample terms only.
     """
 
+    @full_precision
     def forward(self, p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
         """Predictions ``p1``, ``p2`` and projections ``z1``, ``z2`` (N x d each) of views 1 and 2."""
         d1 = -F.cosine_similarity(p1, z2.detach(), dim=1).mean()

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from config.dist import gather_with_grad
 from losses.barlow import off_diagonal
+from losses.precision import full_precision
 
 
 class VICRegLoss(nn.Module):
@@ -38,6 +39,7 @@ class VICRegLoss(nn.Module):
         self.sim_coeff, self.std_coeff, self.cov_coeff = sim_coeff, std_coeff, cov_coeff
         self.gather, self.eps = gather, eps
 
+    @full_precision
     def terms(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
         """The three unweighted terms (invariance, variance, covariance) for N x d embeddings."""
         if z_a.shape != z_b.shape or z_a.dim() != 2:
@@ -58,5 +60,6 @@ class VICRegLoss(nn.Module):
         """The weighted sum of :meth:`terms`."""
         return self.sim_coeff * t["inv"] + self.std_coeff * t["var"] + self.cov_coeff * t["cov"]
 
+    @full_precision
     def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
         return self.combine(self.terms(z_a, z_b))
