@@ -49,8 +49,6 @@ class BarlowTwinsLoss(nn.Module):
         n = z_a.shape[0]
         if n < 2:
             raise ValueError("Barlow Twins standardises along the batch and needs at least 2 rows")
-        dtype = torch.promote_types(z_a.dtype, torch.float32)     # float32 at least (bf16 under --amp)
-        z_a, z_b = z_a.to(dtype), z_b.to(dtype)
         za = (z_a - z_a.mean(0)) / torch.sqrt(z_a.var(0) + self.eps)
         zb = (z_b - z_b.mean(0)) / torch.sqrt(z_b.var(0) + self.eps)
         c = za.T @ zb / n

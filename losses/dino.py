@@ -61,13 +61,12 @@ class DINOLoss(nn.Module):
     def forward(self, student: list[Tensor], teacher: list[Tensor], update_center: bool = True,
                 teacher_temp: Tensor | float | None = None) -> Tensor:
         """``student``: one N x K output per crop, global crops first; ``teacher``: one per global crop."""
-        dtype = torch.promote_types(student[0].dtype, torch.float32)     # float32 at least (bf16 under --amp)
         temp = self.teacher_temp if teacher_temp is None else teacher_temp
-        log_ps = [F.log_softmax(s.to(dtype) / self.student_temp, dim=1) for s in student]
+        log_ps = [F.log_softmax(s / self.student_temp, dim=1) for s in student]
         with torch.no_grad():
             batch = self.batch_center(teacher) if update_center or self.center_init != "zero" else None
             center = self.center if batch is None else torch.where(self.center_ready, self.center, batch)
-            pt = [F.softmax((t.to(dtype) - center) / temp, dim=1) for t in teacher]
+            pt = [F.softmax((t - center) / temp, dim=1) for t in teacher]
             p = torch.cat(pt)
             entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(dim=1).mean()
             self.teacher_entropy = entropy / math.log(p.shape[1])

@@ -49,8 +49,6 @@ class VICRegLoss(nn.Module):
         n, d = z_a.shape
         if n < 2:
             raise ValueError("VICReg's variance and covariance terms need at least 2 rows")
-        dtype = torch.promote_types(z_a.dtype, torch.float32)     # float32 at least (bf16 under --amp)
-        z_a, z_b = z_a.to(dtype), z_b.to(dtype)
         sim = F.mse_loss(z_a, z_b)
         std = sum(F.relu(1 - torch.sqrt(z.var(0) + self.eps)).mean() / 2 for z in (z_a, z_b))
         cov = sum(off_diagonal((zc := z - z.mean(0)).T @ zc / (n - 1)).pow(2).sum() / d for z in (z_a, z_b))
