@@ -32,9 +32,10 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from config.errors import UserError
-from datasets.transforms import (BLUR_SIGMA, CROP_KINDS, CROP_RATIO, FIXED_CROP_FRACTION, NOISE_STD, PLAN_STEPS,
-                                 S6_MARGIN, SALT_PEPPER_FRACTION, STEP_P_KEY, Normalize, _check_rgb_index,
-                                 blur_kernel_size, check_size, merge_p)
+from datasets.photometric import BLUR_SIGMA, NOISE_STD, SALT_PEPPER_FRACTION, blur_kernel_size
+from datasets.plans import (CROP_KINDS, FIXED_CROP_FRACTION, PLAN_STEPS, S6_MARGIN, STEP_P_KEY, check_rgb_index,
+                            merge_p)
+from datasets.transforms import CROP_RATIO, Normalize, check_size
 from datasets.views import OWN_CROP_SCALE, SHARED_CROP_SCALE
 
 GEOMETRY = {"resize", "resize+30", "crop", "crop40", "fixedcrop"}
@@ -245,7 +246,7 @@ class BatchPlan:
                             f"{', '.join(GPU_PLANS)} or --no-gpu-aug (the CPU path has every plan)")
         self.code, self.size = code, check_size(size)
         self.normalize = Normalize(mean, std)
-        self.rgb_index = _check_rgb_index(rgb_index, self.normalize.bands)
+        self.rgb_index = check_rgb_index(rgb_index, self.normalize.bands)
         if crop_scale is not None and not set(CROP_KINDS) & set(PLAN_STEPS[code]):
             raise UserError(f"--crop-scale replaces the crop step of the --aug_p plan, but {code} has none; use a plan "
                             "with a crop (S3-S6, A-E) or --crop-scale plan")

@@ -14,24 +14,9 @@ import torch
 from torch import Tensor
 
 from config.errors import UserError
-from datasets.transforms import (
-    AUG_CODES,
-    PLAN_STEPS,
-    ColorJitter,
-    GaussianBlur,
-    Grayscale,
-    Normalize,
-    Plan,
-    RandomResizedCrop,
-    RotateFlip,
-    Solarize,
-    check_size,
-    _check_rgb_index,
-    build_plan,
-    merge_p,
-    plain,
-    random_crop,
-)
+from datasets.photometric import ColorJitter, GaussianBlur, Grayscale, Solarize
+from datasets.plans import AUG_CODES, PLAN_STEPS, Plan, check_rgb_index, build_plan, merge_p, plain
+from datasets.transforms import Normalize, RandomResizedCrop, RotateFlip, check_size, random_crop
 
 SHARED_CROP_SCALE = (0.5, 0.9)     # --aug 1 and 4: the one crop both views start from
 OWN_CROP_SCALE = (0.5, 1.0)        # --aug 3: view a's own random resized crop
@@ -174,7 +159,7 @@ class MultiCrop:
         self.size, self.local_size, self.n_local = size, local_crop_size(size, multiple), n_local
         probs = merge_p(None)
         norm = Normalize(mean, std)
-        triplet = _check_rgb_index(rgb_index, norm.bands)
+        triplet = check_rgb_index(rgb_index, norm.bands)
 
         def plan(side: int, scale: tuple[float, float], blur: float, solarize: float) -> Plan:
             steps = [RandomResizedCrop(side, scale, 1.0), RotateFlip(probs["rotate"]), ColorJitter(probs["color"], triplet),

@@ -14,7 +14,8 @@ from config.codes import decode_netnum
 from config.errors import UserError
 from datasets.folder import make_dataset
 from datasets.index import Sample
-from datasets.transforms import Normalize, plain
+from datasets.plans import plain
+from datasets.transforms import Normalize
 from engine import checkpoint as ckpt
 from engine.evaljob import EvalJob
 from engine.lr_decay import param_groups_lrd

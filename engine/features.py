@@ -29,7 +29,7 @@ from config.errors import UserError
 from datasets.fingerprint import file_sha256, files_fingerprint
 from datasets.folder import make_dataset
 from datasets.index import Sample
-from datasets.transforms import plain
+from datasets.plans import plain
 from engine.classifier import build_classifier, reestimate_bn
 from engine.evaljob import EVAL_BATCH, EvalJob
 from engine.knn import extract_indexed

@@ -23,7 +23,7 @@ from config.dist import spawn
 from config.errors import UserError
 from datasets.folder import make_dataset
 from datasets.index import Sample, few_shot
-from datasets.transforms import build_plan, plain
+from datasets.plans import build_plan, plain
 from datasets.views import tta_views
 from engine import checkpoint as ckpt
 from engine import labels

@@ -18,7 +18,7 @@ from config.dataset_cfg import DatasetOpt
 from config.errors import UserError
 from datasets.folder import make_dataset
 from datasets.index import Index
-from datasets.transforms import plain
+from datasets.plans import plain
 from engine.knn import knn_loo_accuracy
 from engine.labels import monitor_set
 from engine.loaders import DeviceAugment

@@ -34,7 +34,9 @@ from torch import Tensor, nn
 from config.baselines import IMAGENET_MEAN, IMAGENET_STD
 from config.codes import BACKBONES, NetCode, decode_netnum
 from config.errors import UserError
-from models.pretrained import load_imagenet_vit, netnum_for, read_state_dict_file, torchvision_arch
+from models.foreign import netnum_for, read_state_dict_file
+from models.pretrained import torchvision_arch
+from models.pretrained_vit import load_imagenet_vit
 from models.vit import build_vit
 
 log = logging.getLogger(__name__)

@@ -110,7 +110,7 @@ class BarlowTwins(nn.Module):
     def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x1, x2 = views
         z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
-        loss = self.scale * self.criterion(z1.float(), z2.float())
+        loss = self.scale * self.criterion(z1, z2)
         return loss, {"emb_std": embedding_std(torch.cat([z1, z2]))}
 
 

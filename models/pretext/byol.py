@@ -121,7 +121,7 @@ class BYOL(nn.Module):
         with torch.no_grad():
             t1 = self.target_projector(self.target_backbone(x1))
             t2 = self.target_projector(self.target_backbone(x2))
-        loss = self.criterion(p1.float(), p2.float(), t1.float(), t2.float())
+        loss = self.criterion(p1, p2, t1, t2)
         return loss, {"emb_std": embedding_std(torch.cat([z1, z2]))}
 
     @torch.no_grad()

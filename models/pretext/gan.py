@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from config.errors import UserError
-from datasets.transforms import build_plan
+from datasets.plans import build_plan
 
 LOSSES = ("GANLoss", "gan")
 NEEDS_CONV_STAGES = True     # engine.guards.check_pretext_backbone refuses ViTs: the discriminator is the CNN's conv stages (multi-level features)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from config.errors import UserError
-from datasets.transforms import build_plan
+from datasets.plans import build_plan
 from models.pretext.decoder import build_decoder
 from models.pretext.simclr import embedding_std
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from config.dataset_cfg import cache_root
 from config.errors import UserError
-from datasets.transforms import build_plan
+from datasets.plans import build_plan
 from models.pretext.decoder import last_stage_shape
 from models.pretext.simclr import embedding_std
 

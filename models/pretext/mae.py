@@ -32,7 +32,8 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from config.errors import UserError
-from datasets.transforms import Normalize, Plan, RandomResizedCrop, check_size
+from datasets.plans import Plan
+from datasets.transforms import Normalize, RandomResizedCrop, check_size
 from losses.mae import MAELoss, patchify, unpatchify
 from models.pretext.simclr import embedding_std
 from models.vit import ViTBackbone, sincos_2d

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from config.errors import UserError
-from datasets.transforms import Plan
+from datasets.plans import Plan
 from losses.mae import MAELoss, patchify, unpatchify
 from models.pretext import mae
 from models.pretext.mae import (

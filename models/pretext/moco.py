@@ -284,11 +284,11 @@ class MoCo(nn.Module):
         k = self.keys(xk)
         stats = {"emb_std": embedding_std(q)}
         if index is None:
-            logits = self.criterion.logits(q.float(), k, self.queue)
+            logits = self.criterion.logits(q, k, self.queue)
             index = torch.full((len(q),), -1, dtype=torch.long, device=q.device)
         else:
             own = self.queue_index[None, :] == index[:, None]
-            logits = self.criterion.logits(q.float(), k, self.queue, exclude=own)
+            logits = self.criterion.logits(q, k, self.queue, exclude=own)
             stats["moco_own_keys"] = own.any(dim=1).float().mean()
             stats["moco_contamination"] = (own & torch.isfinite(logits[:, 1:])).any(dim=1).float().mean()
         self._pending = (all_gather_nograd(k), all_gather_nograd(index.to(self.queue_index.device)))
@@ -343,7 +343,7 @@ class MoCoV3(nn.Module):
         with torch.no_grad():
             k1 = self.key_projector(self.key_backbone(x1))
             k2 = self.key_projector(self.key_backbone(x2))
-        loss = self.criterion(q1.float(), q2.float(), k1.float(), k2.float())
+        loss = self.criterion(q1, q2, k1, k2)
         return loss, {"emb_std": embedding_std(torch.cat([q1, q2]))}
 
     @torch.no_grad()

@@ -24,16 +24,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from datasets.transforms import (
-    DEFAULT_P,
-    ColorJitter,
-    Grayscale,
-    Normalize,
-    RandomResizedCrop,
-    RotateFlip,
-    _check_rgb_index,
-    check_size,
-)
+from datasets.photometric import ColorJitter, Grayscale
+from datasets.plans import DEFAULT_P, check_rgb_index
+from datasets.transforms import Normalize, RandomResizedCrop, RotateFlip, check_size
 
 # Recognition classes, in label order. Rotations are counter-clockwise (torch.rot90).
 RECOG_TRANSFORMS = ("hflip", "vflip", "rot0", "rot90", "rot180", "rot270")
@@ -79,7 +72,7 @@ class MultiTaskView:
                  gray_p: float = DEFAULT_P["gray"]) -> None:
         self.size = check_size(size)
         self.normalize = Normalize(mean, std)
-        rgb = _check_rgb_index(rgb_index, self.normalize.bands)
+        rgb = check_rgb_index(rgb_index, self.normalize.bands)
         self.base = RandomResizedCrop(self.size, BASE_CROP_SCALE, base_crop_p)
         self.block_jitter = ColorJitter(1.0, rgb)
         self.block_geometry = RotateFlip(1.0)

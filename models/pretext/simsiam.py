@@ -97,7 +97,7 @@ class SimSiam(nn.Module):
         x1, x2 = views
         z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
         p1, p2 = self.predictor(z1), self.predictor(z2)
-        loss = self.criterion(p1.float(), p2.float(), z1.float(), z2.float())
+        loss = self.criterion(p1, p2, z1, z2)
         return loss, {"emb_std": embedding_std(torch.cat([z1, z2]))}
 
 

@@ -108,7 +108,7 @@ class VICReg(nn.Module):
     def forward(self, views: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x1, x2 = views
         z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
-        terms = self.criterion.terms(z1.float(), z2.float())
+        terms = self.criterion.terms(z1, z2)
         loss = self.criterion.combine(terms)
         stats = {f"vicreg_{k}": v.detach() for k, v in terms.items()}
         return loss, {**stats, "emb_std": embedding_std(torch.cat([z1, z2]))}

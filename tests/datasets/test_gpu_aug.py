@@ -11,6 +11,7 @@ from scipy.stats import kstest, ks_2samp
 
 from config.errors import UserError
 from datasets import gpu_aug as G
+from datasets import photometric as P
 from datasets import transforms as T
 from datasets.views import build_views
 
@@ -86,7 +87,7 @@ def test_brightness_factor_distribution_and_band_rule():
     assert torch.allclose(factor, factor[:, :1].expand_as(factor), rtol=1e-5)      # one factor for every band
     assert kstest(factor[:, 0].numpy(), "uniform", args=(0.6, 0.8)).pvalue > 1e-3
     torch.manual_seed(5)
-    cpu = T.ColorJitter(1.0, None)
+    cpu = P.ColorJitter(1.0, None)
     cpu_f = np.array([cpu(x[0])[0, 0, 0].item() / MEAN[0] for _ in range(n)])
     assert ks_2samp(factor[:, 0].numpy(), cpu_f).pvalue > 1e-3
 
@@ -100,7 +101,7 @@ def test_colour_jitter_equals_the_cpu_ops_for_given_factors():
     h = -0.1 + 0.2 * torch.rand(n)
     out = G.color_jitter(x, order, b, c, s, h, RGB)
     for i in range(n):
-        ref = T.color_jitter(x[i], order[i].tolist(), b[i].item(), c[i].item(), s[i].item(), h[i].item(), RGB)
+        ref = P.color_jitter(x[i], order[i].tolist(), b[i].item(), c[i].item(), s[i].item(), h[i].item(), RGB)
         assert torch.allclose(out[i], ref, atol=1e-3 * ref.abs().max().item()), i
     assert torch.equal(out[:, 3], G.color_jitter(x, order, b, c, s, h, None)[:, 3])   # band 4 is not RGB
 
@@ -108,8 +109,8 @@ def test_colour_jitter_equals_the_cpu_ops_for_given_factors():
 def test_blur_equals_the_cpu_blur_for_given_sigma():
     x = torch.rand(3, 4, 32, 32) * 100
     sigma = torch.tensor([0.3, 1.0, 2.0])
-    out = G.gaussian_blur(x, sigma, T.blur_kernel_size(32))
-    step = T.GaussianBlur(1.0, 32)
+    out = G.gaussian_blur(x, sigma, P.blur_kernel_size(32))
+    step = P.GaussianBlur(1.0, 32)
     for i, s_ in enumerate(sigma.tolist()):
         step.sigma = (s_, s_)
         assert torch.allclose(out[i], step(x[i]), atol=1e-3 * 100), i

@@ -9,8 +9,11 @@ import torch.nn.functional as F
 from torchvision.transforms.v2.functional import adjust_hue_image, adjust_saturation_image
 
 from config.errors import UserError
+from datasets import photometric as P
+from datasets import plans
 from datasets import transforms as T
-from datasets.transforms import DEFAULT_P, PLAN_CODES, Normalize, build_plan, plain
+from datasets.plans import DEFAULT_P, PLAN_CODES, build_plan, plain
+from datasets.transforms import Normalize
 
 SIZE = 64
 # EuroSAT-like 13-band statistics (raw DN), B10 near-constant; and 0..255 RGB statistics.
@@ -33,7 +36,7 @@ def make_case(bands: int, seed: int = 0) -> tuple[torch.Tensor, tuple, tuple, tu
 
 def plan_keys(code: str) -> list[str]:
     """The DEFAULT_P keys the plan ``code`` draws with."""
-    return sorted({T.STEP_P_KEY[k] for k in T.PLAN_STEPS[code] if k in T.STEP_P_KEY})
+    return sorted({plans.STEP_P_KEY[k] for k in plans.PLAN_STEPS[code] if k in plans.STEP_P_KEY})
 
 
 def run(code: str, x: torch.Tensor, mean, std, rgb, p: dict | None, seed: int = 1) -> torch.Tensor:
@@ -42,7 +45,7 @@ def run(code: str, x: torch.Tensor, mean, std, rgb, p: dict | None, seed: int = 
 
 
 def test_plan_table_matches_codes() -> None:
-    assert tuple(T.PLAN_STEPS) == PLAN_CODES
+    assert tuple(plans.PLAN_STEPS) == PLAN_CODES
     assert plan_keys("S5") == ["blur", "color", "crop", "gray", "rotate"]
     assert plan_keys("A") == ["blur", "color", "crop", "gray", "noise"]
     assert plan_keys("C") == ["blur", "color", "crop", "gray", "rotate"]
@@ -138,12 +141,12 @@ def test_constant_band_with_zero_std_stays_finite(code: str) -> None:
 def test_hue_and_saturation_touch_only_the_rgb_bands() -> None:
     x, _, _, rgb = make_case(13)
     for order in ([2], [3], [2, 3]):
-        y = T.color_jitter(x, order, 1.0, 1.0, 1.4, 0.08, rgb)
+        y = P.color_jitter(x, order, 1.0, 1.0, 1.4, 0.08, rgb)
         others = [b for b in range(13) if b not in rgb]
         assert torch.equal(y[others], x[others])
         assert (y[list(rgb)] - x[list(rgb)]).abs().max() > 1.0
     # Without an RGB triplet hue and saturation are skipped.
-    assert torch.equal(T.color_jitter(x, [2, 3], 1.0, 1.0, 1.4, 0.08, None), x)
+    assert torch.equal(P.color_jitter(x, [2, 3], 1.0, 1.0, 1.4, 0.08, None), x)
 
 
 def test_hue_saturation_is_torchvision_on_unit_range_and_scale_invariant() -> None:
@@ -151,22 +154,22 @@ def test_hue_saturation_is_torchvision_on_unit_range_and_scale_invariant() -> No
     rgb = torch.rand(3, 32, 32, generator=g)
     rgb[0, 0, 0] = 1.0
     ref = adjust_saturation_image(adjust_hue_image(rgb, 0.07), 0.7)
-    out = T._hue_saturation(T._hue_saturation(rgb, 0.07, None), None, 0.7)
+    out = P._hue_saturation(P._hue_saturation(rgb, 0.07, None), None, 0.7)
     assert torch.allclose(out, ref, atol=1e-4)
-    assert torch.allclose(T._hue_saturation(rgb * 5000, 0.07, None), T._hue_saturation(rgb, 0.07, None) * 5000, rtol=1e-4, atol=0.05)
+    assert torch.allclose(P._hue_saturation(rgb * 5000, 0.07, None), P._hue_saturation(rgb, 0.07, None) * 5000, rtol=1e-4, atol=0.05)
 
 
 def test_brightness_and_contrast_formulas() -> None:
     x, _, _, rgb = make_case(13)
-    assert torch.allclose(T.color_jitter(x, [0], 1.3, 1.0, 1.0, 0.0, rgb), x * 1.3)
-    y = T.color_jitter(x, [1], 1.0, 0.5, 1.0, 0.0, rgb)
+    assert torch.allclose(P.color_jitter(x, [0], 1.3, 1.0, 1.0, 0.0, rgb), x * 1.3)
+    y = P.color_jitter(x, [1], 1.0, 0.5, 1.0, 0.0, rgb)
     band_mean = x.mean(dim=(1, 2), keepdim=True)
     assert torch.allclose(y, band_mean + 0.5 * (x - band_mean), atol=1e-2)
     assert torch.allclose(y.mean(dim=(1, 2)), band_mean.flatten(), rtol=1e-5)
 
 
 def test_color_jitter_factors_within_ranges() -> None:
-    jitter = T.ColorJitter(1.0, (0, 1, 2))
+    jitter = P.ColorJitter(1.0, (0, 1, 2))
     x = torch.full((3, 8, 8), 100.0)
     torch.manual_seed(0)
     for _ in range(50):
@@ -176,13 +179,13 @@ def test_color_jitter_factors_within_ranges() -> None:
         assert float(y.std()) < 1e-2
 
 
-@pytest.mark.parametrize("kind", T.Noise.KINDS)
+@pytest.mark.parametrize("kind", P.Noise.KINDS)
 def test_each_noise_kind_scales_with_the_band(kind: str) -> None:
     x, mean, std, _ = make_case(13)
     x = x[:, :SIZE, :SIZE]
     norm = Normalize(mean, std)
     torch.manual_seed(0)
-    y = T.Noise(1.0, (kind,), norm.std)(x)
+    y = P.Noise(1.0, (kind,), norm.std)(x)
     diff = norm(y) - norm(x)
     assert diff.abs().max() > 1e-2
     if kind == "gaussian":
@@ -201,18 +204,18 @@ def test_each_noise_kind_scales_with_the_band(kind: str) -> None:
 def test_local_std_matches_unfold_reference() -> None:
     x = torch.rand(2, 10, 12) * 1000
     ref = F.unfold(F.pad(x[:, None], (1, 1, 1, 1), mode="reflect"), 3).std(dim=1, unbiased=False).view(2, 10, 12)
-    assert torch.allclose(T._local_std(x), ref, rtol=1e-3, atol=1e-2)
+    assert torch.allclose(P._local_std(x), ref, rtol=1e-3, atol=1e-2)
 
 
 def test_box_blur_is_3x3_mean() -> None:
     x = torch.rand(13, 20, 20)
     ref = F.avg_pool2d(x[None], 3, stride=1)[0]
-    assert torch.allclose(T.BoxBlur(1.0)(x)[:, 1:-1, 1:-1], ref, atol=1e-6)
+    assert torch.allclose(P.BoxBlur(1.0)(x)[:, 1:-1, 1:-1], ref, atol=1e-6)
 
 
 def test_gaussian_blur_kernel_size_and_effect() -> None:
-    assert [T.blur_kernel_size(s) for s in (16, 64, 80, 224)] == [3, 7, 9, 23]
-    blur = T.GaussianBlur(1.0, 64)
+    assert [P.blur_kernel_size(s) for s in (16, 64, 80, 224)] == [3, 7, 9, 23]
+    blur = P.GaussianBlur(1.0, 64)
     assert torch.allclose(blur(torch.full((13, 64, 64), 7.0)), torch.full((13, 64, 64), 7.0))
     x = torch.rand(13, 64, 64)
     torch.manual_seed(0)

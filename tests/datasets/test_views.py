@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from config.errors import UserError
-from datasets.transforms import AUG_CODES, DEFAULT_P, Solarize, plain
+from datasets.photometric import Solarize
+from datasets.plans import AUG_CODES, DEFAULT_P, plain
 from datasets.views import build_views, tta_views
 
 SIZE = 64

@@ -17,7 +17,7 @@ import main_cls
 from config.errors import UserError
 from datasets.folder import make_dataset, prepare_dataset
 from datasets.options import get_opt
-from datasets.transforms import plain
+from datasets.plans import plain
 from engine.classifier import reestimate_bn
 from models import build_backbone
 

@@ -49,7 +49,7 @@ def _features(root, cache, caplog):
 def _direct(job, samples) -> np.ndarray:
     """Each image through the backbone on its own (the model probe_features builds)."""
     from datasets.folder import make_dataset
-    from datasets.transforms import plain
+    from datasets.plans import plain
     from engine.classifier import build_classifier
     from engine.runtime import reseed
     reseed(job.seeds[0], 0, 0)

@@ -10,7 +10,7 @@ import torch
 import main_cls_ss_train
 from datasets.options import get_opt
 from datasets.folder import prepare_dataset
-from datasets.transforms import plain
+from datasets.plans import plain
 from config.errors import UserError
 from engine import monitors, pretrain_flags
 from engine.knn import knn_loo_accuracy

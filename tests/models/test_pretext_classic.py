@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from config.errors import UserError
-from datasets.transforms import plain
+from datasets.plans import plain
 from models import build_backbone, build_model
 from models.pretext import colorize, inpaint, jigsaw4, jigsaw9
 from models.pretext import jigsaw_common as jc

@@ -19,6 +19,7 @@ from config.errors import UserError
 from datasets.transforms import Normalize
 from models import build_backbone
 from models import pretrained as P
+from models.foreign import Foreign
 
 EUROSAT = opt_euroms.BAND_NAMES                          # B01..B12, B8A LAST
 MEAN = tuple(float(v) for v in torch.linspace(500, 2500, 13))
@@ -114,7 +115,7 @@ def test_wrong_layouts_get_one_sentence(tmp_path: Path, ssl4eo_vit) -> None:
     with pytest.raises(UserError, match="ImageNet RGB ViT weights go through --weights FILE"):
         P.recognise(rgb, tmp_path / "rgb.pth")
     resnet = {"conv1.weight": torch.randn(64, 13, 7, 7), "bn1.weight": torch.ones(64)}
-    fr = P.Foreign(tmp_path / "r.pth", resnet, B.SSL4EO_S2_L1C_BANDS, "moco", "resnet50")
+    fr = Foreign(tmp_path / "r.pth", resnet, B.SSL4EO_S2_L1C_BANDS, "moco", "resnet50")
     with pytest.raises(UserError, match="holds a resnet50, a CNN; the backbone here is vit_tiny_patch16: use "
                                         "--netnum 020000"):
         P.load_foreign(fr, tiny, EUROSAT)
