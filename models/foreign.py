@@ -5,6 +5,7 @@ Shared by the ResNet loaders (:mod:`models.pretrained`) and the ViT loaders (:mo
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,6 +18,8 @@ from config.codes import BACKBONES
 from config.errors import UserError
 from models.bands import s2_name
 from models.vit import method_feature
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,3 +96,19 @@ def map_first_conv(weight: Tensor, theirs: Sequence[str], ours: Sequence[str]) -
     ours_canon = {s2_name(b) for b in ours}
     dropped = [b for b in theirs if s2_name(b) not in ours_canon]
     return out, missing, dropped
+
+
+def mapped_first_layer(foreign: Foreign, key: str, bands: Sequence[str], what: str) -> Tensor:
+    """``foreign.state[key]`` (the first layer's weight) moved into our ``bands`` by :func:`map_first_conv`;
+    refuses data without Sentinel-2 bands and logs the bands that start at zero or are dropped (``what``:
+    "filters", "patch filters")."""
+    if not any(s2_name(b) for b in bands):
+        raise UserError(f"{foreign.path} holds Sentinel-2 weights, but this dataset's bands ({' '.join(bands)}) are "
+                        "not Sentinel-2 bands; evaluate it on Sentinel-2 data (e.g. --ds euroms)")
+    weight, missing, dropped = map_first_conv(foreign.state[key], foreign.bands, bands)
+    if missing:
+        log.warning("%s has no %s for band(s) %s: they start at zero", foreign.path, what, " ".join(missing))
+    if dropped:
+        log.warning("%s: the %s of band(s) %s are dropped (this run does not read them)",
+                    foreign.path, what, " ".join(dropped))
+    return weight

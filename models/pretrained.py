@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from config import baselines as B
 from config.errors import UserError
 from models.bands import s2_name
-from models.foreign import Foreign, map_first_conv, netnum_for, unwrap
+from models.foreign import Foreign, mapped_first_layer, netnum_for, unwrap
 from models.pretrained_vit import load_foreign_vit, recognise_vit
 from models.vit import ViTBackbone
 
@@ -242,15 +242,7 @@ def load_foreign(foreign: Foreign, backbone: nn.Module, bands: Sequence[str]) ->
     if not arch.startswith("resnet") or arch.endswith("_small"):
         raise UserError(f"{foreign.path} holds a {foreign.arch} with a 7x7 stride-2 stem; the backbone here is "
                         f"{arch or type(backbone).__name__}: use {netnum_for(foreign.arch)}")
-    if not any(s2_name(b) for b in bands):
-        raise UserError(f"{foreign.path} holds Sentinel-2 weights, but this dataset's bands ({' '.join(bands)}) are "
-                        "not Sentinel-2 bands; evaluate it on Sentinel-2 data (e.g. --ds euroms)")
-    weight, missing, dropped = map_first_conv(foreign.state["conv1.weight"], foreign.bands, bands)
-    if missing:
-        log.warning("%s has no filters for band(s) %s: they start at zero", foreign.path, " ".join(missing))
-    if dropped:
-        log.warning("%s: the filters of band(s) %s are dropped (this run does not read them)",
-                    foreign.path, " ".join(dropped))
+    weight = mapped_first_layer(foreign, "conv1.weight", bands, "filters")
     state = _to_backbone_keys({**foreign.state, "conv1.weight": weight})
     target = backbone.state_dict()
     for k, v in target.items():          # timm files may lack BN's step counter; it is not a weight

@@ -31,8 +31,7 @@ from torch import Tensor, nn
 from config import baselines as B
 from config.codes import VIT_BACKBONES, ViTSpec, vit_netnum
 from config.errors import UserError
-from models.bands import s2_name
-from models.foreign import Foreign, map_first_conv, netnum_for, read_state_dict_file
+from models.foreign import Foreign, mapped_first_layer, netnum_for, read_state_dict_file
 from models.vit import GroupedViTBackbone, ViTBackbone, method_feature
 
 log = logging.getLogger(__name__)
@@ -116,15 +115,7 @@ def load_foreign_vit(foreign: Foreign, backbone: nn.Module, bands: Sequence[str]
     if not isinstance(backbone, ViTBackbone) or isinstance(backbone, GroupedViTBackbone) or backbone.arch != foreign.arch:
         raise UserError(f"{foreign.path} holds {desc}, which does not fit the {arch} backbone of this --netnum; "
                         f"{_vit_hint(spec)}")
-    if not any(s2_name(b) for b in bands):
-        raise UserError(f"{foreign.path} holds Sentinel-2 weights, but this dataset's bands ({' '.join(bands)}) are "
-                        "not Sentinel-2 bands; evaluate it on Sentinel-2 data (e.g. --ds euroms)")
-    weight, missing, dropped = map_first_conv(foreign.state["patch_embed.proj.weight"], foreign.bands, bands)
-    if missing:
-        log.warning("%s has no patch filters for band(s) %s: they start at zero", foreign.path, " ".join(missing))
-    if dropped:
-        log.warning("%s: the patch filters of band(s) %s are dropped (this run does not read them)",
-                    foreign.path, " ".join(dropped))
+    weight = mapped_first_layer(foreign, "patch_embed.proj.weight", bands, "patch filters")
     state = backbone.resize_state({**foreign.state, "patch_embed.proj.weight": weight})
     _load_vit_state(backbone, state, foreign.path, desc)
     backbone.set_feature(method_feature(foreign.method))

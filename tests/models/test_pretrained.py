@@ -19,6 +19,7 @@ from config.dataset_cfg import opt_euroms
 from config.errors import UserError
 from datasets.transforms import Normalize
 from models import build_backbone, pretrained as P
+from models.foreign import map_first_conv
 
 EUROSAT_BANDS = opt_euroms.BAND_NAMES                      # B01..B12, B8A LAST
 # per-band statistics of the 469-file EuroSAT subset (../shared/data/README.md), file order
@@ -59,7 +60,7 @@ def test_b8a_filters_move_from_their_position_to_ours() -> None:
     w = torch.zeros(64, 13, 7, 7)
     for j in range(13):
         w[:, j] = j + 1                                 # filter j is the constant j + 1
-    out, missing, dropped = P.map_first_conv(w, B.SSL4EO_S2_L1C_BANDS, EUROSAT_BANDS)
+    out, missing, dropped = map_first_conv(w, B.SSL4EO_S2_L1C_BANDS, EUROSAT_BANDS)
     got = [int(out[0, i, 0, 0]) - 1 for i in range(13)]  # which of their filters sits at each of our bands
     assert got == [B.SSL4EO_S2_L1C_BANDS.index(b) for b in EUROSAT_BANDS]
     assert got[12] == 8 and got[8] == 9 and got[9] == 10   # B8A, B09, B10
@@ -68,7 +69,7 @@ def test_b8a_filters_move_from_their_position_to_ours() -> None:
 
 def test_twelve_and_thirteen_bands() -> None:
     w = torch.randn(64, 12, 7, 7)                        # L2A weights: no B10
-    out, missing, dropped = P.map_first_conv(w, B.SSL4EO_S2_L2A_BANDS, EUROSAT_BANDS)
+    out, missing, dropped = map_first_conv(w, B.SSL4EO_S2_L2A_BANDS, EUROSAT_BANDS)
     assert missing == ["B10"] and dropped == []
     assert out[:, EUROSAT_BANDS.index("B10")].abs().sum() == 0
     assert torch.equal(out[:, 12], w[:, B.SSL4EO_S2_L2A_BANDS.index("B8A")])
@@ -76,7 +77,7 @@ def test_twelve_and_thirteen_bands() -> None:
 
     ours12 = tuple(b for b in EUROSAT_BANDS if b != "B10")  # --dtype ALL reads 12 bands
     w13 = torch.randn(64, 13, 7, 7)
-    out, missing, dropped = P.map_first_conv(w13, B.SSL4EO_S2_L1C_BANDS, ours12)
+    out, missing, dropped = map_first_conv(w13, B.SSL4EO_S2_L1C_BANDS, ours12)
     assert out.shape[1] == 12 and missing == [] and dropped == ["B10"]
     assert torch.equal(out[:, ours12.index("B8A")], w13[:, 8])
 
