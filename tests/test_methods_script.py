@@ -37,7 +37,11 @@ def test_methods_script_runs_the_protocol_and_resumes_without_repeating(demo_roo
     assert sorted({r["pretrain_seed"] for r in random}) == sorted({r["pretrain_seed"] for r in method}) == ["0", "1"]
     assert {r["pretrain_lr_selection"] for r in method} == {selection} and {r["bn_stats"] for r in rows} == {"as-trained"}
     assert "(2 x 2)" in (tmp_path / "res_summary.md").read_text()
-    assert "| 910 |" in (tmp_path / "res_pretrain.md").read_text()
+    diag = (tmp_path / "res_pretrain.md").read_text()
+    assert "| 910 |" in diag
+    grid_lines = [ln for ln in diag.splitlines() if ln.startswith("| 910 | simclr | ") and ln.count("|") == 11]
+    assert len(grid_lines) == 3                                                # the grid's three lrs, one line each
+    assert [ln.split(" | ")[2] for ln in grid_lines if "**chosen**" in ln] == [(tmp_path / "runs" / "910.lr").read_text().strip()]
     second = _run(demo_root, tmp_path)                                       # everything exists: nothing reruns
     assert second.returncode == 0, second.stderr[-2000:]
     assert len(list(csv.DictReader(open(tmp_path / "res.csv")))) == len(rows)
@@ -69,3 +73,4 @@ def test_grid_none_takes_the_recipes_lr_and_runs_seed_major(demo_root, tmp_path)
         ("final", "910", "0"), ("final", "913", "0"), ("final", "910", "1"), ("final", "913", "1")]
     rows = [r for r in csv.DictReader(open(tmp_path / "res.csv")) if r["pretext"] != "random"]
     assert rows and {r["pretrain_lr_selection"] for r in rows} == {"recipe"}
+    assert "lr grid" not in (tmp_path / "res_pretrain.md").read_text()       # no grid ran: no grid table

@@ -9,6 +9,7 @@ weights moved from their initialisation (``backbone_moved``, ||W - W0|| / ||W0||
 accuracy after the last epoch; DINO's teacher entropy as a fraction of ln K (1: a uniform teacher,
 the collapse DINO's centring fights); MoCo's share of queries whose own image had a key in the
 queue (masked out of the negatives, so the contamination rate is 0); images/s and wall time (runs.csv).
+Then, where the lr grid ran, one line per grid lr: where its short run ended and which lr was chosen.
 """
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ def main() -> int:
         per = []
         for seed in seeds:
             tag = out / f"final_{mode}_s{seed}.expnum"
-            if not tag.exists():
-                continue
+            if not tag.exists() or not (out / f"final_{mode}_s{seed}.done").exists():
+                continue                                    # not run, or not finished (an interrupted run)
             exp = tag.read_text().strip()
             log = out / "ck" / f"{net}_{exp}_log.csv"
             if not log.exists():
@@ -82,8 +83,41 @@ def main() -> int:
                      f"{fmt(m['loss1'], 4)} | {fmt(m['std'])} ({fmt(1 / math.sqrt(m['d']))}) | "
                      f"{fmt(100 * m['moved'], 3)} % | {fmt(m['knn'], 3)} | {fmt(m['ent'])} | {fmt(m['own'])} | "
                      f"{fmt(m['ips'], 3)} | {fmt(m['wall'], 4)} |")
-    print("\n".join(lines))
+    grid = grid_lines(out, net, modes, runs)
+    print("\n".join(lines + (["", *grid] if grid else [])))
     return 0
+
+
+def grid_lines(out: Path, net: str, modes: list[str], runs: list[dict]) -> list[str]:
+    """The lr grid's short runs (``grid_<mode>_lr<lr>``), one line per lr: where each ended and which one the
+    validation kNN chose (``<mode>.selection`` / ``<mode>.lr``); nothing where the modes ran without a grid."""
+    lines = []
+    for mode in modes:
+        chosen = (out / f"{mode}.lr").read_text().strip() if (out / f"{mode}.lr").exists() else ""
+        found = []
+        for tag in out.glob(f"grid_{mode}_lr*.expnum"):
+            lr = tag.name[len(f"grid_{mode}_lr"):-len(".expnum")]
+            exp = tag.read_text().strip()
+            log = out / "ck" / f"{net}_{exp}_log.csv"
+            failed = (out / f"grid_{mode}_lr{lr}.failed").exists()
+            rows = list(csv.DictReader(open(log))) if log.exists() else []
+            if not failed and not (out / f"grid_{mode}_lr{lr}.done").exists():
+                continue                                    # not run, or not finished yet
+            run = [r for r in runs if r["expnum"] == exp]
+            found.append((float(lr), lr, rows, failed, float(run[-1]["img_per_s"]) if run else math.nan))
+        for _, lr, rows, failed, ips in sorted(found):
+            mark = "**chosen**" if chosen and math.isclose(float(lr), float(chosen), rel_tol=1e-9) else ""
+            knn = "diverged" if failed else fmt(_f(rows, "knn_top1"), 3)
+            lines.append(f"| {mode} | {PRETEXTS[int(mode)][0]} | {lr} | {len(rows)} | {fmt(_f(rows, 'loss'), 4)} | "
+                         f"{fmt(_f(rows, 'emb_std'))} | {fmt(100 * _f(rows, 'backbone_moved'), 3)} % | {knn} | "
+                         f"{fmt(ips, 3)} | {mark} |")
+    if not lines:
+        return []
+    sel = sorted({(out / f"{m}.selection").read_text().strip() for m in modes if (out / f"{m}.selection").exists()})
+    return [f"lr grid ({', '.join(sel)}): each lr a short run from pretraining seed 0, read at its last epoch; the "
+            "best validation kNN is chosen (ties: the recipe's lr, then the smaller)", "",
+            "| mode | method | lr | epochs | loss (last) | emb_std | backbone moved | val kNN (%) | img/s | |",
+            "|---|---|---|---|---|---|---|---|---|---|", *lines]
 
 
 if __name__ == "__main__":
