@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 from config.codes import PRETEXTS
 
-LABEL_COLUMNS = ("pretext", "mode", "netnum", "probe", "hos", "bn_stats", "pretrain_recipe", "input_size")
+LABEL_COLUMNS = ("pretext", "mode", "netnum", "probe", "hos", "bn_stats", "pretrain_recipe", "pretrain_lr_selection",
+                 "input_size")
 PROTOCOLS = {"0": "fine-tune all", "1": "fine-tune, backbone lr/5", "9": "linear probe",
              "logreg": "logistic regression", "knn": "kNN"}
 CODES = {name: code for code, (name, _) in PRETEXTS.items()}
@@ -84,12 +85,13 @@ def pivot_markdown(lines: Sequence[Any], metric: str) -> str:
                     "diff" in ln.paired for ln in part) else ""), ""]
         head = ["run", "n", *[f"{float(t):g} labels/class" for t in scales]]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        names = {k: label(idents[k], vary) for k in runs}
-        for k in runs:                      # two runs the short label cannot tell apart: name what differs
-            twins = [o for o in runs if names[o] == names[k]]
+        short = {k: label(idents[k], vary) for k in runs}
+        names = dict(short)
+        for k in runs:                      # runs the short label cannot tell apart: each names what differs
+            twins = [o for o in runs if short[o] == short[k]]
             if len(twins) > 1:
                 diff = [c for c in idents[k] if c != "ts" and len({idents[o][c] for o in twins}) > 1]
-                names[k] += " [" + ", ".join(f"{c}={idents[k][c]}" for c in diff) + "]"
+                names[k] = short[k] + " [" + ", ".join(f"{c}={idents[k][c]}" for c in diff) + "]"
         order = sorted(runs, key=lambda k: (idents[k].get("pretext") != "random", names[k]))
         for key in order:
             row = runs[key]

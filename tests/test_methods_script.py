@@ -74,3 +74,32 @@ def test_grid_none_takes_the_recipes_lr_and_runs_seed_major(demo_root, tmp_path)
     rows = [r for r in csv.DictReader(open(tmp_path / "res.csv")) if r["pretext"] != "random"]
     assert rows and {r["pretrain_lr_selection"] for r in rows} == {"recipe"}
     assert "lr grid" not in (tmp_path / "res_pretrain.md").read_text()       # no grid ran: no grid table
+
+
+def test_diagnostics_show_a_diverged_final_and_only_the_grid_that_chose(tmp_path):
+    """methods_diagnostics.py on a hand-made OUT: a mode whose only final diverged keeps its line (it does not
+    vanish from the table); the grid table lists the lrs of the grid that chose, the diverged one marked, not the
+    runs an earlier GRID left in the same folder."""
+    out = tmp_path / "runs"
+    (out / "ck").mkdir(parents=True)
+    (out / "runs.csv").write_text("mode,seed,lr,steps,expnum,seconds,img_per_s,role\n")
+    (out / "913.lr").write_text("0.25\n")
+    (out / "913.selection").write_text("val-knn:0.0625,0.25,1@250\n")
+    for lr, end, knn in (("0.0625", "done", 12.5), ("0.25", "done", 14.0), ("1", "failed", None), ("0.5", "done", 30.0)):
+        (out / f"grid_913_lr{lr}.expnum").write_text(f"e{lr}\n")
+        (out / f"grid_913_lr{lr}.{end}").touch()
+        if knn is not None:
+            (out / "ck" / f"090000_e{lr}_log.csv").write_text(
+                f"epoch,loss,emb_std,backbone_moved,knn_top1\n1,-0.5,0.01,0.05,{knn}\n")
+    (out / "final_913_s0.expnum").write_text("f0\n")
+    (out / "final_913_s0.failed").touch()
+    env = {**os.environ, "OUT": str(out), "MODES": "913", "SEEDS": "0"}
+    res = subprocess.run([sys.executable, str(REPO / "scripts/experiments/methods_diagnostics.py")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    text = res.stdout
+    assert "| 913 | simsiam | 0 (+1 diverged) |" in text
+    grid = [ln for ln in text.splitlines() if ln.startswith("| 913 | simsiam | ") and ln.count("|") == 11]
+    assert [ln.split(" | ")[2] for ln in grid] == ["0.0625", "0.25", "1"]             # not 0.5 (another grid)
+    assert "**chosen**" in grid[1] and "diverged" in grid[2] and "14" in grid[1]
+    assert "913: val-knn:0.0625,0.25,1@250" in text

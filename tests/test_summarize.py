@@ -443,6 +443,28 @@ def test_pivot_puts_one_line_per_run_and_a_column_per_scale(tmp_path, capsys):
     assert "Δ +0.2 [" in twenty and "**" not in twenty    # within the noise
 
 
+def test_pivot_names_the_lr_selection_and_every_twin_says_what_sets_it_apart(tmp_path, capsys):
+    """A method at the recipe's lr and at a grid-chosen lr: two lines, each labelled by its selection; two runs
+    the short label cannot tell apart (here: another pretraining lr) BOTH get the columns that differ."""
+    path = tmp_path / "r.csv"
+    for d in range(2):
+        add(path, seed=d, ts=5, OA=60 + d, pretrain_seed=0, pretrain_lr_selection="recipe")
+        add(path, seed=d, ts=5, OA=70 + d, pretrain_seed=0, pretrain_lr_selection="val-knn:0.1,0.4@250",
+            pretrain_expnum="e2")
+    assert summarize.main([str(path), "--pivot", "--out", str(tmp_path / "s")]) == 0
+    lines = [ln for ln in (tmp_path / "s.md").read_text().splitlines() if ln.startswith("| 910 simclr")][:2]
+    assert sorted(ln.split(" | ")[0] for ln in lines) == [
+        "| 910 simclr (pretrain_lr_selection=recipe)", "| 910 simclr (pretrain_lr_selection=val-knn:0.1,0.4@250)"]
+    path2 = tmp_path / "r2.csv"
+    for d in range(2):
+        add(path2, seed=d, ts=5, OA=60 + d, pretrain_seed=0, pretrain_lr="0.05")
+        add(path2, seed=d, ts=5, OA=70 + d, pretrain_seed=0, pretrain_lr="0.2", pretrain_expnum="e2")
+    assert summarize.main([str(path2), "--pivot", "--out", str(tmp_path / "s2")]) == 0
+    capsys.readouterr()
+    lines = [ln for ln in (tmp_path / "s2.md").read_text().splitlines() if ln.startswith("| 910 simclr")][:2]
+    assert len(lines) == 2 and all("pretrain_lr=" in ln.split(" | ")[0] for ln in lines)
+
+
 def test_one_checkpoint_pairs_with_a_baseline_of_one_or_no_initialisation_draw_by_draw(tmp_path, capsys):
     """A single pretraining (any seed) against random init without --init-seed, or with one: every draw
     pairs (the reviewer's case: SimCLR seed 3 x 5 draws against a random probe found no common unit)."""

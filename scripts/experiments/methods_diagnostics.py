@@ -53,10 +53,11 @@ def main() -> int:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode in modes:
         per = []
+        diverged = sum((out / f"final_{mode}_s{seed}.failed").exists() for seed in seeds)
         for seed in seeds:
             tag = out / f"final_{mode}_s{seed}.expnum"
             if not tag.exists() or not (out / f"final_{mode}_s{seed}.done").exists():
-                continue                                    # not run, or not finished (an interrupted run)
+                continue                                    # not run, not finished (interrupted) or diverged
             exp = tag.read_text().strip()
             log = out / "ck" / f"{net}_{exp}_log.csv"
             if not log.exists():
@@ -75,11 +76,15 @@ def main() -> int:
                         "ent": _f(rows, "teacher_entropy"), "own": _f(rows, "moco_own_keys"),
                         "ips": float(run[-1]["img_per_s"]) if run else math.nan,
                         "wall": float(run[-1]["seconds"]) if run else math.nan})
-        if not per:
+        if not per and not diverged:
+            continue
+        if not per:                                         # every seed diverged: say so instead of vanishing
+            lines.append(f"| {mode} | {PRETEXTS[int(mode)][0]} | 0 (+{diverged} diverged) |" + " - |" * 9)
             continue
         lr = (out / f"{mode}.lr").read_text().strip() if (out / f"{mode}.lr").exists() else "-"
         m = {k: _mean([p[k] for p in per]) for k in per[0]}
-        lines.append(f"| {mode} | {PRETEXTS[int(mode)][0]} | {len(per)} | {lr} | {fmt(m['loss0'], 4)} -> "
+        n = f"{len(per)}" + (f" (+{diverged} diverged)" if diverged else "")
+        lines.append(f"| {mode} | {PRETEXTS[int(mode)][0]} | {n} | {lr} | {fmt(m['loss0'], 4)} -> "
                      f"{fmt(m['loss1'], 4)} | {fmt(m['std'])} ({fmt(1 / math.sqrt(m['d']))}) | "
                      f"{fmt(100 * m['moved'], 3)} % | {fmt(m['knn'], 3)} | {fmt(m['ent'])} | {fmt(m['own'])} | "
                      f"{fmt(m['ips'], 3)} | {fmt(m['wall'], 4)} |")
@@ -91,20 +96,30 @@ def main() -> int:
 def grid_lines(out: Path, net: str, modes: list[str], runs: list[dict]) -> list[str]:
     """The lr grid's short runs (``grid_<mode>_lr<lr>``), one line per lr: where each ended and which one the
     validation kNN chose (``<mode>.selection`` / ``<mode>.lr``); nothing where the modes ran without a grid."""
-    lines = []
+    lines, grids = [], []
     for mode in modes:
         chosen = (out / f"{mode}.lr").read_text().strip() if (out / f"{mode}.lr").exists() else ""
+        selection = (out / f"{mode}.selection").read_text().strip() if (out / f"{mode}.selection").exists() else ""
+        # the lrs of the grid that chose (val-knn:a,b,c@steps); runs of an earlier GRID in the same OUT are not it
+        grid = [float(x) for x in selection.partition(":")[2].partition("@")[0].split(",") if x]
         found = []
         for tag in out.glob(f"grid_{mode}_lr*.expnum"):
             lr = tag.name[len(f"grid_{mode}_lr"):-len(".expnum")]
+            if grid and not any(math.isclose(float(lr), g, rel_tol=1e-9) for g in grid):
+                continue
             exp = tag.read_text().strip()
             log = out / "ck" / f"{net}_{exp}_log.csv"
             failed = (out / f"grid_{mode}_lr{lr}.failed").exists()
-            rows = list(csv.DictReader(open(log))) if log.exists() else []
             if not failed and not (out / f"grid_{mode}_lr{lr}.done").exists():
                 continue                                    # not run, or not finished yet
+            rows = []
+            if log.exists():
+                with open(log, newline="") as f:
+                    rows = list(csv.DictReader(f))
             run = [r for r in runs if r["expnum"] == exp]
             found.append((float(lr), lr, rows, failed, float(run[-1]["img_per_s"]) if run else math.nan))
+        if found and selection:
+            grids.append(f"{mode}: {selection}")
         for _, lr, rows, failed, ips in sorted(found):
             mark = "**chosen**" if chosen and math.isclose(float(lr), float(chosen), rel_tol=1e-9) else ""
             knn = "diverged" if failed else fmt(_f(rows, "knn_top1"), 3)
@@ -113,8 +128,7 @@ def grid_lines(out: Path, net: str, modes: list[str], runs: list[dict]) -> list[
                          f"{fmt(ips, 3)} | {mark} |")
     if not lines:
         return []
-    sel = sorted({(out / f"{m}.selection").read_text().strip() for m in modes if (out / f"{m}.selection").exists()})
-    return [f"lr grid ({', '.join(sel)}): each lr a short run from pretraining seed 0, read at its last epoch; the "
+    return [f"lr grid ({'; '.join(grids)}): each lr a short run from pretraining seed 0, read at its last epoch; the "
             "best validation kNN is chosen (ties: the recipe's lr, then the smaller)", "",
             "| mode | method | lr | epochs | loss (last) | emb_std | backbone moved | val kNN (%) | img/s | |",
             "|---|---|---|---|---|---|---|---|---|---|", *lines]
