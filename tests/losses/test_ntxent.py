@@ -119,6 +119,7 @@ def _ddp_worker(rank: int, world: int, url: str, out_dir: str) -> None:
             local = NTXentLoss(temperature=TAU, gather=False)(model(x_a[rows]), model(x_b[rows]))
         torch.save({"loss": loss.detach(), "local": local, "weight": model.weight.grad, "bias": model.bias.grad},
                    Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()     # no rank tears gloo down while another's collectives are in flight (a SIGABRT, once)
     finally:
         dist.destroy_process_group()
 

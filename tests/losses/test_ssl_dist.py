@@ -97,6 +97,7 @@ def _worker(rank: int, url: str, out_dir: str) -> None:
             m = _models()
             results["barlow_local"] = BarlowTwinsLoss(gather=False)(m["barlow"](x_a[rows]), m["barlow"](x_b[rows]))
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()     # no rank tears gloo down while another's collectives are in flight (a SIGABRT, once)
     finally:
         dist.destroy_process_group()
 
