@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from config.codes import PRETEXTS  # noqa: E402
+from engine.pretrain_flags import LR_SELECTION  # noqa: E402
 
 EMBEDDING = {916: ("bottleneck", 256)}      # DINO's emb_std is that of its 256-d bottleneck embedding
 
@@ -40,6 +41,19 @@ def _mean(xs: list[float]) -> float:
     return statistics.fmean(xs) if xs else math.nan
 
 
+def _text(path: Path, default: str = "") -> str:
+    """A one-line marker file of methods.sh (``<mode>.lr``, ``<tag>.expnum``), stripped; ``default`` if absent."""
+    return path.read_text().strip() if path.exists() else default
+
+
+def _rows(path: Path) -> list[dict]:
+    """The rows of a CSV (a run's epoch log, runs.csv); none if the file is absent."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def fmt(x: float, digits: int = 3) -> str:
     return "-" if math.isnan(x) else f"{x:.{digits}g}"
 
@@ -47,7 +61,7 @@ def fmt(x: float, digits: int = 3) -> str:
 def main() -> int:
     out, net = Path(os.environ["OUT"]), os.environ.get("NET", "090000")
     modes, seeds = os.environ["MODES"].split(), os.environ.get("SEEDS", "0 1 2").split()
-    runs = list(csv.DictReader(open(out / "runs.csv"))) if (out / "runs.csv").exists() else []
+    runs = _rows(out / "runs.csv")
     lines = ["| mode | method | seeds | lr (chosen) | loss first -> last | emb_std (1/sqrt d) | backbone moved | "
              "val kNN (%) | teacher entropy / ln K | own-image keys masked | img/s | wall (s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -62,7 +76,7 @@ def main() -> int:
             log = out / "ck" / f"{net}_{exp}_log.csv"
             if not log.exists():
                 continue
-            rows = list(csv.DictReader(open(log)))
+            rows = _rows(log)
             ck = sorted((out / "ck").glob(f"{net}_{exp}_[0-9]*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
             state = torch.load(ck[-1], map_location="cpu", weights_only=True) if ck else {"meta": {}, "backbone": {}}
             meta, weights = state["meta"], state["backbone"]
@@ -81,7 +95,7 @@ def main() -> int:
         if not per:                                         # every seed diverged: say so instead of vanishing
             lines.append(f"| {mode} | {PRETEXTS[int(mode)][0]} | 0 (+{diverged} diverged) |" + " - |" * 9)
             continue
-        lr = (out / f"{mode}.lr").read_text().strip() if (out / f"{mode}.lr").exists() else "-"
+        lr = _text(out / f"{mode}.lr", "-")
         m = {k: _mean([p[k] for p in per]) for k in per[0]}
         n = f"{len(per)}" + (f" (+{diverged} diverged)" if diverged else "")
         lines.append(f"| {mode} | {PRETEXTS[int(mode)][0]} | {n} | {lr} | {fmt(m['loss0'], 4)} -> "
@@ -98,24 +112,20 @@ def grid_lines(out: Path, net: str, modes: list[str], runs: list[dict]) -> list[
     validation kNN chose (``<mode>.selection`` / ``<mode>.lr``); nothing where the modes ran without a grid."""
     lines, grids = [], []
     for mode in modes:
-        chosen = (out / f"{mode}.lr").read_text().strip() if (out / f"{mode}.lr").exists() else ""
-        selection = (out / f"{mode}.selection").read_text().strip() if (out / f"{mode}.selection").exists() else ""
+        chosen, selection = _text(out / f"{mode}.lr"), _text(out / f"{mode}.selection")
         # the lrs of the grid that chose (val-knn:a,b,c@steps); runs of an earlier GRID in the same OUT are not it
-        grid = [float(x) for x in selection.partition(":")[2].partition("@")[0].split(",") if x]
+        m = LR_SELECTION.fullmatch(selection)
+        grid = [float(x) for x in m.group("grid").split(",")] if m else []
         found = []
         for tag in out.glob(f"grid_{mode}_lr*.expnum"):
             lr = tag.name[len(f"grid_{mode}_lr"):-len(".expnum")]
             if grid and not any(math.isclose(float(lr), g, rel_tol=1e-9) for g in grid):
                 continue
             exp = tag.read_text().strip()
-            log = out / "ck" / f"{net}_{exp}_log.csv"
             failed = (out / f"grid_{mode}_lr{lr}.failed").exists()
             if not failed and not (out / f"grid_{mode}_lr{lr}.done").exists():
                 continue                                    # not run, or not finished yet
-            rows = []
-            if log.exists():
-                with open(log, newline="") as f:
-                    rows = list(csv.DictReader(f))
+            rows = _rows(out / "ck" / f"{net}_{exp}_log.csv")     # a diverged run may have none
             run = [r for r in runs if r["expnum"] == exp]
             found.append((float(lr), lr, rows, failed, float(run[-1]["img_per_s"]) if run else math.nan))
         if found and selection:
